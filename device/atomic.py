@@ -1,0 +1,101 @@
+"""Atomic file writes: a reader never sees a half-written file.
+
+Every output of the toolkit (images, manifests, checkpoints' sidecars, JSON records) goes
+through here, so a job killed at any moment leaves either the old file or the new one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; rename it over ``path`` on success.
+
+    Args:
+        path: final destination.
+        mode: ``"w"`` or ``"wb"`` (text or binary).
+        **kwargs: passed to ``open`` (e.g. ``encoding``, ``newline``).
+
+    Yields:
+        The open temporary file. If the block raises, the temporary file is removed and
+        ``path`` is untouched.
+
+    Raises:
+        OSError: the folder cannot be written; the message names it.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(f"cannot write in {folder}: {exc.strerror or exc}") from exc
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (keys kept in insertion order)."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON line to ``path`` and flush it to disk.
+
+    The line is written with a single ``write`` call on a file opened in append mode, so
+    concurrent writers (sweep shards on a shared folder) do not interleave lines, and a
+    kill leaves at most one incomplete last line, which ``read_jsonl`` skips.
+    """
+    line = (json.dumps(record) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read the complete JSON lines of ``path`` (an incomplete last line is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

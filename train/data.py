@@ -1,0 +1,192 @@
+"""Data commands: simulate, fetch, index and describe SDSS-like datasets.
+
+    python -m train.data synth --out DIR --n N --size PX --seed S [--mix G,Q,S]
+    python -m train.data sdss  --out DIR --n N [--mix ...] [--catalog CSV] [--base-url URL] ...
+    python -m train.data index DIR [--out DIR] [--seed S] [--val F] [--test F] [--subset dev]
+    python -m train.data stats DIR
+
+Every dataset these commands write is a folder with ``manifest.csv`` (see
+``device.dataset``), ready for ``python -m train.sweep --data DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from device.dataset import LABELS, SPLITS, DatasetError, open_dataset, read_manifest, index_tree, \
+    stratified_split, write_manifest
+from device.images import image_size
+
+
+def parse_mix(text: str) -> tuple[float, float, float]:
+    """Parse ``G,Q,S`` class fractions (GALAXY, QSO, STAR) that sum to 1."""
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mix {text!r}: expected three numbers G,Q,S such as 0.44,0.062,0.498")
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1.0) > 0.01:
+        raise argparse.ArgumentTypeError(f"--mix {text!r}: expected three non-negative fractions G,Q,S summing to 1")
+    return parts  # type: ignore[return-value]
+
+
+class Progress:
+    """A one-line progress report with rate and ETA, printed at most every ``every`` s."""
+
+    def __init__(self, label: str, every: float = 2.0, stream=sys.stderr):
+        self.label, self.every, self.stream = label, every, stream
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        print(f"{self.label}: {done}/{total} ({100.0 * done / max(total, 1):.0f}%), "
+              f"{rate:.1f}/s, elapsed {elapsed:.0f}s, ETA {eta:.0f}s", file=self.stream, flush=True)
+
+
+def describe(root: Path) -> str:
+    """Counts per class and split, and image sizes, of a dataset folder, as text."""
+    dataset = open_dataset(root)
+    lines = [f"dataset {root} ({dataset.origin}, {len(dataset.records)} images)"]
+    lines += [f"note: {n}" for n in dataset.notes]
+    counts = dataset.counts()
+    header = f"{'split':<8}" + "".join(f"{label:>8}" for label in LABELS) + f"{'total':>8}"
+    lines.append(header)
+    for split in list(SPLITS) + [""]:
+        if split not in counts:
+            continue
+        row = counts[split]
+        lines.append(f"{split or '(none)':<8}" + "".join(f"{row[label]:>8}" for label in LABELS)
+                     + f"{sum(row.values()):>8}")
+    sizes: Counter = Counter()
+    unreadable = []
+    for record in dataset.records:
+        try:
+            sizes[image_size(dataset.resolve(record))] += 1
+        except OSError as exc:
+            unreadable.append(f"{record.path} ({exc})")
+    lines.append("image sizes: " + ", ".join(f"{w}x{h}: {c}" for (w, h), c in sizes.most_common()))
+    if unreadable:
+        lines.append(f"unreadable: {len(unreadable)}: " + "; ".join(unreadable[:10]))
+    return "\n".join(lines)
+
+
+def _cmd_synth(args) -> int:
+    from train.synth import synthesize
+
+    summary = synthesize(out=args.out, n=args.n, size=args.size, seed=args.seed, mix=args.mix,
+                         workers=args.workers, val=args.val, test=args.test,
+                         progress=Progress("synth"))
+    print(f"wrote {args.n} images to {args.out} in {summary.seconds:.1f}s")
+    print(describe(Path(args.out)))
+    return 0
+
+
+def _cmd_sdss(args) -> int:
+    from train.fetch import FetchConfig, fetch
+
+    config = FetchConfig(out=Path(args.out), n=args.n, mix=args.mix, dr=args.dr, size=args.size,
+                         scale=args.scale, catalog=Path(args.catalog) if args.catalog else None,
+                         base_url=args.base_url, rate=args.rate, workers=args.workers,
+                         timeout=args.timeout, retries=args.retries, seed=args.seed, val=args.val)
+    summary = fetch(config)
+    return 0 if summary.failed == 0 else 3
+
+
+def _cmd_index(args) -> int:
+    source = Path(args.dir)
+    out = Path(args.out) if args.out else source
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"{out}: cannot create output folder ({exc.strerror or exc})") from exc
+    records, layout = index_tree(source, base=out, subset=args.subset)
+    records = stratified_split(records, seed=args.seed, val=args.val, test=args.test)
+    try:
+        path = write_manifest(out, records)
+    except OSError as exc:
+        raise DatasetError(f"{out}: cannot write manifest.csv ({exc.strerror or exc})") from exc
+    print(f"indexed {len(records)} images ({layout}) into {path}")
+    print(describe(out))
+    return 0
+
+
+def _cmd_stats(args) -> int:
+    print(describe(Path(args.dir)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def split_args(p):
+        p.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
+        p.add_argument("--val", type=float, default=0.3, help="validation fraction (default 0.3)")
+        p.add_argument("--test", type=float, default=0.0, help="test fraction (default 0)")
+
+    p = sub.add_parser("synth", help="simulate SDSS-like cutouts with GalSim")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--size", type=int, default=128, help="side in pixels at 0.4\"/px (default 128)")
+    p.add_argument("--mix", type=parse_mix, default=(0.44, 0.062, 0.498),
+                   help="GALAXY,QSO,STAR fractions (default the study's 0.44,0.062,0.498)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    split_args(p)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("sdss", help="download SDSS cutouts from SkyServer")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=None, help="objects (default: 1000, or all catalogue rows)")
+    p.add_argument("--mix", type=parse_mix, default=(0.44, 0.062, 0.498))
+    p.add_argument("--dr", type=int, default=16, help="data release (default 16)")
+    p.add_argument("--size", type=int, default=512, help="cutout side in pixels (64..2048, default 512)")
+    p.add_argument("--scale", type=float, default=0.4, help="arcsec per pixel (default 0.4)")
+    p.add_argument("--catalog", help="CSV with ra,dec,class (or alpha,delta,class) instead of the SQL query")
+    p.add_argument("--base-url", default="https://skyserver.sdss.org")
+    p.add_argument("--rate", type=float, default=1.0, help="requests per second (default 1)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    p.add_argument("--retries", type=int, default=5)
+    split_args(p)
+    p.set_defaults(func=_cmd_sdss)
+
+    p = sub.add_parser("index", help="write manifest.csv for an existing image tree")
+    p.add_argument("dir", help="folder with labels.csv or GALAXY/ QSO/ STAR/ folders")
+    p.add_argument("--out", help="where to write manifest.csv (default: DIR itself)")
+    p.add_argument("--subset", default="dev", help="labels.csv subset to index (default dev; 'all' for every row)")
+    split_args(p)
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("stats", help="counts per class and split, image sizes")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "n", None) is None and args.command == "sdss" and not args.catalog:
+        args.n = 1000
+    try:
+        return args.func(args)
+    except (DatasetError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: files written so far are complete; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
