@@ -1,0 +1,647 @@
+"""Summary of a sweep folder: one CSV, one Markdown report and the plots, from its records.
+
+    python -m train.summary ROOT
+
+Reads ``ROOT/results.jsonl`` (one flat record per run, as the sweep appends them) and each
+run's ``history.csv`` and ``val_predictions.csv``, and writes, atomically:
+
+- ``ROOT/summary.csv``: one row per successful run, sorted by backbone, level, seed;
+- ``ROOT/summary.md``: baseline, accuracy per level, best level per backbone (with a paired
+  McNemar test against the best backbone), seeds, failures, and a note on intervals;
+- ``ROOT/plots/``: accuracy against level per backbone, all backbones against LTR, and the
+  training curves of each backbone's best level.
+
+Every figure in the report is computed from the records; nothing is written by hand, so a
+rebuilt summary always agrees with the runs it describes. No TensorFlow is imported, so a
+summary can be rebuilt anywhere the folder is copied.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from device.atomic import read_jsonl, write_bytes, write_text
+from device.dataset import LABELS
+from device.metrics import mcnemar, wilson_interval
+
+RESULTS = "results.jsonl"
+HISTORY = "history.csv"
+PREDICTIONS = "val_predictions.csv"
+PLOTS = "plots"
+
+# The columns of summary.csv, in this order; scalar fields a record has beyond these are
+# appended in sorted order, so new record fields reach the CSV without a change here.
+COLUMNS: tuple[str, ...] = (
+    "run_id", "run_dir", "backbone", "level", "seed", "img_size", "epochs", "epochs_run",
+    "best_epoch", "val_n", "val_accuracy", "val_accuracy_ci_low", "val_accuracy_ci_high",
+    "val_macro_f1",
+    *(f"val_{metric}_{label}" for label in LABELS for metric in ("precision", "recall", "f1")),
+    "trainable_params", "total_params", "layers_total", "ltr", "ptr", "first_trainable_layer",
+    "wall_seconds", "train_images_per_s", "cache_features", "weights",
+)
+EXCLUDED = frozenset({"val_confusion", "error"})
+
+FIGSIZE = (7.0, 4.5)
+DPI = 120
+
+
+@dataclass(frozen=True)
+class LevelStats:
+    """The successful runs of one backbone at one level, aggregated over seeds.
+
+    Attributes:
+        backbone: backbone name.
+        level: trainable-layer level k.
+        runs: the runs, sorted by seed.
+        acc_mean, acc_std: validation accuracy over seeds (std is the sample std, nan for one seed).
+        acc_min, acc_max: range of validation accuracy over seeds.
+        ci_low, ci_high: Wilson 95% bounds, averaged over seeds.
+        f1_mean, f1_std: macro-F1 over seeds.
+        epochs_mean, epochs_std: epochs actually run over seeds.
+        wall_mean, wall_std: wall seconds over seeds.
+        trainable_params, total_params: from the lowest-seed run (the same for every seed).
+        ltr, ptr: layer and parameter tuning ratios.
+    """
+
+    backbone: str
+    level: int
+    runs: tuple[dict, ...]
+    acc_mean: float
+    acc_std: float
+    acc_min: float
+    acc_max: float
+    ci_low: float
+    ci_high: float
+    f1_mean: float
+    f1_std: float
+    epochs_mean: float
+    epochs_std: float
+    wall_mean: float
+    wall_std: float
+    trainable_params: int | None
+    total_params: int | None
+    ltr: float
+    ptr: float
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.runs)
+
+    @property
+    def reference(self) -> dict:
+        """The run that stands for this level in paired tests and curves: the lowest seed."""
+        return self.runs[0]
+
+
+def load_runs(root: Path) -> tuple[list[dict], list[dict], int]:
+    """Read ``root/results.jsonl`` and resolve reruns.
+
+    A run is identified by ``run_id``. When it appears several times, the last successful
+    line wins; a run with no successful line is a failure, reported by its last line.
+
+    Args:
+        root: the sweep folder.
+
+    Returns:
+        ``(successes, failures, superseded)``: successful records sorted by backbone, level
+        and seed; failed records in file order; and the number of failed lines of runs that
+        later (or earlier) succeeded.
+
+    Raises:
+        ValueError: ``results.jsonl`` is missing or holds no complete record; the message
+            names the file.
+    """
+    path = Path(root) / RESULTS
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file; expected the sweep's results.jsonl in {root}")
+    records = [r for r in read_jsonl(path) if isinstance(r, dict)]
+    if not records:
+        raise ValueError(f"{path}: no complete JSON record in the file; nothing to summarise")
+    successes: dict[str, dict] = {}
+    failures: dict[str, dict] = {}
+    failed_lines: dict[str, int] = {}
+    for index, record in enumerate(records):
+        run_id = str(record.get("run_id") or f"line-{index + 1}")
+        if _failed(record):
+            failures[run_id] = _as_failure(record)
+            failed_lines[run_id] = failed_lines.get(run_id, 0) + 1
+        else:
+            successes[run_id] = record
+    superseded = sum(count for run_id, count in failed_lines.items() if run_id in successes)
+    ok = sorted(successes.values(), key=_run_key)
+    failed = [record for run_id, record in failures.items() if run_id not in successes]
+    return ok, failed, superseded
+
+
+def aggregate(runs: list[dict]) -> dict[str, list[LevelStats]]:
+    """Group successful runs by backbone and level and summarise each group over seeds.
+
+    Args:
+        runs: successful records.
+
+    Returns:
+        ``{backbone: [LevelStats, ...]}`` with backbones and levels in ascending order.
+    """
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for run in sorted(runs, key=_run_key):
+        groups.setdefault((str(run["backbone"]), int(run["level"])), []).append(run)
+    out: dict[str, list[LevelStats]] = {}
+    for (backbone, level), members in sorted(groups.items()):
+        acc = np.array([float(r["val_accuracy"]) for r in members])
+        bounds = np.array([_interval(r) for r in members])
+        f1 = np.array([_float(r.get("val_macro_f1")) for r in members])
+        epochs = np.array([_float(r.get("epochs_run", r.get("epochs"))) for r in members])
+        wall = np.array([_float(r.get("wall_seconds")) for r in members])
+        first = members[0]
+        out.setdefault(backbone, []).append(LevelStats(
+            backbone=backbone, level=level, runs=tuple(members),
+            acc_mean=float(acc.mean()), acc_std=_std(acc), acc_min=float(acc.min()),
+            acc_max=float(acc.max()), ci_low=float(bounds[:, 0].mean()),
+            ci_high=float(bounds[:, 1].mean()), f1_mean=_mean(f1), f1_std=_std(f1),
+            epochs_mean=_mean(epochs), epochs_std=_std(epochs), wall_mean=_mean(wall),
+            wall_std=_std(wall), trainable_params=_int(first.get("trainable_params")),
+            total_params=_int(first.get("total_params")), ltr=_float(first.get("ltr")),
+            ptr=_float(first.get("ptr")),
+        ))
+    return out
+
+
+def best_level(levels: list[LevelStats]) -> LevelStats:
+    """The level with the highest mean validation accuracy over seeds.
+
+    Ties go to fewer trainable parameters, then to the lower level, so the cheaper model
+    wins when the accuracy cannot tell them apart.
+
+    Args:
+        levels: the levels of one backbone.
+
+    Returns:
+        The best ``LevelStats``.
+    """
+    return min(levels, key=lambda s: (-s.acc_mean, _params_key(s), s.level))
+
+
+def paired_test(root: Path, run_a: dict, run_b: dict) -> dict | None:
+    """McNemar's test of two runs on the validation images both of them predicted.
+
+    Predictions are joined on the ``path`` column of each run's ``val_predictions.csv``.
+
+    Args:
+        root: the sweep folder (``run_dir`` is relative to it).
+        run_a: the first record (``b`` counts images it got right and ``run_b`` wrong).
+        run_b: the second record.
+
+    Returns:
+        ``device.metrics.mcnemar``'s dict plus ``same_images`` (both files hold exactly the
+        same paths), ``n_a`` and ``n_b`` (images in each file); ``None`` when a file is
+        missing or the runs share no image.
+    """
+    a = _read_predictions(root, run_a)
+    b = _read_predictions(root, run_b)
+    if a is None or b is None:
+        return None
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    result = mcnemar([a[p] for p in common], [b[p] for p in common])
+    result.update(same_images=set(a) == set(b), n_a=len(a), n_b=len(b))
+    return result
+
+
+def write_summary(root: Path, log: Callable[[str], object] = print) -> dict[str, Path]:
+    """Rebuild ``summary.csv``, ``summary.md`` and ``plots/`` of a sweep folder.
+
+    Args:
+        root: the sweep folder holding ``results.jsonl`` and the run folders.
+        log: called with one line per file written and per problem met (a missing history).
+
+    Returns:
+        The paths written, by name: ``summary_csv``, ``summary_md``, ``accuracy_vs_level``,
+        and ``accuracy_vs_level_<backbone>`` and ``curves_<backbone>`` for each backbone.
+
+    Raises:
+        ValueError: ``results.jsonl`` is missing or empty (the message names it).
+    """
+    root = Path(root)
+    runs, failures, superseded = load_runs(root)
+    levels = aggregate(runs)
+    paths: dict[str, Path] = {}
+
+    csv_path = root / "summary.csv"
+    write_text(csv_path, _summary_csv(runs))
+    paths["summary_csv"] = csv_path
+    log(f"wrote {csv_path} ({len(runs)} runs)")
+
+    if levels:
+        plots = root / PLOTS
+        plots.mkdir(parents=True, exist_ok=True)
+        for name, data in _plots(root, levels, log).items():
+            path = plots / f"{name}.png"
+            write_bytes(path, data)
+            paths[name] = path
+            log(f"wrote {path}")
+
+    md_path = root / "summary.md"
+    write_text(md_path, _summary_md(root, runs, levels, failures, superseded, paths))
+    paths["summary_md"] = md_path
+    log(f"wrote {md_path}")
+    return paths
+
+
+# --- records ------------------------------------------------------------------------------
+
+def _failed(record: dict) -> bool:
+    return bool(record.get("error")) or not _finite(record.get("val_accuracy"))
+
+
+def _as_failure(record: dict) -> dict:
+    if record.get("error"):
+        return record
+    return {**record, "error": "record has no val_accuracy"}
+
+
+def _run_key(record: dict) -> tuple:
+    return (str(record.get("backbone", "")), _int(record.get("level")) or 0,
+            _int(record.get("seed")) or 0, str(record.get("run_id", "")))
+
+
+def _params_key(stats: LevelStats) -> float:
+    return float(stats.trainable_params) if stats.trainable_params is not None else math.inf
+
+
+def _interval(record: dict) -> tuple[float, float]:
+    low, high = _float(record.get("val_accuracy_ci_low")), _float(record.get("val_accuracy_ci_high"))
+    if math.isfinite(low) and math.isfinite(high):
+        return low, high
+    n = _int(record.get("val_n")) or 0
+    return wilson_interval(round(float(record["val_accuracy"]) * n), n)
+
+
+def _finite(value) -> bool:
+    return math.isfinite(_float(value))
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _std(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+
+
+def _read_predictions(root: Path, run: dict) -> dict[str, bool] | None:
+    path = root / str(run.get("run_dir", "")) / PREDICTIONS
+    if not run.get("run_dir") or not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["path"]: int(row["pred_index"]) == int(row["label_index"]) for row in csv.DictReader(fh)}
+
+
+def _read_history(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return None
+    return {key: np.array([_float(row.get(key)) for row in rows]) for key in rows[0]}
+
+
+# --- summary.csv --------------------------------------------------------------------------
+
+def _summary_csv(runs: list[dict]) -> str:
+    extra = sorted({key for run in runs for key, value in run.items()
+                    if key not in COLUMNS and key not in EXCLUDED and not isinstance(value, (list, dict))})
+    columns = [*COLUMNS, *extra]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for run in runs:
+        writer.writerow({key: ("" if run.get(key) is None else run.get(key)) for key in columns})
+    return buffer.getvalue()
+
+
+# --- summary.md ---------------------------------------------------------------------------
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}" if math.isfinite(value) else "n/a"
+
+
+def _accuracy_cell(stats: LevelStats) -> str:
+    ci = f"[{_pct(stats.ci_low)}, {_pct(stats.ci_high)}]"
+    if stats.n_seeds > 1:
+        return f"{_pct(stats.acc_mean)} ± {_pct(stats.acc_std)}% {ci}"
+    return f"{_pct(stats.acc_mean)}% {ci}"
+
+
+def _spread(mean: float, std: float, fmt: str) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    if math.isfinite(std):
+        return f"{mean:{fmt}} ± {std:{fmt}}"
+    return f"{mean:{fmt}}"
+
+
+def _params(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "n/a"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "n/a"
+
+
+def _p_value(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def cells(row):
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
+    return [cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(r) for r in rows), ""]
+
+
+def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]],
+                failures: list[dict], superseded: int, plots: dict[str, Path]) -> str:
+    n_values = sorted({_int(r.get("val_n")) for r in runs if _int(r.get("val_n")) is not None})
+    lines = [f"# Sweep summary: {root.name}", ""]
+    counts = (f"{len(runs)} successful runs of {len(levels)} backbones; {len(failures)} failed run{'' if len(failures) == 1 else 's'}"
+              + (f"; {superseded} failed attempts later rerun successfully" if superseded else "") + ".")
+    lines += [counts]
+    if n_values:
+        images = str(n_values[0]) if len(n_values) == 1 else f"{n_values[0]} to {n_values[-1]}"
+        lines += [f"Validation images per run: {images}. Accuracies are given with their Wilson 95% "
+                  "interval; across several seeds, mean ± sample std with the mean of the seeds' bounds."]
+    lines += [""]
+
+    lines += ["## Baseline (level 0)", ""]
+    baseline = [s for stats in levels.values() for s in stats if s.level == 0]
+    if baseline:
+        lines += _table(["Backbone", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
+                        [[s.backbone, _accuracy_cell(s), _spread(s.f1_mean, s.f1_std, ".3f"),
+                          _params(s.trainable_params), _ratio(s.ptr)] for s in baseline])
+    else:
+        lines += ["No level-0 run succeeded.", ""]
+
+    lines += ["## Accuracy per level", ""]
+    for backbone, stats in levels.items():
+        lines += [f"### {backbone}", ""]
+        lines += _table(["Level k", "LTR", "PTR", "Trainable params", "Val accuracy [95% CI]", "Macro-F1",
+                         "Epochs", "Wall s", "Seeds"],
+                        [[str(s.level), _ratio(s.ltr), _ratio(s.ptr), _params(s.trainable_params),
+                          _accuracy_cell(s), _spread(s.f1_mean, s.f1_std, ".3f"),
+                          _spread(s.epochs_mean, s.epochs_std, ".1f"), _spread(s.wall_mean, s.wall_std, ".0f"),
+                          str(s.n_seeds)] for s in stats])
+        if f"accuracy_vs_level_{backbone}" in plots:
+            lines += [f"![{backbone}: accuracy against level]({PLOTS}/accuracy_vs_level_{backbone}.png)", ""]
+
+    best = {backbone: best_level(stats) for backbone, stats in levels.items()}
+    lines += ["## Best level per backbone", ""]
+    overall = None
+    if best:
+        overall = min(best.values(), key=lambda s: (-s.acc_mean, _params_key(s), s.backbone))
+        lines += _best_section(root, best, overall)
+    else:
+        lines += ["No successful run.", ""]
+
+    lines += ["## Seeds", ""]
+    seeded = [s for stats in levels.values() for s in stats if s.n_seeds > 1]
+    if seeded:
+        lines += _table(["Backbone", "Level k", "Seeds", "Mean", "Std", "Min", "Max"],
+                        [[s.backbone, str(s.level), str(s.n_seeds), f"{_pct(s.acc_mean)}%",
+                          f"{_pct(s.acc_std)} pts", f"{_pct(s.acc_min)}%", f"{_pct(s.acc_max)}%"]
+                         for s in seeded])
+    else:
+        lines += ["Every level ran with a single seed; no spread over seeds can be given.", ""]
+
+    lines += ["## Failures", ""]
+    if failures:
+        lines += _table(["Run", "Backbone", "Level k", "Seed", "Error"],
+                        [[str(f.get("run_id", "")), str(f.get("backbone", "")), str(f.get("level", "")),
+                          str(f.get("seed", "")), _short(str(f.get("error", "")))] for f in failures])
+    else:
+        lines += ["No run failed.", ""]
+
+    lines += ["## Reading these numbers", ""]
+    lines += _reading_notes(best, overall)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _best_section(root: Path, best: dict[str, LevelStats], overall: LevelStats) -> list[str]:
+    ref_run = overall.reference
+    rows = []
+    for backbone, s in best.items():
+        if s is overall:
+            p_cell, pair_cell = "reference", f"seed {ref_run.get('seed')}"
+        else:
+            test = paired_test(root, s.reference, ref_run)
+            if test is None:
+                p_cell, pair_cell = "n/a", f"no shared {PREDICTIONS}"
+            else:
+                p_cell = f"{_p_value(test['p_value'])} (b={test['b']}, c={test['c']})"
+                pair_cell = (f"same images ({test['n']})" if test["same_images"]
+                             else f"{test['n']} shared of {test['n_a']} / {test['n_b']} images")
+        rows.append([backbone, str(s.level), _ratio(s.ltr), _ratio(s.ptr), _accuracy_cell(s),
+                     _spread(s.f1_mean, s.f1_std, ".3f"), p_cell, pair_cell])
+    lines = _table(["Backbone", "Best level", "LTR", "PTR", "Val accuracy [95% CI]", "Macro-F1",
+                    f"McNemar p vs {overall.backbone}", "Paired on"], rows)
+    lines += [f"Best backbone overall: {overall.backbone} at level {overall.level}. McNemar: exact two-sided "
+              f"test on the discordant images between the lowest-seed run of each best level and that of "
+              f"{overall.backbone} (seed {ref_run.get('seed')}), joined on `path`; b = images only this "
+              f"backbone got right, c = images only {overall.backbone} got right.", ""]
+    return lines
+
+
+def _reading_notes(best: dict[str, LevelStats], overall: LevelStats | None) -> list[str]:
+    lines = ["- Differences between accuracies whose 95% intervals overlap are not evidence of a "
+             "difference; a paired McNemar test on the same images is the test to read.", ]
+    if overall is None:
+        return lines + [""]
+    others = [s for s in best.values() if s is not overall]
+    overlapping = [s.backbone for s in others if s.ci_high >= overall.ci_low]
+    separate = [s.backbone for s in others if s.ci_high < overall.ci_low]
+    lines.append(f"- Best-level intervals overlapping that of {overall.backbone} "
+                 f"[{_pct(overall.ci_low)}, {_pct(overall.ci_high)}]: "
+                 f"{', '.join(overlapping) if overlapping else 'none'}.")
+    if separate:
+        lines.append(f"- Best-level intervals entirely below it: {', '.join(separate)}.")
+    return lines + [""]
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+# --- plots --------------------------------------------------------------------------------
+
+def _plots(root: Path, levels: dict[str, list[LevelStats]], log: Callable[[str], object]) -> dict[str, bytes]:
+    # Figure + the Agg canvas directly rather than pyplot: no global backend switch and no
+    # figure registry to leak across calls in a long sweep process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def new_figure():
+        fig = Figure(figsize=FIGSIZE, dpi=DPI)
+        FigureCanvasAgg(fig)
+        return fig
+
+    def png(fig) -> bytes:
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
+
+    out: dict[str, bytes] = {}
+    for backbone, stats in levels.items():
+        out[f"accuracy_vs_level_{backbone}"] = png(_plot_levels(new_figure(), backbone, stats))
+    out["accuracy_vs_level"] = png(_plot_all(new_figure(), levels))
+    for backbone, stats in levels.items():
+        top = best_level(stats)
+        run = top.reference
+        history = _read_history(root / str(run.get("run_dir", "")) / HISTORY)
+        if history is None or "epoch" not in history:
+            log(f"no {HISTORY} for {run.get('run_id')}; curves of {backbone} skipped")
+            continue
+        out[f"curves_{backbone}"] = png(_plot_curves(new_figure(), backbone, top, history))
+    return out
+
+
+def _error_bars(stats: list[LevelStats]) -> tuple[np.ndarray, np.ndarray]:
+    acc = np.array([100 * s.acc_mean for s in stats])
+    err = np.array([[100 * (s.acc_mean - s.ci_low) for s in stats], [100 * (s.ci_high - s.acc_mean) for s in stats]])
+    return acc, np.clip(err, 0, None)
+
+
+def _plot_levels(fig, backbone: str, stats: list[LevelStats]):
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax = fig.add_subplot(1, 1, 1)
+    k = np.array([s.level for s in stats])
+    acc, err = _error_bars(stats)
+    several = any(s.n_seeds > 1 for s in stats)
+    label = "val accuracy (mean over seeds), Wilson 95% CI" if several else "val accuracy, Wilson 95% CI"
+    handles = [ax.errorbar(k, acc, yerr=err, fmt="o-", color="tab:blue", capsize=3, label=label)]
+    if several:
+        seeds_k = [s.level for s in stats for _ in s.runs]
+        seeds_acc = [100 * float(r["val_accuracy"]) for s in stats for r in s.runs]
+        handles.append(ax.scatter(seeds_k, seeds_acc, s=12, color="tab:blue", alpha=0.35, zorder=3,
+                                  label="single seeds"))
+    top = best_level(stats)
+    handles.append(ax.scatter([top.level], [100 * top.acc_mean], marker="*", s=180, color="gold",
+                              edgecolor="black", zorder=4, label=f"best level (k={top.level})"))
+    ax.set_xlabel("trainable layers k (last k layers of the backbone)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    # Levels are whole layer counts; label them directly when few, else only integer ticks.
+    if len(k) <= 15:
+        ax.set_xticks(k)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    params = [(s.level, s.trainable_params) for s in stats if s.trainable_params]
+    if params:
+        twin = ax.twinx()
+        pk, pv = zip(*params)
+        millions = np.array(pv, dtype=float) / 1e6
+        handles += twin.plot(pk, millions, "s--", color="tab:orange", alpha=0.8, markersize=4,
+                             label="trainable parameters")
+        if millions.max() / millions.min() > 100:
+            twin.set_yscale("log")
+            # Plain numbers read better than 10^-2 powers for a count in millions.
+            twin.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        twin.set_ylabel("trainable parameters (millions)", color="tab:orange")
+        # Accuracy is the quantity read off this plot: draw it above the parameter line.
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        twin.tick_params(axis="y", colors="tab:orange")
+    ax.set_title(f"{backbone}: validation accuracy and trainable parameters by level")
+    # Below the axes: inside, it would hide points of one of the two y axes.
+    ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small", frameon=False)
+    return fig
+
+
+def _plot_all(fig, levels: dict[str, list[LevelStats]]):
+    ax = fig.add_subplot(1, 1, 1)
+    for backbone, stats in levels.items():
+        ltr = np.array([s.ltr for s in stats])
+        acc, err = _error_bars(stats)
+        ax.errorbar(ltr, acc, yerr=err, fmt="o-", capsize=2, markersize=4, label=backbone)
+    ax.set_xlabel("layer tuning ratio LTR (k / layers in backbone)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Validation accuracy by layer tuning ratio (Wilson 95% CI)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small", ncol=2 if len(levels) > 5 else 1)
+    return fig
+
+
+def _plot_curves(fig, backbone: str, top: LevelStats, history: dict[str, np.ndarray]):
+    run = top.reference
+    epoch = history["epoch"]
+    best_epoch = _int(run.get("best_epoch"))
+    panels = (("accuracy", "accuracy (%)", 100.0), ("loss", "loss (cross-entropy)", 1.0))
+    for index, (key, ylabel, scale) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, 2, index)
+        for column, name, style in ((key, "training", "-"), (f"val_{key}", "validation", "--")):
+            if column in history:
+                ax.plot(epoch, scale * history[column], style, marker="o", markersize=3, label=name)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    fig.suptitle(f"{backbone}, level {top.level}, seed {run.get('seed')}: training curves")
+    return fig
+
+
+# --- command line -------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m train.summary ROOT``.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 2 when the folder has no usable results.
+    """
+    parser = argparse.ArgumentParser(prog="python -m train.summary",
+                                     description="Rebuild summary.csv, summary.md and plots/ of a sweep folder.")
+    parser.add_argument("root", type=Path, help="sweep folder holding results.jsonl")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_summary(root=args.root, log=lambda line: print(line, file=sys.stderr))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(paths["summary_md"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
