@@ -42,8 +42,12 @@ PROGRESS_EVERY_S = 10.0
 OFFLINE_HINT = "check the network or use `python -m train.data synth` for offline data"
 
 
-class FetchError(RuntimeError):
-    """A fetch that cannot start or go on; the message is one line for the user."""
+class FetchError(OSError):
+    """A fetch that cannot start or go on; the message is one line for the user.
+
+    An ``OSError`` because its causes are the environment (network, disk), so callers that
+    already report ``OSError`` as one line report this one too.
+    """
 
 
 @dataclass(frozen=True)
