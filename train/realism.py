@@ -1,0 +1,284 @@
+"""How close simulated cutouts are to real SDSS ones: the same statistics on both sets.
+
+Per image (RGB, 0-255, after JPEG decoding): per-channel background level and noise (3-sigma
+clipped mean and standard deviation of the border pixels); for the central object, the
+background-subtracted flux in a central aperture (sum of the three channels), its peak,
+half-light radius and colours (normalised R-G and G-B differences of the aperture fluxes).
+A multinomial logistic regression on a handful of these features, trained on a stratified
+70% and tested on 30%, says how separable the classes are from such simple cues; a
+simulation far more separable than the sky is too easy.
+
+    python -m train.realism --synth DIR --real /work/shared/data/sdss-dr16-128 [--n 600]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device.dataset import LABELS, read_manifest
+from device.images import read_rgb
+
+BORDER = 8  # pixels along each edge treated as background (at 128 px)
+APERTURE = 6.0  # pixels: central aperture radius, about 2.4" or 1.7 PSF FWHM at 0.4"/px
+SIZE_RADIUS = 16.0  # pixels: the half-light radius is measured within this radius
+STATS = ("bg_R", "bg_G", "bg_B", "noise_R", "noise_G", "noise_B", "flux", "peak", "hlr",
+         "colour_RG", "colour_GB")
+FEATURES = ("log_flux", "log_peak", "hlr", "colour_RG", "colour_GB", "concentration")
+
+
+def _clipped_mean_std(values: np.ndarray, rounds: int = 3, k: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation after iterative k-sigma clipping.
+
+    A median or MAD of 8-bit pixels is quantised to whole levels (nearly every image gives
+    a MAD of 2.97), so clipped moments are used instead: continuous, yet blind to
+    neighbours.
+    """
+    mean = np.empty(values.shape[1])
+    out = np.empty(values.shape[1])
+    for c in range(values.shape[1]):
+        v = values[:, c]
+        for _ in range(rounds):
+            centre, spread = np.median(v), v.std()
+            kept = v[np.abs(v - centre) <= k * max(spread, 0.5)]
+            if len(kept) == len(v):
+                break
+            v = kept
+        mean[c], out[c] = v.mean(), v.std()
+    return mean, out
+
+
+def image_stats(image: np.ndarray) -> dict[str, float]:
+    """Background, noise and central-object statistics of one RGB cutout.
+
+    Args:
+        image: (H, W, 3) uint8 array; the object is at the centre.
+
+    Returns:
+        A dict with the keys of ``STATS``, in 8-bit pixel units (flux: summed over the
+        aperture and the three channels; hlr in pixels).
+    """
+    img = image.astype(np.float64)
+    h, w, _ = img.shape
+    border = BORDER * h // 128 or 1
+    mask = np.zeros((h, w), dtype=bool)
+    mask[:border] = mask[-border:] = True
+    mask[:, :border] = mask[:, -border:] = True
+    edge = img[mask]
+    bg, noise = _clipped_mean_std(edge)
+    sub = img - bg
+    y, x = np.mgrid[0:h, 0:w]
+    radius = np.hypot(x - (w - 1) / 2.0, y - (h - 1) / 2.0)
+    scale = h / 128.0
+    ap = radius <= APERTURE * scale
+    channel_flux = sub[ap].sum(axis=0)
+    flux = float(channel_flux.sum())
+    lum = sub.sum(axis=2)
+    centre = lum[radius <= 2.5 * scale]
+    peak = float(centre.max())
+    within = radius <= SIZE_RADIUS * scale
+    r_in, l_in = radius[within], lum[within]
+    order = np.argsort(r_in, kind="stable")
+    cumulative = np.cumsum(l_in[order])
+    total = cumulative[-1]
+    if total > 0:
+        hlr = float(r_in[order][np.searchsorted(cumulative, 0.5 * total)]) / scale
+    else:
+        hlr = float("nan")
+    denom = max(float(np.clip(channel_flux, 0, None).sum()), 1.0)
+    return {
+        "bg_R": float(bg[0]), "bg_G": float(bg[1]), "bg_B": float(bg[2]),
+        "noise_R": float(noise[0]), "noise_G": float(noise[1]), "noise_B": float(noise[2]),
+        "flux": flux, "peak": peak, "hlr": hlr,
+        "colour_RG": float((channel_flux[0] - channel_flux[1]) / denom),
+        "colour_GB": float((channel_flux[1] - channel_flux[2]) / denom),
+    }
+
+
+def features(stats: list[dict]) -> np.ndarray:
+    """The classifier's feature matrix (rows: images, columns: ``FEATURES``)."""
+    rows = []
+    for s in stats:
+        flux = max(s["flux"], 1.0)
+        peak = max(s["peak"], 1.0)
+        hlr = s["hlr"] if np.isfinite(s["hlr"]) else SIZE_RADIUS
+        rows.append([np.log10(flux), np.log10(peak), hlr, s["colour_RG"], s["colour_GB"],
+                     np.log10(peak / flux)])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def stratified_indices(labels: np.ndarray, seed: int, train: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified train/test split (``train`` fraction of each class)."""
+    rng = np.random.default_rng(seed)
+    tr, te = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(len(idx) * train))
+        tr.extend(idx[:k])
+        te.extend(idx[k:])
+    return np.sort(np.array(tr)), np.sort(np.array(te))
+
+
+def logistic_accuracy(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 2000,
+                      lr: float = 0.5, l2: float = 1e-3) -> float:
+    """Test accuracy of a multinomial logistic regression (numpy, full-batch gradient descent).
+
+    Args:
+        x: (N, F) features.
+        y: (N,) class indices.
+        seed: fixes the stratified 70/30 split.
+        steps, lr, l2: optimisation settings.
+
+    Returns:
+        Accuracy on the 30% test part.
+    """
+    tr, te = stratified_indices(y, seed)
+    mean, std = x[tr].mean(axis=0), x[tr].std(axis=0) + 1e-9
+    xs = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    k = int(y.max()) + 1
+    w = np.zeros((xs.shape[1], k))
+    onehot = np.eye(k)[y[tr]]
+    for _ in range(steps):
+        logits = xs[tr] @ w
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        grad = xs[tr].T @ (p - onehot) / len(tr) + l2 * w
+        w -= lr * grad
+    pred = (xs[te] @ w).argmax(axis=1)
+    return float((pred == y[te]).mean())
+
+
+@dataclass(frozen=True)
+class SetStats:
+    """Statistics of one image set: per image stats and labels."""
+
+    name: str
+    stats: list
+    labels: np.ndarray
+
+
+def _balanced(paths_labels: list[tuple[Path, str]], n: int, seed: int) -> list[tuple[Path, str]]:
+    """Up to ``n // 3`` images per class, drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in LABELS:
+        group = sorted(p for p in paths_labels if p[1] == label)
+        pick = rng.permutation(len(group))[: n // len(LABELS)]
+        out.extend(group[i] for i in sorted(pick))
+    return out
+
+
+def real_images(root: Path) -> list[tuple[Path, str]]:
+    """(path, label) of the ``dev`` subset of the shared SDSS set."""
+    with open(root / "labels.csv", newline="", encoding="utf-8") as fh:
+        return [(root / r["path"], r["label"]) for r in csv.DictReader(fh) if r["subset"] == "dev"]
+
+
+def synth_images(root: Path) -> list[tuple[Path, str]]:
+    """(path, label) of every image of a dataset folder with a manifest."""
+    dataset = read_manifest(root)
+    return [(dataset.resolve(r), r.label) for r in dataset.records]
+
+
+def measure(name: str, items: list[tuple[Path, str]], size: int = 128) -> SetStats:
+    """Decode each image (resized to ``size`` if needed) and compute its statistics."""
+    from device.images import resize
+
+    stats = []
+    for path, _ in items:
+        image = read_rgb(path)
+        if image.shape[:2] != (size, size):
+            image = resize(image, size)
+        stats.append(image_stats(image))
+    labels = np.array([LABELS.index(label) for _, label in items])
+    return SetStats(name=name, stats=stats, labels=labels)
+
+
+def summarise(sets: list[SetStats], seed: int = 0) -> dict:
+    """Median and IQR of every statistic per class and set, and the classifier accuracy."""
+    out: dict = {"stats": {}, "accuracy": {}}
+    for s in sets:
+        table = {}
+        for c, label in enumerate(LABELS):
+            rows = [st for st, lab in zip(s.stats, s.labels) if lab == c]
+            table[label] = {}
+            for key in STATS:
+                values = np.array([r[key] for r in rows], dtype=np.float64)
+                values = values[np.isfinite(values)]
+                q1, med, q3 = np.percentile(values, [25, 50, 75]) if len(values) else (np.nan,) * 3
+                table[label][key] = {"median": round(float(med), 4), "q1": round(float(q1), 4),
+                                     "q3": round(float(q3), 4)}
+        out["stats"][s.name] = table
+        out["accuracy"][s.name] = round(logistic_accuracy(features(s.stats), s.labels, seed=seed), 4)
+        out.setdefault("n", {})[s.name] = {label: int((s.labels == c).sum()) for c, label in enumerate(LABELS)}
+    return out
+
+
+def markdown_table(summary: dict) -> str:
+    """The per-class statistics of ``summary`` as a Markdown table (real vs synthetic)."""
+    names = list(summary["stats"])
+    lines = ["| class | statistic | " + " | ".join(f"{n} median [IQR]" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for label in LABELS:
+        for key in STATS:
+            cells = []
+            for n in names:
+                v = summary["stats"][n][label][key]
+                cells.append(f"{v['median']:.3g} [{v['q1']:.3g}, {v['q3']:.3g}]")
+            lines.append(f"| {label} | {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(synth: str | Path, real: str | Path, n: int = 600, seed: int = 0) -> dict:
+    """Measure a balanced sample of ``n`` images from each set and summarise both.
+
+    Args:
+        synth: a synthetic dataset folder (with ``manifest.csv``).
+        real: the shared SDSS folder (its ``dev`` subset is used).
+        n: images per set (a third per class).
+        seed: fixes the samples and the classifier split.
+
+    Returns:
+        ``summary`` as from ``summarise`` plus ``table`` (Markdown).
+
+    Raises:
+        FileNotFoundError: a folder or its labels/manifest file is missing.
+    """
+    real, synth = Path(real), Path(synth)
+    if not (real / "labels.csv").is_file():
+        raise FileNotFoundError(f"{real}: no labels.csv; expected the shared SDSS DR16 folder")
+    sets = [measure("real", _balanced(real_images(real), n, seed)),
+            measure("synth", _balanced(synth_images(synth), n, seed))]
+    summary = summarise(sets, seed=seed)
+    summary["table"] = markdown_table(summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compare synthetic and real SDSS cutouts.")
+    parser.add_argument("--synth", required=True, help="synthetic dataset folder")
+    parser.add_argument("--real", required=True, help="shared SDSS DR16 folder (dev subset used)")
+    parser.add_argument("--n", type=int, default=600, help="images per set, balanced over classes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the summary as JSON here")
+    args = parser.parse_args(argv)
+    summary = compare(args.synth, args.real, n=args.n, seed=args.seed)
+    print(summary["table"])
+    print()
+    for name, acc in summary["accuracy"].items():
+        print(f"logistic regression accuracy ({name}, 70/30 stratified): {acc:.3f}")
+    if args.json:
+        from device.atomic import write_json
+
+        write_json(args.json, summary)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
