@@ -121,6 +121,7 @@ class FetchConfig:
 
     @property
     def service(self) -> str:
+        """Root of the SkyServer web services of the chosen data release."""
         return f"{self.base_url}/dr{self.dr}/SkyServerWS"
 
     @property
@@ -399,7 +400,8 @@ def fetch(config: FetchConfig, log: Callable[[str], None] = print) -> FetchSumma
     client = PoliteClient(config.rate, config.timeout, config.retries, config.backoff, seed=config.seed)
     objects = load_objects(config, client, log)
     log(f"fetch: cutouts {config.size}x{config.size} px at {config.scale:g}\"/px from {config.service} "
-        f"into {config.out}, at most {config.rate:g} requests/s with {config.workers} workers")
+        f"into {config.out}, at most {config.rate:g} requests/s with {config.workers} workers "
+        f"(about {len(objects) / config.rate / 60:.1f} min if none is present yet)")
     try:
         outcomes, progress = _download(objects, config, client, log)
     except Unreachable as exc:
