@@ -29,6 +29,8 @@ class Backbone:
         block_pattern: regex whose first group names the block/stage of a layer.
         mobile: designed for mobile/edge devices.
         in_paper: one of the study's seven backbones.
+        weights_file: file name of Keras's ImageNet no-top weights (what ``--weights
+            imagenet`` downloads into ``~/.keras/models``).
     """
 
     name: str
@@ -42,31 +44,43 @@ class Backbone:
     block_pattern: str
     mobile: bool
     in_paper: bool
+    weights_file: str
 
 
 BACKBONES: tuple[Backbone, ...] = (
     Backbone("resnet50", "ResNet50", "resnet", "caffe", 224, 32, 2048, _steps(45, 5),
-             r"^(conv\d_block\d+)_", False, True),
+             r"^(conv\d_block\d+)_", False, True,
+             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     Backbone("vgg16", "VGG16", "vgg16", "caffe", 224, 32, 512, _steps(13, 1),
-             r"^(block\d)_", False, True),
+             r"^(block\d)_", False, True,
+             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     Backbone("densenet121", "DenseNet121", "densenet", "torch", 224, 32, 1024, _steps(45, 5),
-             r"^(conv\d_block\d+|pool\d)_", False, True),
+             r"^(conv\d_block\d+|pool\d)_", False, True,
+             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     Backbone("xception", "Xception", "xception", "tf", 299, 71, 2048, _steps(26, 2),
-             r"^(block\d+)_", False, True),
+             r"^(block\d+)_", False, True,
+             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     Backbone("efficientnetb2", "EfficientNetB2", "efficientnet", "none", 260, 32, 1408, _steps(39, 3),
-             r"^(block\d+[a-z])_", False, True),
+             r"^(block\d+[a-z])_", False, True,
+             "efficientnetb2_notop.h5"),
     Backbone("mobilenetv2", "MobileNetV2", "mobilenet_v2", "tf", 224, 32, 1280,
-             (0, 1, 3, 5, 7, 10, 15, 20, 25, 30), r"^(block_\d+|expanded_conv)_", True, True),
+             (0, 1, 3, 5, 7, 10, 15, 20, 25, 30), r"^(block_\d+|expanded_conv)_", True, True,
+             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
     Backbone("nasnetmobile", "NASNetMobile", "nasnet", "tf", 224, 32, 1056, _steps(90, 10),
-             r"(?:normal|reduction|adjust).*?_((?:reduce_)?\d+)$", True, True),
+             r"(?:normal|reduction|adjust).*?_((?:reduce_)?\d+)$", True, True,
+             "NASNet-mobile-no-top.h5"),
     Backbone("mobilenetv3small", "MobileNetV3Small", "mobilenet_v3", "none", 224, 32, 576, _steps(45, 5),
-             r"^(expanded_conv(?:_\d+)?)/", True, False),
+             r"^(expanded_conv(?:_\d+)?)/", True, False,
+             "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
     Backbone("mobilenetv3large", "MobileNetV3Large", "mobilenet_v3", "none", 224, 32, 960, _steps(45, 5),
-             r"^(expanded_conv(?:_\d+)?)/", True, False),
+             r"^(expanded_conv(?:_\d+)?)/", True, False,
+             "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
     Backbone("efficientnetb0", "EfficientNetB0", "efficientnet", "none", 224, 32, 1280, _steps(39, 3),
-             r"^(block\d+[a-z])_", True, False),
+             r"^(block\d+[a-z])_", True, False,
+             "efficientnetb0_notop.h5"),
     Backbone("efficientnetv2b0", "EfficientNetV2B0", "efficientnet_v2", "none", 224, 32, 1280, _steps(39, 3),
-             r"^(block\d+[a-z])_", True, False),
+             r"^(block\d+[a-z])_", True, False,
+             "efficientnetv2-b0_notop.h5"),
 )
 
 _BY_NAME = {b.name: b for b in BACKBONES}

@@ -1,0 +1,434 @@
+"""The study's experiment: fine-tune every backbone at every trainable level, per seed.
+
+    python -m train.sweep --data DIR --backbones paper --levels paper --epochs 10 \
+        --img-size 224 --seeds 0,1,2 --weights imagenet --out sweeps/paper
+
+Resumable (rerun the same command: finished runs are skipped, a killed run resumes from its
+last finished epoch) and shardable (``--shard i/n`` runs a deterministic share of the runs;
+shards write into one shared output folder without conflicts). Frozen features are cached
+by default (``--cache-features auto``); see ``train.cache``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from device.atomic import append_jsonl, read_jsonl, write_json, write_text
+from device.backbones import Backbone, resolve
+from device.dataset import LABELS, DatasetError, class_weights, open_dataset
+from device.metrics import classification_metrics
+from device.preprocess import preprocess
+
+CACHE_MODES = ("auto", "on", "off")
+PRECISIONS = ("float32", "mixed_float16")
+STRATEGIES = ("none", "mirrored")
+# fields of a run's config that must match for a finished or half-done run to be reused
+RUN_IDENTITY = ("backbone", "level", "seed", "epochs", "batch_size", "lr", "img_size", "weights",
+                "augment", "bn_reestimate", "data_fingerprint")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start as configured; the message names the option and the fix."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Resolved settings of a sweep (command line beats defaults; see ``from_args``)."""
+
+    data: str
+    out: str
+    backbones: tuple[str, ...] = ("mobilenetv2",)
+    levels: str = "paper"
+    epochs: int = 10
+    batch_size: int = 32
+    img_size: int = 128
+    lr: float = 1e-3
+    seeds: tuple[int, ...] = (0,)
+    weights: str = "imagenet"
+    augment: str = "none"
+    cache_features: str = "auto"
+    cache_budget_gb: float = 4.0
+    precision: str = "float32"
+    jit: bool = False
+    strategy: str = "none"
+    shard: tuple[int, int] = (0, 1)
+    bn_reestimate: str = "auto"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of the sweep."""
+
+    backbone: Backbone
+    level: int
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.backbone.name}-L{self.level:03d}-s{self.seed}"
+
+    @property
+    def rel_dir(self) -> str:
+        return f"runs/{self.backbone.name}/L{self.level:03d}-s{self.seed}"
+
+
+@dataclass
+class Plan:
+    """Everything validated before training starts."""
+
+    config: SweepConfig
+    runs: list[RunPlan]
+    todo: list[RunPlan]
+    layer_names: dict[str, list[str]] = field(default_factory=dict)
+    data_fingerprint: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _fingerprint(records) -> str:
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(f"{r.path},{r.label},{r.split}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _run_identity(config: SweepConfig, run: RunPlan, fingerprint: str) -> dict:
+    return {"backbone": run.backbone.name, "level": run.level, "seed": run.seed, "epochs": config.epochs,
+            "batch_size": config.batch_size, "lr": config.lr, "img_size": config.img_size,
+            "weights": config.weights, "augment": config.augment,
+            "bn_reestimate": _bn_reestimate(config), "data_fingerprint": fingerprint}
+
+
+def _bn_reestimate(config: SweepConfig) -> bool:
+    return config.bn_reestimate == "on" or (config.bn_reestimate == "auto" and config.weights == "none")
+
+
+def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
+    """Validate a sweep and list its runs, before any training.
+
+    Raises:
+        SweepError: bad option values, a level beyond a backbone's depth, an image size
+            below a backbone's minimum, a training split that is empty or has one class, a
+            run folder made with different settings.
+        WeightsError: ImageNet weights not available offline (names the file).
+    """
+    from train.levels import LevelError, parse_schedule
+    from train.model import build_base, resolve_weights
+
+    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise SweepError(f"--epochs {config.epochs}, --batch-size {config.batch_size}, --lr {config.lr}: expected positive values")
+    if config.cache_features not in CACHE_MODES:
+        raise SweepError(f"--cache-features {config.cache_features!r}: expected one of {', '.join(CACHE_MODES)}")
+    if config.precision not in PRECISIONS:
+        raise SweepError(f"--precision {config.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if config.strategy not in STRATEGIES:
+        raise SweepError(f"--strategy {config.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if config.augment not in ("none", "d4"):
+        raise SweepError(f"--augment {config.augment!r}: expected none or d4")
+    if config.cache_features == "on" and config.augment != "none":
+        raise SweepError("--cache-features on with --augment d4: augmented images change the frozen "
+                         "features every epoch; use --cache-features auto or off")
+    index, count = config.shard
+    if not 0 <= index < count:
+        raise SweepError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
+    try:
+        backbones = resolve(list(config.backbones))
+    except KeyError as exc:
+        raise SweepError(f"--backbones: {exc.args[0]}") from None
+    try:
+        dataset = open_dataset(config.data)
+    except DatasetError as exc:
+        raise SweepError(f"--data: {exc}") from None
+    notes = list(dataset.notes)
+    train = dataset.split("train")
+    if not train:
+        raise SweepError(f"--data {config.data}: the training split is empty; expected a manifest with split=train rows")
+    if len({r.label for r in train}) < 2:
+        raise SweepError(f"--data {config.data}: the training split has only {train[0].label}; expected at least two classes")
+    if not dataset.split("val"):
+        raise SweepError(f"--data {config.data}: the validation split is empty")
+    fingerprint = _fingerprint(dataset.records)
+
+    layer_names: dict[str, list[str]] = {}
+    runs: list[RunPlan] = []
+    for backbone in backbones:
+        if config.img_size < backbone.min_size:
+            raise SweepError(f"--img-size {config.img_size}: {backbone.name} needs at least {backbone.min_size} px")
+        weights = resolve_weights(backbone, config.weights)
+        base = build_base(backbone, config.img_size, weights)
+        layer_names[backbone.name] = [l.name for l in base.layers]
+        del base
+        try:
+            levels = parse_schedule(config.levels, backbone, layer_names[backbone.name])
+        except LevelError as exc:
+            raise SweepError(f"{backbone.name}: {exc}") from None
+        runs += [RunPlan(backbone, level, seed) for level in levels for seed in config.seeds]
+    mine = [run for i, run in enumerate(runs) if i % count == index]
+    out = Path(config.out)
+    todo = []
+    for run in mine:
+        run_dir = out / run.rel_dir
+        identity = _run_identity(config, run, fingerprint)
+        saved = run_dir / "config.json"
+        if saved.is_file():
+            try:
+                previous = json.loads(saved.read_text())
+            except ValueError:
+                previous = {}
+            diff = [k for k in RUN_IDENTITY if previous.get(k) != identity[k]]
+            if previous and diff:
+                raise SweepError(f"{run_dir} was made with different settings ({', '.join(diff)}); "
+                                 f"use another --out or remove that folder")
+        if not (run_dir / "metrics.json").is_file():
+            todo.append(run)
+    return Plan(config=config, runs=mine, todo=todo, layer_names=layer_names,
+                data_fingerprint=fingerprint, notes=notes)
+
+
+def _write_predictions(path: Path, records, labels: np.ndarray, probs: np.ndarray) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "label_index"] + [f"prob_{l}" for l in LABELS] + ["pred_index"])
+    for record, label, p in zip(records, labels, probs):
+        writer.writerow([record.path, record.label, int(label)] + [f"{v:.6g}" for v in p] + [int(np.argmax(p))])
+    write_text(path, buf.getvalue())
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _ensure_results_line(out: Path, run: RunPlan) -> None:
+    """A run whose metrics.json exists but whose results line was lost (kill in between)."""
+    results = out / "results.jsonl"
+    if any(r.get("run_id") == run.run_id and "error" not in r for r in read_jsonl(results)):
+        return
+    metrics = json.loads((out / run.rel_dir / "metrics.json").read_text())
+    append_jsonl(results, metrics)
+
+
+def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
+    """Run (this shard of) a sweep; returns the output folder.
+
+    Writes a run folder per (backbone, level, seed), ``results.jsonl`` (a line per run, a
+    failed run with an ``error`` field) and the summary (``train.summary``).
+    """
+    the_plan = plan(config, log)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"sweep-shard{config.shard[0]}of{config.shard[1]}.json",
+               {**asdict(config), "runs": [r.run_id for r in the_plan.runs]})
+    for note in the_plan.notes:
+        log(f"note: {note}")
+    for run in the_plan.runs:
+        if run not in the_plan.todo:
+            _ensure_results_line(out, run)
+    done = len(the_plan.runs) - len(the_plan.todo)
+    log(f"sweep: {len(the_plan.runs)} runs in this shard ({done} already finished), output {out}")
+    if the_plan.todo:
+        with _precision(config.precision):
+            _execute(the_plan, out, log)
+    try:
+        from train.summary import write_summary
+
+        write_summary(out, log=log)
+    except Exception as exc:  # the runs are safe in results.jsonl; say why the summary failed
+        log(f"warning: summary not written ({type(exc).__name__}: {exc}); rerun `python -m train.summary {out}`")
+    return out
+
+
+@contextlib.contextmanager
+def _precision(policy: str):
+    import tf_keras as keras
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
+    import tensorflow as tf
+
+    from train.cache import FeatureStore, LevelCache, top_model
+    from train.levels import level_info, set_level
+    from train.model import build, reestimate_batchnorm, resolve_weights
+    from train.trainer import FitConfig, fit
+
+    config = the_plan.config
+    dataset = open_dataset(config.data)
+    skipped_all = []
+    train_x, train_y, train_records, skipped = dataset.load_arrays("train", config.img_size)
+    skipped_all += skipped
+    val_x, val_y, val_records, skipped = dataset.load_arrays("val", config.img_size)
+    skipped_all += skipped
+    if skipped_all:
+        log(f"warning: skipped {len(skipped_all)} unreadable image(s): " + "; ".join(p for p, _ in skipped_all[:10]))
+    weights_by_class = class_weights(train_y)
+    strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
+    use_cache = config.cache_features == "on" or (config.cache_features == "auto" and config.augment == "none")
+    store = FeatureStore(budget_bytes=int(config.cache_budget_gb * 2 ** 30), spill_dir=out / "cache")
+    total, finished, t_sweep = len(the_plan.todo), 0, time.perf_counter()
+    try:
+        for backbone in dict.fromkeys(r.backbone for r in the_plan.todo):
+            runs = sorted((r for r in the_plan.todo if r.backbone == backbone), key=lambda r: (-r.level, r.seed))
+            with strategy.scope():
+                built = build(backbone, config.img_size, resolve_weights(backbone, config.weights), seed=0)
+            model, base = built.model, built.base
+            x_train = preprocess(train_x, backbone.preprocess)
+            x_val = preprocess(val_x, backbone.preprocess)
+            if _bn_reestimate(config):
+                pick = np.random.default_rng(0).permutation(len(x_train))[:512]
+                count = reestimate_batchnorm(base, x_train[pick])
+                log(f"{backbone.name}: BatchNorm statistics re-estimated on {len(pick)} training images ({count} layers)")
+            initial = model.get_weights()
+            head = model.get_layer("head")
+            caches = (LevelCache(model, base, x_train, store), LevelCache(model, base, x_val, store)) if use_cache else None
+            for run in runs:
+                t0 = time.perf_counter()
+                run_dir = out / run.rel_dir
+                run_dir.mkdir(parents=True, exist_ok=True)
+                record = {"run_id": run.run_id, "run_dir": run.rel_dir, "backbone": backbone.name,
+                          "level": run.level, "seed": run.seed}
+                try:
+                    model.set_weights(initial)
+                    kernel = tf.keras.initializers.GlorotUniform(seed=run.seed)(head.kernel.shape)
+                    head.set_weights([np.asarray(kernel), np.zeros(head.bias.shape, np.float32)])
+                    run_initial = model.get_weights()
+                    info = level_info(model, base, run.level)
+                    identity = _run_identity(config, run, the_plan.data_fingerprint)
+                    write_json(run_dir / "config.json", {
+                        **identity, **{k: v for k, v in asdict(config).items() if k not in identity},
+                        "preprocess": backbone.preprocess, "keras_name": backbone.keras_name,
+                        "labels": list(LABELS), "class_weights": {LABELS[c]: w for c, w in weights_by_class.items()},
+                        "train_n": int(len(train_y)), "val_n": int(len(val_y)), **info})
+                    t_cache = time.perf_counter()
+                    if caches is not None:
+                        # caches must see the initial weights of the frozen layers
+                        train_in = caches[0].advance(run.level)
+                        val_in = caches[1].advance(run.level)
+                        with strategy.scope():
+                            top = top_model(model, caches[0].boundary)
+                    else:
+                        train_in, val_in, top = [x_train], [x_val], model
+                    cache_seconds = time.perf_counter() - t_cache
+                    set_level(model, base, run.level)
+                    with strategy.scope():
+                        result = fit(model, top, train_in, train_y, val_in, val_y, weights_by_class,
+                                     FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                                               seed=run.seed, jit=config.jit, augment=config.augment),
+                                     run_dir, run_initial, log)
+                    _write_predictions(run_dir / "val_predictions.csv", val_records, val_y, result.val_probs)
+                    metrics = classification_metrics(val_y, result.val_probs.argmax(1))
+                    record.update({
+                        "img_size": config.img_size, "epochs": config.epochs, "epochs_run": len(result.history),
+                        "best_epoch": result.best_epoch, **metrics, **{k: v for k, v in info.items() if k != "level"},
+                        "weights": config.weights, "cache_features": caches is not None,
+                        "cache_seconds": round(cache_seconds, 3), "train_seconds": round(result.train_seconds, 3),
+                        "wall_seconds": round(time.perf_counter() - t0, 3),
+                        "train_images_per_s": round(result.images_trained / result.train_seconds, 1) if result.train_seconds else None,
+                        "resumed_from_epoch": result.resumed_from,
+                        "precision": config.precision, "jit": config.jit, "strategy": config.strategy,
+                    })
+                    write_json(run_dir / "metrics.json", record)
+                except Exception as exc:  # one failed run must not stop the sweep
+                    record["error"] = f"{type(exc).__name__}: {exc}"
+                    record["wall_seconds"] = round(time.perf_counter() - t0, 3)
+                append_jsonl(out / "results.jsonl", record)
+                finished += 1
+                elapsed = time.perf_counter() - t_sweep
+                eta = elapsed / finished * (total - finished)
+                status = (f"error: {record['error']}" if "error" in record else
+                          f"val acc {100 * record['val_accuracy']:.1f}% [{100 * record['val_accuracy_ci_low']:.1f}, "
+                          f"{100 * record['val_accuracy_ci_high']:.1f}], best epoch {record['best_epoch']}/{config.epochs}")
+                log(f"[{finished}/{total}] {run.run_id}: {status}, {record['wall_seconds']:.1f}s; sweep ETA {_fmt_eta(eta)}")
+            if caches is not None:
+                for cache in caches:
+                    if cache.arrays[0] is not cache.images:
+                        store.release(cache.arrays)
+            del model, base, built
+            tf.keras.backend.clear_session()
+    finally:
+        store.close()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n such as 0/4") from None
+    return i, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset folder (manifest.csv, labels.csv or class folders)")
+    p.add_argument("--out", required=True, help="sweep output folder (shared by shards)")
+    p.add_argument("--backbones", default="mobilenetv2", help="names and groups: paper, mobile, all (default mobilenetv2)")
+    p.add_argument("--levels", default="paper", help="paper | blocks | 0,5,10 | step:N[:max] (default paper)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=128, help="input side in pixels (default 128)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH (file or folder of Keras weight files)")
+    p.add_argument("--augment", default="none", choices=("none", "d4"), help="d4: the 8 rotations/flips")
+    p.add_argument("--cache-features", default="auto", choices=CACHE_MODES)
+    p.add_argument("--cache-budget-gb", type=float, default=4.0, help="feature cache kept in memory; beyond, memory-mapped files")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS)
+    p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
+    p.add_argument("--strategy", default="none", choices=STRATEGIES, help="mirrored: all GPUs of this machine")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares")
+    p.add_argument("--bn-reestimate", default="auto", choices=("auto", "on", "off"),
+                   help="re-estimate frozen BatchNorm statistics on training images (auto: with --weights none)")
+    return p
+
+
+def from_args(args: argparse.Namespace) -> SweepConfig:
+    """Build the config from parsed arguments (the only place a Namespace is read)."""
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError:
+        raise SweepError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    return SweepConfig(data=args.data, out=args.out, backbones=tuple(b for b in args.backbones.split(",") if b.strip()),
+                       levels=args.levels, epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size,
+                       lr=args.lr, seeds=seeds or (0,), weights=args.weights, augment=args.augment,
+                       cache_features=args.cache_features, cache_budget_gb=args.cache_budget_gb,
+                       precision=args.precision, jit=args.jit, strategy=args.strategy, shard=args.shard,
+                       bn_reestimate=args.bn_reestimate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from train.model import WeightsError
+
+    try:
+        out = run_sweep(from_args(args))
+    except (SweepError, WeightsError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished epochs are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(f"results: {out / 'results.jsonl'}; summary: {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

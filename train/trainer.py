@@ -1,0 +1,242 @@
+"""One training run (backbone x level x seed): resumable epochs, best epoch restored.
+
+The run folder holds ``history.csv`` (one row per finished epoch), ``ckpt/`` (the last two
+epochs' weights and optimizer state, for resume), ``best.h5`` with ``best.json``
+(the epoch it holds). Order of writes per epoch: checkpoint, best weights, history row, so
+a kill at any moment loses at most the epoch in progress.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from device.atomic import write_json, write_text
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Training settings of one run."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    jit: bool = False
+    augment: str = "none"
+
+
+@dataclass
+class FitResult:
+    """What a finished run learned: best epoch, its validation probabilities, history."""
+
+    best_epoch: int
+    val_probs: np.ndarray
+    history: list[dict]
+    train_seconds: float
+    images_trained: int
+    resumed_from: int
+
+
+def d4(images: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Apply one of the 8 rotations/flips (``code`` 0..7) to each image of a batch."""
+    out = np.empty_like(images)
+    for i, code in enumerate(codes):
+        img = np.rot90(images[i], k=int(code) % 4, axes=(0, 1))
+        out[i] = img[:, ::-1] if code >= 4 else img
+    return out
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for row in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
+        try:
+            rows.append({k: (int(row[k]) if k == "epoch" else float(row[k])) for k in HISTORY_COLUMNS})
+        except (KeyError, ValueError, TypeError):
+            break
+    return rows
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _save_weights_atomic(model: keras.Model, path: Path) -> None:
+    # legacy HDF5 (by layer order): a ".weights.h5" suffix would switch Keras to another format
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.h5")
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
+def _cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    picked = probs[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+
+
+def _batches(inputs: list[np.ndarray], onehot: np.ndarray, weights: np.ndarray, order: np.ndarray,
+             batch_size: int, augment_codes: np.ndarray | None):
+    for start in range(0, len(order), batch_size):
+        idx = np.sort(order[start:start + batch_size]) if isinstance(inputs[0], np.memmap) else order[start:start + batch_size]
+        xs = [a[idx] for a in inputs]
+        if augment_codes is not None:
+            xs[0] = d4(xs[0], augment_codes[idx])
+        yield (tuple(xs) if len(xs) > 1 else xs[0]), onehot[idx], weights[idx]
+
+
+def _dataset(inputs, onehot, weights, order, batch_size, augment_codes) -> tf.data.Dataset:
+    x_spec = tuple(tf.TensorSpec((None,) + a.shape[1:], tf.as_dtype(a.dtype)) for a in inputs)
+    signature = (x_spec if len(x_spec) > 1 else x_spec[0],
+                 tf.TensorSpec((None, onehot.shape[1]), tf.float32), tf.TensorSpec((None,), tf.float32))
+    return tf.data.Dataset.from_generator(
+        lambda: _batches(inputs, onehot, weights, order, batch_size, augment_codes),
+        output_signature=signature).prefetch(tf.data.AUTOTUNE)
+
+
+def predict(model: keras.Model, inputs: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """Class probabilities of ``model`` over ``inputs`` (a list of arrays), inference mode."""
+    out = []
+    for start in range(0, len(inputs[0]), batch_size):
+        batch = [a[start:start + batch_size] for a in inputs]
+        out.append(np.asarray(model.predict_on_batch(batch if len(batch) > 1 else batch[0]), dtype=np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+
+
+def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], train_labels: np.ndarray,
+        val_inputs: list[np.ndarray], val_labels: np.ndarray, class_weights: dict[int, float],
+        config: FitConfig, run_dir: Path, initial_weights: list[np.ndarray],
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train ``top`` (which shares layers with ``full``), resuming from ``run_dir`` if possible.
+
+    Args:
+        full: the whole model (base + head); its weights are what is checkpointed.
+        top: the model actually trained: ``full`` itself, or its trainable top on cached
+            boundary tensors.
+        train_inputs, val_inputs: arrays feeding ``top`` (preprocessed images or features).
+        train_labels, val_labels: class indices.
+        class_weights: ``{class: weight}`` applied as per-sample loss weights.
+        config: epochs, batch size, learning rate, seed, XLA, augmentation.
+        run_dir: the run folder (created by the caller).
+        initial_weights: ``full``'s starting weights, restored if the run restarts.
+        log: where per-run notes go.
+
+    Returns:
+        The best epoch (by validation accuracy, first of ties), its validation
+        probabilities (the weights of that epoch are restored into ``full``), the history.
+    """
+    keras.utils.set_random_seed(config.seed)
+    n_classes = full.output_shape[-1]
+    onehot = np.eye(n_classes, dtype=np.float32)[train_labels]
+    weights = np.array([class_weights.get(int(c), 0.0) for c in train_labels], dtype=np.float32)
+    optimizer = keras.optimizers.Adam(learning_rate=config.lr)
+    top.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"],
+                jit_compile=config.jit)
+    ckpt = tf.train.Checkpoint(model=full, optimizer=optimizer)
+    history_path, best_path, best_meta = run_dir / "history.csv", run_dir / "best.h5", run_dir / "best.json"
+    history, manager = _resume(run_dir, full, ckpt, initial_weights, log)
+    start_epoch = len(history)
+    best_epoch, best_acc = 0, -1.0
+    for row in history:
+        if row["val_accuracy"] > best_acc:
+            best_epoch, best_acc = row["epoch"], row["val_accuracy"]
+    train_seconds = 0.0
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(train_labels))
+        codes = rng.integers(0, 8, len(train_labels)) if config.augment == "d4" else None
+        ds = _dataset(train_inputs, onehot, weights, order, config.batch_size, codes)
+        logs = top.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0).history
+        train_seconds += time.perf_counter() - t0
+        probs = predict(top, val_inputs)
+        val_acc = float(np.mean(probs.argmax(1) == val_labels)) if len(val_labels) else float("nan")
+        row = {"epoch": epoch + 1, "loss": float(logs["loss"][-1]), "accuracy": float(logs["accuracy"][-1]),
+               "val_loss": _cross_entropy(probs, val_labels), "val_accuracy": val_acc,
+               "seconds": round(time.perf_counter() - t0, 3)}
+        manager.save(checkpoint_number=epoch + 1)
+        if val_acc > best_acc:
+            best_epoch, best_acc = epoch + 1, val_acc
+            _save_weights_atomic(full, best_path)
+            write_json(best_meta, {"epoch": best_epoch, "val_accuracy": best_acc})
+        history.append(row)
+        _write_history(history_path, history)
+    if best_epoch == 0:
+        raise RuntimeError("no epoch finished (epochs must be >= 1)")
+    full.load_weights(str(best_path))
+    return FitResult(best_epoch=best_epoch, val_probs=predict(top, val_inputs), history=history,
+                     train_seconds=train_seconds, images_trained=(config.epochs - start_epoch) * len(train_labels),
+                     resumed_from=start_epoch)
+
+
+def _h5_readable(path: Path) -> bool:
+    """True when ``path`` is an HDF5 file whose weight groups can be listed."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            return len(fh.attrs.get("layer_names", [])) > 0
+    except (OSError, ValueError):
+        return False
+
+
+def _resume(run_dir: Path, full, ckpt, initial_weights, log):
+    """Restore the last good epoch from ``run_dir``.
+
+    Returns:
+        ``(history rows kept, checkpoint manager)``.
+
+    History rows beyond the newest restorable checkpoint are dropped (that epoch is redone).
+    The best-weights file must load and name an epoch in the kept history; otherwise the
+    run starts again from scratch, with a note.
+    """
+    manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
+    history = _read_history(run_dir / "history.csv")
+    if not history:
+        return [], manager
+    saved = {int(Path(p).name.rsplit("-", 1)[1]): p for p in manager.checkpoints}
+    for epoch in sorted((e for e in saved if e <= len(history)), reverse=True):
+        try:
+            ckpt.restore(saved[epoch]).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as exc:
+            log(f"  checkpoint of epoch {epoch} unreadable ({type(exc).__name__}); trying an earlier one")
+            continue
+        kept = history[:epoch]
+        best_row = max(kept, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+        try:
+            meta = json.loads((run_dir / "best.json").read_text())
+            ok = int(meta["epoch"]) == best_row["epoch"] and _h5_readable(run_dir / "best.h5")
+        except (OSError, ValueError, KeyError):
+            ok = False
+        if not ok and best_row["epoch"] == epoch:
+            _save_weights_atomic(full, run_dir / "best.h5")
+            write_json(run_dir / "best.json", {"epoch": epoch, "val_accuracy": best_row["val_accuracy"]})
+            ok = True
+        if ok:
+            log(f"  resuming after epoch {epoch}")
+            return kept, manager
+        log(f"  best weights of epoch {best_row['epoch']} missing or stale; restarting this run")
+        break
+    else:
+        log("  no usable checkpoint; restarting this run")
+    full.set_weights(initial_weights)
+    shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
+    for name in ("history.csv", "best.h5", "best.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    return [], tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
