@@ -104,7 +104,7 @@ def _stellar_ri(gr: np.ndarray | float, rng: np.random.Generator) -> float:
     """
     gr = float(gr)
     if gr < 1.3:
-        ri = 0.37 * gr - 0.04
+        ri = 0.37 * gr - 0.07
     else:
         ri = 0.44 + (gr - 1.3) * rng.uniform(2.0, 5.0)
     return float(np.clip(ri + rng.normal(0.0, 0.05), -0.3, 2.2))
@@ -112,7 +112,7 @@ def _stellar_ri(gr: np.ndarray | float, rng: np.random.Generator) -> float:
 
 def _star_params(rng: np.random.Generator) -> dict:
     """Magnitude and colours of a spectroscopic target star."""
-    r = float(np.clip(rng.normal(17.6, 1.5), 13.8, 20.8))
+    r = float(np.clip(rng.normal(17.6, 2.0), 13.5, 21.0))
     # F/G turn-off stars dominate SEGUE/BOSS targets; a tail of blue and of M dwarfs.
     pick = rng.uniform()
     if pick < 0.15:
@@ -130,8 +130,8 @@ def _star_params(rng: np.random.Generator) -> dict:
 def _qso_params(rng: np.random.Generator) -> dict:
     """Magnitude, colours and optional host of a spectroscopic quasar."""
     r = float(np.clip(rng.normal(19.7, 1.0), 16.5, 22.0))
-    gr = float(np.clip(rng.normal(0.15, 0.18), -0.3, 1.2))
-    ri = float(np.clip(rng.normal(0.12, 0.15), -0.3, 1.0))
+    gr = float(np.clip(rng.normal(0.15, 0.25), -0.3, 1.2))
+    ri = float(np.clip(rng.normal(0.08, 0.2), -0.3, 1.0))
     params = {"r": r, "g_r": gr, "r_i": ri, "host": False}
     if rng.uniform() < 0.2:
         params.update(host=True, host_dmag=float(rng.uniform(0.8, 2.5)),
@@ -155,17 +155,17 @@ def _galaxy_params(rng: np.random.Generator, faint: bool = False) -> dict:
         r = float(rng.normal(17.3, 0.7)) if rng.uniform() < 0.45 else float(rng.uniform(17.8, 20.3))
         r = float(np.clip(r, 14.0, 20.3))
     # Size shrinks with magnitude: brighter galaxies are nearer and bigger on the sky.
-    hlr = float(np.exp(rng.normal(math.log(2.8) - 0.3 * (r - 17.0), 0.35)))
+    hlr = float(np.exp(rng.normal(math.log(3.4) - 0.3 * (r - 17.0), 0.35)))
     hlr = float(np.clip(hlr, 0.25, 12.0))
     if red:
         bulge_frac = float(rng.uniform(0.5, 1.0))
         # Fainter red galaxies are further away: redshifted 4000 A break, redder g-r and r-i.
-        gr = float(np.clip(rng.normal(1.0 + 0.4 * max(r - 16.5, 0.0), 0.12), 0.6, 2.0))
-        ri = float(np.clip(rng.normal(0.42 + 0.12 * max(r - 16.5, 0.0), 0.07), 0.3, 0.9))
+        gr = float(np.clip(rng.normal(1.0 + 0.4 * max(r - 16.5, 0.0), 0.18), 0.6, 2.0))
+        ri = float(np.clip(rng.normal(0.42 + 0.12 * max(r - 16.5, 0.0), 0.1), 0.25, 0.9))
     else:
         bulge_frac = float(rng.uniform(0.0, 0.35))
-        gr = float(rng.normal(0.45, 0.14))
-        ri = float(rng.normal(0.28, 0.08))
+        gr = float(rng.normal(0.5, 0.18))
+        ri = float(rng.normal(0.3, 0.1))
     return {
         "r": r, "g_r": gr, "r_i": ri, "red": bool(red), "hlr": hlr, "bulge_frac": bulge_frac,
         # Bulges are redder than their discs.
@@ -378,8 +378,11 @@ def render(label: str, size: int, seed: int, index: int) -> tuple[bytes, dict]:
     fwhm = float(MEDIAN_FWHM * math.exp(rng.normal(0.0, SEEING_SIGMA)))
     gsp = _GSPARAMS
     # Kolmogorov rather than Moffat: its Fourier transform is analytic and cheap, which keeps
-    # a thousand cutouts within a minute, and its r^(-11/3) wings are those of real seeing.
-    psf = galsim.Kolmogorov(fwhm=fwhm, gsparams=gsp)
+    # a thousand cutouts within a minute. A wide Gaussian adds the scattered-light halo that
+    # makes real SDSS stars' wings broader than pure seeing.
+    halo = float(rng.uniform(0.05, 0.15))
+    psf = galsim.Sum(galsim.Kolmogorov(fwhm=fwhm, flux=1.0 - halo, gsparams=gsp),
+                     galsim.Gaussian(fwhm=3.0 * fwhm, flux=halo, gsparams=gsp), gsparams=gsp)
     psf = psf.shear(g=float(rng.uniform(0.0, 0.05)), beta=float(rng.uniform(0, 180)) * galsim.degrees)
     canvas = _Canvas(size, psf, fwhm, gsp)
     truth: dict = {"label": label, "fwhm": round(fwhm, 3)}
