@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from device.atomic import write_bytes, write_json
 from device.dataset import LABELS, read_manifest
-from device.images import read_rgb
+from device.images import read_rgb, resize
 
 BORDER = 8  # pixels along each edge treated as background (at 128 px)
 APERTURE = 6.0  # pixels: central aperture radius, about 2.4" or 1.7 PSF FWHM at 0.4"/px
@@ -187,8 +188,6 @@ def synth_images(root: Path) -> list[tuple[Path, str]]:
 
 def measure(name: str, items: list[tuple[Path, str]], size: int = 128) -> SetStats:
     """Decode each image (resized to ``size`` if needed) and compute its statistics."""
-    from device.images import resize
-
     stats = []
     for path, _ in items:
         image = read_rgb(path)
@@ -234,7 +233,55 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def compare(synth: str | Path, real: str | Path, n: int = 600, seed: int = 0) -> dict:
+def plot_histograms(sets: list[SetStats], path: str | Path,
+                    keys: tuple[str, ...] = ("noise_G", "flux", "peak", "hlr", "colour_RG", "colour_GB")) -> Path:
+    """Save per-class histograms of ``keys``, one outline per set, as a PNG.
+
+    Args:
+        sets: the measured sets (e.g. real and synthetic).
+        path: the PNG to write.
+        keys: statistics to plot, one column each; fluxes are shown as log10.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(LABELS), len(keys), figsize=(3.0 * len(keys), 2.4 * len(LABELS)))
+    for row, label in enumerate(LABELS):
+        for col, key in enumerate(keys):
+            ax = axes[row, col]
+            per_set = []
+            for s in sets:
+                v = np.array([st[key] for st, lab in zip(s.stats, s.labels) if LABELS[lab] == label], dtype=float)
+                v = v[np.isfinite(v)]
+                if key in ("flux", "peak"):
+                    v = np.log10(np.clip(v, 1.0, None))
+                per_set.append(v)
+            lo, hi = np.percentile(np.concatenate(per_set), [1, 99])
+            bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
+            for s, v in zip(sets, per_set):
+                ax.hist(v, bins=bins, histtype="step", density=True, label=s.name)
+            if row == 0:
+                ax.set_title(f"log10 {key}" if key in ("flux", "peak") else key, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(label)
+            ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+    return path
+
+
+def compare(synth: str | Path, real: str | Path, n: int = 600, seed: int = 0,
+            figure: str | Path | None = None) -> dict:
     """Measure a balanced sample of ``n`` images from each set and summarise both.
 
     Args:
@@ -242,6 +289,7 @@ def compare(synth: str | Path, real: str | Path, n: int = 600, seed: int = 0) ->
         real: the shared SDSS folder (its ``dev`` subset is used).
         n: images per set (a third per class).
         seed: fixes the samples and the classifier split.
+        figure: optional PNG path for per-class histograms (``plot_histograms``).
 
     Returns:
         ``summary`` as from ``summarise`` plus ``table`` (Markdown).
@@ -256,6 +304,8 @@ def compare(synth: str | Path, real: str | Path, n: int = 600, seed: int = 0) ->
             measure("synth", _balanced(synth_images(synth), n, seed))]
     summary = summarise(sets, seed=seed)
     summary["table"] = markdown_table(summary)
+    if figure is not None:
+        summary["figure"] = str(plot_histograms(sets, figure))
     return summary
 
 
@@ -266,17 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=600, help="images per set, balanced over classes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the summary as JSON here")
+    parser.add_argument("--figure", help="also write per-class histograms (PNG) here")
     args = parser.parse_args(argv)
-    summary = compare(args.synth, args.real, n=args.n, seed=args.seed)
+    summary = compare(args.synth, args.real, n=args.n, seed=args.seed, figure=args.figure)
     print(summary["table"])
     print()
     for name, acc in summary["accuracy"].items():
         print(f"logistic regression accuracy ({name}, 70/30 stratified): {acc:.3f}")
     if args.json:
-        from device.atomic import write_json
-
         write_json(args.json, summary)
         print(f"wrote {args.json}")
+    if args.figure:
+        print(f"wrote {args.figure}")
     return 0
 
 

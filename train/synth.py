@@ -104,7 +104,7 @@ def _stellar_ri(gr: np.ndarray | float, rng: np.random.Generator) -> float:
     """
     gr = float(gr)
     if gr < 1.3:
-        ri = 0.37 * gr - 0.07
+        ri = 0.37 * gr - 0.1
     else:
         ri = 0.44 + (gr - 1.3) * rng.uniform(2.0, 5.0)
     return float(np.clip(ri + rng.normal(0.0, 0.05), -0.3, 2.2))
@@ -112,7 +112,7 @@ def _stellar_ri(gr: np.ndarray | float, rng: np.random.Generator) -> float:
 
 def _star_params(rng: np.random.Generator) -> dict:
     """Magnitude and colours of a spectroscopic target star."""
-    r = float(np.clip(rng.normal(17.6, 2.0), 13.5, 21.0))
+    r = float(np.clip(rng.normal(17.3, 2.0), 13.5, 21.0))
     # F/G turn-off stars dominate SEGUE/BOSS targets; a tail of blue and of M dwarfs.
     pick = rng.uniform()
     if pick < 0.15:
@@ -129,9 +129,14 @@ def _star_params(rng: np.random.Generator) -> dict:
 
 def _qso_params(rng: np.random.Generator) -> dict:
     """Magnitude, colours and optional host of a spectroscopic quasar."""
-    r = float(np.clip(rng.normal(19.7, 1.0), 16.5, 22.0))
-    gr = float(np.clip(rng.normal(0.15, 0.25), -0.3, 1.2))
-    ri = float(np.clip(rng.normal(0.08, 0.2), -0.3, 1.0))
+    r = float(np.clip(rng.normal(19.8, 1.1), 16.5, 22.0))
+    if rng.uniform() < 0.15:
+        # z > 2.5 quasars (Lyman-alpha forest in g) and dust-reddened ones: red in g-r.
+        gr = float(rng.uniform(0.3, 1.3))
+        ri = float(np.clip(rng.normal(0.2, 0.2), -0.3, 1.0))
+    else:
+        gr = float(np.clip(rng.normal(0.05, 0.2), -0.3, 1.2))
+        ri = float(np.clip(rng.normal(0.08, 0.2), -0.3, 1.0))
     params = {"r": r, "g_r": gr, "r_i": ri, "host": False}
     if rng.uniform() < 0.2:
         params.update(host=True, host_dmag=float(rng.uniform(0.8, 2.5)),
@@ -155,7 +160,7 @@ def _galaxy_params(rng: np.random.Generator, faint: bool = False) -> dict:
         r = float(rng.normal(17.3, 0.7)) if rng.uniform() < 0.45 else float(rng.uniform(17.8, 20.3))
         r = float(np.clip(r, 14.0, 20.3))
     # Size shrinks with magnitude: brighter galaxies are nearer and bigger on the sky.
-    hlr = float(np.exp(rng.normal(math.log(3.4) - 0.3 * (r - 17.0), 0.35)))
+    hlr = float(np.exp(rng.normal(math.log(4.0) - 0.3 * (r - 17.0), 0.35)))
     hlr = float(np.clip(hlr, 0.25, 12.0))
     if red:
         bulge_frac = float(rng.uniform(0.5, 1.0))
