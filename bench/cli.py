@@ -1,0 +1,190 @@
+"""``bench``: the on-device benchmark command line.
+
+Subcommands: ``run`` (measure exported models), ``overhead`` (check the timed loop's cost),
+``bundle`` (pack models and a validation subset for a device), ``android`` (drive TFLite's
+``benchmark_model`` on a phone over adb). Each subcommand is an entry of ``COMMANDS``: a
+function adding its arguments and a function running it, so adding one is a few lines.
+Modules listed in ``EXTERNAL`` (``report`` -> ``bench.report``) own their arguments: when
+the module is installed, ``bench NAME ARGS...`` calls its ``main(ARGS)``.
+
+Parsing stays here; each command builds a config and calls one library function (STYLE 5).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+EXTERNAL = {"report": "bench.report"}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", required=True, type=Path, help="exports folder with manifest.json (or an extracted bundle)")
+    p.add_argument("--out", required=True, type=Path, help="JSON-lines file to append to")
+    p.add_argument("--data", type=Path, help="dataset folder (default: the artifact's data, else EXPORTS/data)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--runtime", type=_names, default=("litert", "onnxruntime"), help="litert,onnxruntime")
+    p.add_argument("--threads", type=_ints, default=(1,), help="comma-separated, e.g. 1,4")
+    p.add_argument("--mode", type=_names, default=("kernel",), help="kernel, e2e or kernel,e2e")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--runs", type=int, default=200, help="minimum timed runs")
+    p.add_argument("--min-secs", type=float, default=5.0, help="minimum timed seconds")
+    p.add_argument("--strict", action="store_true", help="MLPerf single-stream minimum: >= 1024 runs and >= 60 s")
+    p.add_argument("--shuffle", action="store_true", help="cycle the images in a seeded random order")
+    p.add_argument("--seed", type=int, default=0)
+    cool = p.add_mutually_exclusive_group()
+    cool.add_argument("--cooldown-temp", type=float, help="before each job wait until below this many C")
+    cool.add_argument("--cooldown-secs", type=float, help="before each job sleep this long")
+    p.add_argument("--cooldown-timeout", type=float, default=600.0)
+    p.add_argument("--device-name", help="name of this device in the records (default: host name)")
+    p.add_argument("--resume", action="store_true", help="skip jobs already in --out")
+    p.add_argument("--select", help="glob on artifact id or model file name")
+    p.add_argument("--job-timeout", type=float, default=3600.0, help="seconds before a worker is killed")
+
+
+def _cmd_run(args) -> int:
+    from bench.jobs import RunConfig, run_benchmarks
+
+    config = RunConfig(models=args.models, out=args.out, data=args.data, split=args.split,
+                       runtimes=args.runtime, threads=args.threads, modes=args.mode, warmup=args.warmup,
+                       runs=args.runs, min_secs=args.min_secs, strict=args.strict, shuffle=args.shuffle,
+                       seed=args.seed, cooldown_temp_c=args.cooldown_temp, cooldown_secs=args.cooldown_secs,
+                       cooldown_timeout_s=args.cooldown_timeout, device_name=args.device_name,
+                       resume=args.resume, select=args.select, job_timeout_s=args.job_timeout)
+    summary = run_benchmarks(config, progress=lambda line: print(line, flush=True))
+    print(f"{summary['written']} line(s) ({summary['errors']} with error) appended to {summary['out']}")
+    return 0
+
+
+def _add_overhead(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help=".tflite or .onnx file")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=500, help="timed calls per round and loop")
+    p.add_argument("--rounds", type=int, default=7)
+
+
+def _cmd_overhead(args) -> int:
+    from bench.overhead import measure_overhead
+
+    result = measure_overhead(args.model, threads=args.threads, runs=args.runs, rounds=args.rounds)
+    print(f"bench worker loop median {result['worker_median_ms']:.4f} ms, bare invoke loop median "
+          f"{result['bare_median_ms']:.4f} ms, ratio {result['ratio']:.3f} "
+          f"({'within' if result['ratio'] <= result['target_ratio'] else 'ABOVE'} the {result['target_ratio']} target)")
+    return 0
+
+
+def _add_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exports", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="dataset the reference predictions were made on")
+    p.add_argument("--out", required=True, type=Path, help="FILE.tar.gz")
+    p.add_argument("--max-images", type=int, help="validation images to include (stratified; default all)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--wheel", type=Path, action="append", default=[],
+                   help="a skyedge wheel or sdist to ship in the bundle (repeatable)")
+
+
+def _cmd_bundle(args) -> int:
+    from bench.bundle import BundleConfig, make_bundle
+
+    summary = make_bundle(BundleConfig(exports=args.exports, data=args.data, out=args.out,
+                                       max_images=args.max_images, split=args.split, wheels=tuple(args.wheel)))
+    for note in summary["notes"]:
+        print(note)
+    print(f"bundle {summary['out']}: {summary['artifacts']} model(s), {summary['images']} image(s), "
+          f"{summary['size_bytes']} bytes")
+    return 0
+
+
+def _add_android(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", required=True, type=Path)
+    p.add_argument("--adb", required=True, help="path to adb")
+    p.add_argument("--benchmark-binary", required=True,
+                   help="TFLite benchmark_model for the phone's ABI (a local file is pushed; a /data/... path is used as is)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--threads", type=_ints, default=(1,))
+    p.add_argument("--delegate", choices=("xnnpack", "gpu", "nnapi", "none"), default="xnnpack")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--serial", help="adb device serial (adb -s)")
+    p.add_argument("--select", help="glob on artifact id or model file name")
+    p.add_argument("--device-name", help="name in the records (default: the phone's model)")
+
+
+def _cmd_android(args) -> int:
+    from bench.jobs import complete_line, load_manifest
+    from device.android import AndroidConfig, run_android
+    from device.atomic import append_jsonl
+
+    config = AndroidConfig(models=args.models, adb=args.adb, benchmark_binary=args.benchmark_binary,
+                           threads=args.threads, delegate=args.delegate, runs=args.runs, warmup=args.warmup,
+                           serial=args.serial, select=args.select, device_name=args.device_name)
+    artifacts = load_manifest(args.models)
+    n = errors = 0
+    for record in run_android(config, artifacts, progress=lambda line: print(line, flush=True)):
+        line = complete_line(record)
+        append_jsonl(args.out, line)
+        n += 1
+        errors += "error" in line
+    print(f"{n} line(s) ({errors} with error) appended to {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "run": (_add_run, _cmd_run, "measure exported models (one subprocess per job)"),
+    "overhead": (_add_overhead, _cmd_overhead, "compare the timed loop with a bare invoke() loop"),
+    "bundle": (_add_bundle, _cmd_bundle, "pack models and a validation subset for a device"),
+    "android": (_add_android, _cmd_android, "benchmark .tflite models on a phone with benchmark_model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add, _run, help_text) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text))
+    for name, module in EXTERNAL.items():
+        if _available(module):
+            sub.add_parser(name, help=f"see `bench {name} --help`", add_help=False)
+    return parser
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``bench``; returns the exit status (2 for a run that cannot start)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in EXTERNAL and _available(EXTERNAL[argv[0]]):
+        return int(importlib.import_module(EXTERNAL[argv[0]]).main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    from bench.jobs import BenchError
+
+    try:
+        return COMMANDS[args.command][1](args)
+    except (BenchError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

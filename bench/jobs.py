@@ -1,0 +1,384 @@
+"""``bench run``: plan jobs from an exports manifest, run each in a worker subprocess,
+append one flat JSON line per job, resume, and flag int8 models slower than fp32.
+
+One job is one artifact x runtime x threads x mode. Each runs in ``python -m bench.worker``
+so memory high-water marks and runtime thread pools start fresh (STYLE 7); a worker that
+crashes (a signal, a non-zero exit, a timeout) still gives a line, with ``error``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from bench import fingerprint
+from device.atomic import append_jsonl, read_jsonl, write_text
+
+RUNTIME_OF_FORMAT = {"tflite": "litert", "onnx": "onnxruntime"}
+MODES = ("kernel", "e2e")
+INT8_VARIANTS = ("int8", "qat", "dynamic")
+LABELS_DEFAULT = ("GALAXY", "QSO", "STAR")
+INT8_NOTE = "slower than fp32"
+
+# every line has these keys, in this order (None where not measured); extra keys follow
+LINE_FIELDS = (
+    "device_name", "hostname", "cpu_model", "arch", "cores", "ram_bytes", "os", "kernel", "python",
+    "governor", "cpu_freq_mhz", "temp_c_before", "temp_c_after", "throttled",
+    "runtime", "runtime_package", "runtime_version", "threads", "mode",
+    "artifact_id", "backbone", "level", "seed", "variant", "format", "model_file", "model_sha256", "size_bytes",
+    "load_ms", "first_inference_ms",
+    "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std",
+    "latency_ms_min", "latency_ms_max",
+    "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "latency_ms_p90_ci_low", "latency_ms_p90_ci_high",
+    "runs", "seconds_measured", "peak_rss_bytes", "idle_rss_bytes", "rss_increase_bytes",
+    "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1",
+)
+LINE_FIELDS_TAIL = ("agreement", "images_sha256", "pred_indices", "label_indices",
+                    "strict", "strict_valid", "timestamp", "notes")
+
+
+class BenchError(RuntimeError):
+    """A benchmark that cannot start (no manifest, nothing matches); the CLI exits 2."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``bench run`` needs; built by the CLI, passed to ``run_benchmarks``.
+
+    ``data`` overrides each artifact's dataset; ``runtimes``, ``threads`` and ``modes``
+    span the job grid; ``select`` is a glob on artifact id or model file name;
+    ``worker_command`` replaces ``python -m bench.worker -`` (tests).
+    """
+
+    models: Path
+    out: Path
+    data: Path | None = None
+    split: str = "val"
+    runtimes: tuple[str, ...] = ("litert", "onnxruntime")
+    threads: tuple[int, ...] = (1,)
+    modes: tuple[str, ...] = ("kernel",)
+    warmup: int = 20
+    runs: int = 200
+    min_secs: float = 5.0
+    strict: bool = False
+    shuffle: bool = False
+    seed: int = 0
+    cooldown_temp_c: float | None = None
+    cooldown_secs: float | None = None
+    cooldown_timeout_s: float = 600.0
+    device_name: str | None = None
+    resume: bool = False
+    select: str | None = None
+    job_timeout_s: float = 3600.0
+    max_timed_inputs: int = 64
+    worker_command: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise ValueError(f"unknown mode(s) {unknown}; expected {', '.join(MODES)}")
+        bad = [r for r in self.runtimes if r not in RUNTIME_OF_FORMAT.values()]
+        if bad:
+            raise ValueError(f"unknown runtime(s) {bad}; expected {', '.join(RUNTIME_OF_FORMAT.values())}")
+        if any(t < 1 for t in self.threads):
+            raise ValueError(f"threads must be >= 1, got {list(self.threads)}")
+        if self.cooldown_temp_c is not None and self.cooldown_secs is not None:
+            raise ValueError("give --cooldown-temp or --cooldown-secs, not both")
+
+
+@dataclass
+class Job:
+    """One artifact x runtime x threads x mode, with the parent's notes."""
+
+    artifact: dict
+    runtime: str
+    threads: int
+    mode: str
+    notes: list[str] = field(default_factory=list)
+
+    def key(self, device_name: str) -> tuple:
+        return job_key({"artifact_id": self.artifact.get("artifact_id"), "runtime": self.runtime,
+                        "threads": self.threads, "mode": self.mode, "device_name": device_name})
+
+
+def job_key(line: dict) -> tuple:
+    """What makes two lines the same job (``--resume``)."""
+    return (line.get("artifact_id"), line.get("runtime"), line.get("threads"), line.get("mode"), line.get("device_name"))
+
+
+def load_manifest(exports: str | os.PathLike) -> list[dict]:
+    """The artifact records of ``EXPORTS/manifest.json``.
+
+    Raises:
+        BenchError: missing, unreadable or without an ``artifacts`` list.
+    """
+    path = Path(exports) / "manifest.json"
+    if not path.is_file():
+        raise BenchError(f"{path}: no such file; expected the manifest written by the export step")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{path}: not readable JSON ({exc})") from exc
+    artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    if not isinstance(artifacts, list):
+        raise BenchError(f"{path}: no 'artifacts' list")
+    return artifacts
+
+
+def plan_jobs(config: RunConfig, artifacts: list[dict]) -> tuple[list[Job], list[str]]:
+    """Jobs for the artifacts that match the config, and notes on the ones left out.
+
+    Artifacts with an ``error`` are left out with a note; a format whose runtime was not
+    asked for is left out silently; ``select`` matches artifact id or file name.
+    """
+    jobs, notes = [], []
+    for artifact in artifacts:
+        aid = artifact.get("artifact_id") or artifact.get("file")
+        if config.select and not (fnmatch.fnmatch(str(aid), config.select)
+                                  or fnmatch.fnmatch(Path(str(artifact.get("file", ""))).name, config.select)):
+            continue
+        if artifact.get("error"):
+            notes.append(f"skipped {aid}: export failed ({artifact['error']})")
+            continue
+        fmt = str(artifact.get("format") or Path(str(artifact.get("file", ""))).suffix.lstrip(".")).lower()
+        runtime = RUNTIME_OF_FORMAT.get(fmt)
+        if runtime is None:
+            notes.append(f"skipped {aid}: unknown format {fmt!r}")
+            continue
+        if runtime not in config.runtimes:
+            continue
+        for threads in config.threads:
+            for mode in config.modes:
+                jobs.append(Job(artifact=artifact, runtime=runtime, threads=threads, mode=mode))
+    return jobs, notes
+
+
+def runtime_package_info(runtime: str) -> tuple[str | None, str | None]:
+    """(package, version) that would run ``runtime``, from installed metadata (no import)."""
+    candidates = ("ai-edge-litert", "tflite-runtime", "tensorflow") if runtime == "litert" else ("onnxruntime",)
+    for package in candidates:
+        try:
+            return package, metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
+def complete_line(record: dict, labels=LABELS_DEFAULT) -> dict:
+    """``record`` with every line field present (None where absent), in the fixed order."""
+    keys = list(LINE_FIELDS) + [f"recall_{label}" for label in labels] + list(LINE_FIELDS_TAIL)
+    line = {key: record.get(key) for key in keys}
+    line["notes"] = list(record.get("notes") or [])
+    line.update({k: v for k, v in record.items() if k not in line})
+    if "error" in line and not line["error"]:
+        del line["error"]
+    return line
+
+
+def _resolve_data(config: RunConfig, artifact: dict) -> Path | None:
+    if config.data is not None:
+        return Path(config.data)
+    exports = Path(config.models)
+    declared = artifact.get("data")
+    if declared:
+        path = Path(declared) if Path(declared).is_absolute() else exports / declared
+        if path.is_dir():
+            return path
+    fallback = exports / "data"
+    return fallback if fallback.is_dir() else None
+
+
+def run_worker(job: dict, command: list[str], timeout_s: float) -> dict:
+    """Run one job in a subprocess and return its result (an ``error`` if it died)."""
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(command, input=json.dumps(job), capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"worker timed out after {timeout_s:g} s", "notes": []}
+    except OSError as exc:
+        return {"error": f"cannot start worker {command[0]}: {exc.strerror or exc}", "notes": []}
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    result = None
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+    stderr_tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return {"error": f"worker killed by {name} after {time.perf_counter() - started:.1f} s"
+                         + (f" ({stderr_tail})" if stderr_tail else ""),
+                "worker_signal": name, "notes": []}
+    if not isinstance(result, dict):
+        return {"error": f"worker exited with status {proc.returncode} and no result"
+                         + (f": {stderr_tail}" if stderr_tail else ""), "notes": []}
+    if proc.returncode != 0:
+        result.setdefault("notes", []).append(f"worker exit status {proc.returncode}")
+    return result
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def run_benchmarks(config: RunConfig, progress=None) -> dict:
+    """Run every planned job and append its line to ``config.out``.
+
+    Args:
+        config: the run.
+        progress: called with one human-readable line per job (and per skipped artifact).
+
+    Returns:
+        ``{"out", "planned", "written", "errors", "skipped_resume"}``.
+
+    Raises:
+        BenchError: no manifest, or no artifact matches.
+    """
+    say = progress or (lambda _line: None)
+    artifacts = load_manifest(config.models)
+    jobs, notes = plan_jobs(config, artifacts)
+    for note in notes:
+        say(note)
+    if not jobs:
+        raise BenchError(f"{config.models}: no artifact matches (select={config.select!r}, "
+                         f"runtimes={','.join(config.runtimes)}; {len(artifacts)} in the manifest)")
+    static = fingerprint.static_fingerprint(config.device_name)
+    device_name = static["device_name"]
+    skipped = 0
+    if config.resume:
+        done = {job_key(line) for line in read_jsonl(config.out)}
+        kept = [job for job in jobs if job.key(device_name) not in done]
+        skipped = len(jobs) - len(kept)
+        jobs = kept
+        if skipped:
+            say(f"resume: {skipped} job(s) already in {config.out}")
+    Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+    runs = max(config.runs, 1024) if config.strict else config.runs
+    min_secs = max(config.min_secs, 60.0) if config.strict else config.min_secs
+    command = list(config.worker_command or (sys.executable, "-m", "bench.worker", "-"))
+    written = errors = 0
+    started = time.perf_counter()
+    for number, job in enumerate(jobs, start=1):
+        artifact = job.artifact
+        note = fingerprint.cooldown(config.cooldown_temp_c, config.cooldown_secs, config.cooldown_timeout_s)
+        if note:
+            job.notes.append(note)
+        job_started = time.perf_counter()
+        line = _measure(config, job, static, command, runs, min_secs)
+        line["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        line = complete_line(line, tuple(artifact.get("labels") or LABELS_DEFAULT))
+        append_jsonl(config.out, line)
+        written += 1
+        errors += "error" in line
+        elapsed = time.perf_counter() - started
+        eta = elapsed / number * (len(jobs) - number)
+        what = f"[{number}/{len(jobs)}] {line['artifact_id']} {job.runtime} threads={job.threads} {job.mode}"
+        if "error" in line:
+            say(f"{what}: ERROR {line['error']} ({time.perf_counter() - job_started:.1f} s, ETA {_fmt_eta(eta)})")
+        else:
+            say(f"{what}: p50 {line['latency_ms_p50']:.3f} ms, accuracy {line['accuracy']:.3f}, "
+                f"agreement {line['agreement'] if line['agreement'] is None else round(line['agreement'], 3)} "
+                f"({time.perf_counter() - job_started:.1f} s, ETA {_fmt_eta(eta)})")
+    flagged = annotate_int8(config.out)
+    if flagged:
+        say(f"{flagged} line(s) noted: int8 slower than fp32")
+    return {"out": str(config.out), "planned": len(jobs) + skipped, "written": written, "errors": errors,
+            "skipped_resume": skipped}
+
+
+def _measure(config: RunConfig, job: Job, static: dict, command: list[str], runs: int, min_secs: float) -> dict:
+    """The line of one job: parent fields, then the worker's result."""
+    artifact = job.artifact
+    exports = Path(config.models)
+    model_path = exports / str(artifact.get("file", ""))
+    package, version = runtime_package_info(job.runtime)
+    line = {**static, "runtime": job.runtime, "runtime_package": package, "runtime_version": version,
+            "threads": job.threads, "mode": job.mode,
+            "artifact_id": artifact.get("artifact_id"), "backbone": artifact.get("backbone"),
+            "level": artifact.get("level"), "seed": artifact.get("seed"), "variant": artifact.get("variant"),
+            "format": artifact.get("format"), "model_file": artifact.get("file"),
+            "size_bytes": model_path.stat().st_size if model_path.is_file() else artifact.get("size_bytes"),
+            "strict": config.strict, "notes": list(job.notes)}
+    data = _resolve_data(config, artifact)
+    if data is None:
+        line["error"] = (f"no dataset: {artifact.get('data')!r} does not exist here and {exports / 'data'} "
+                         "is missing; pass --data")
+        return line
+    reference = artifact.get("reference_predictions")
+    payload = {"artifact": artifact, "model_path": str(model_path), "runtime": job.runtime,
+               "threads": job.threads, "mode": job.mode, "data": str(data), "split": config.split,
+               "reference": str(exports / reference) if reference else None, "warmup": config.warmup,
+               "runs": runs, "min_secs": min_secs, "shuffle": config.shuffle, "seed": config.seed,
+               "max_timed_inputs": config.max_timed_inputs}
+    result = run_worker(payload, command, config.job_timeout_s)
+    notes = line["notes"] + list(result.pop("notes", []) or [])
+    line.update({k: v for k, v in result.items() if v is not None or k not in line})
+    line["notes"] = notes
+    return line
+
+
+def _int8_cause(runtime: str, variant: str) -> str:
+    if runtime == "onnxruntime":
+        return ("ONNX QDQ ops left unfused (QuantizeLinear/DequantizeLinear not folded into integer kernels) "
+                "or no fast int8 kernels (VNNI / dot-product) on this CPU")
+    if variant == "dynamic":
+        return ("dynamic-range ops quantize activations at run time and XNNPACK does not take them, "
+                "so they run on the slower builtin hybrid kernels")
+    return ("XNNPACK not applied to the quantized graph (ops left on the builtin int8 kernels), no fast int8 "
+            "kernels on this CPU (no dot-product instructions) or per-tensor requantization overhead")
+
+
+def annotate_int8(out: str | os.PathLike) -> int:
+    """Note, on both lines, where an int8 variant is slower than the fp32 of the same model.
+
+    Pairs lines without error on the same device, backbone, level, seed, format, runtime,
+    threads and mode by ``latency_ms_p50`` (kernel mode) or ``e2e_inference_ms_p50`` (e2e). Rewrites ``out`` atomically only when a note
+    is added (idempotent).
+
+    Returns:
+        The number of lines that got a note.
+    """
+    lines = read_jsonl(out)
+
+    def group(line):
+        return tuple(line.get(k) for k in ("device_name", "backbone", "level", "seed", "format",
+                                           "runtime", "threads", "mode"))
+
+    def speed(line):  # kernel: the timed invoke; e2e: the model's share of the pipeline
+        return line.get("e2e_inference_ms_p50" if line.get("mode") == "e2e" else "latency_ms_p50")
+
+    fp32 = {group(line): line for line in lines
+            if line.get("variant") == "fp32" and not line.get("error") and speed(line)}
+    changed = 0
+    for line in lines:
+        variant = str(line.get("variant") or "")
+        if line.get("error") or not (variant in INT8_VARIANTS or variant.startswith("int8")):
+            continue
+        base = fp32.get(group(line))
+        if base is None or not speed(line) or speed(line) <= speed(base):
+            continue
+        cause = _int8_cause(str(line.get("runtime")), variant)
+        ratio = speed(line) / speed(base)
+        mine = f"{variant} {INT8_NOTE} {base['artifact_id']} ({ratio:.2f}x p50): likely {cause}"
+        theirs = f"{variant} variant {line['artifact_id']} is {ratio:.2f}x slower than this fp32 (p50): likely {cause}"
+        for target, note in ((line, mine), (base, theirs)):
+            notes = target.setdefault("notes", [])
+            if note not in notes:
+                notes.append(note)
+                changed += 1
+    if changed:
+        write_text(out, "".join(json.dumps(line) + "\n" for line in lines))
+    return changed

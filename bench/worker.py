@@ -1,0 +1,338 @@
+"""One benchmark job in its own process: ``python -m bench.worker [JOB.json | -]``.
+
+The job is a JSON object (from the file named on the command line, or stdin); the result is
+one JSON object printed on the worker's original stdout. Anything the runtimes print goes to
+stderr, so the result line stays parseable. Running each job in a fresh process keeps
+memory high-water marks and thread pools from leaking between models (STYLE 7).
+
+Job keys: ``artifact`` (the manifest record), ``model_path``, ``runtime``, ``threads``,
+``mode`` (``kernel`` or ``e2e``), ``data``, ``split``, ``reference`` (CSV path or null),
+``warmup``, ``runs``, ``min_secs``, ``shuffle``, ``seed``, ``max_timed_inputs``.
+
+Order of work: imports and the runtime's import; hash check; decode the split at the
+manifest's input size; ``idle_rss_bytes``; load (``load_ms``); first inference; one
+untimed pass over every image for accuracy and agreement; warmup; the timed loop.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import gc
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import fingerprint, memory
+from bench.latency import latency_stats
+
+DEFAULTS = {"threads": None, "mode": "kernel", "split": "val", "reference": None, "warmup": 20,
+            "runs": 200, "min_secs": 5.0, "shuffle": False, "seed": 0, "max_timed_inputs": 64}
+STRICT_MIN_QUERIES = 1024
+STRICT_MIN_SECONDS = 60.0
+
+
+class JobError(RuntimeError):
+    """A job that cannot be measured as asked; the message says why."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def images_sha256(paths) -> str:
+    """SHA-256 of the sorted, newline-joined relative image paths: names an image set."""
+    return hashlib.sha256("\n".join(sorted(paths)).encode("utf-8")).hexdigest()
+
+
+def kernel_of(model) -> tuple:
+    """``(set_input, call)`` of a loaded model: the leanest way to run it.
+
+    ``set_input(prepared)`` hands an input to the runtime (not timed); ``call()`` runs the
+    model on it and is the only thing the kernel loop times: ``Interpreter.invoke`` on
+    LiteRT, ``InferenceSession.run`` with a prebuilt feed on ONNX Runtime.
+    """
+    interpreter = getattr(model, "interpreter", None)
+    if interpreter is not None:
+        index = interpreter.get_input_details()[0]["index"]
+        return functools.partial(interpreter.set_tensor, index), interpreter.invoke
+    session = getattr(model, "session", None)
+    if session is not None:
+        name = session.get_inputs()[0].name
+        feed: dict = {}
+        return functools.partial(feed.__setitem__, name), functools.partial(
+            session.run, [session.get_outputs()[0].name], feed)
+    holder: list = [None]
+    return functools.partial(holder.__setitem__, 0), lambda: model.invoke(holder[0])
+
+
+def time_kernel(set_input, call, inputs, runs: int, min_secs: float = 0.0, order=None) -> np.ndarray:
+    """The timed loop: ``call()`` at least ``runs`` times and for at least ``min_secs``.
+
+    Only ``call()`` sits between the two ``perf_counter_ns`` reads; the input is handed
+    over before the first read, the timings array is preallocated (doubled when a long
+    ``min_secs`` needs more), and the garbage collector is paused.
+
+    Args:
+        set_input, call: from ``kernel_of``.
+        inputs: prepared inputs to cycle over.
+        runs: minimum number of timed calls.
+        min_secs: minimum measured time.
+        order: indices into ``inputs`` to cycle through (default: in order).
+
+    Returns:
+        int64 nanosecond timings, one per call.
+    """
+    order = list(range(len(inputs))) if order is None else list(order)
+    n_order = len(order)
+    single = n_order == 1
+    if single:
+        set_input(inputs[order[0]])
+    capacity = max(int(runs), 16)
+    times = np.empty(capacity, dtype=np.int64)
+    clock = time.perf_counter_ns
+    deadline = clock() + int(min_secs * 1e9)
+    gc_enabled = gc.isenabled()
+    gc.disable()
+    i = 0
+    try:
+        while i < runs or clock() < deadline:
+            if i == capacity:
+                times = np.concatenate([times, np.empty(capacity, dtype=np.int64)])
+                capacity *= 2
+            if not single:
+                set_input(inputs[order[i % n_order]])
+            t0 = clock()
+            call()
+            t1 = clock()
+            times[i] = t1 - t0
+            i += 1
+    finally:
+        if gc_enabled:
+            gc.enable()
+    return times[:i]
+
+
+def _import_runtime(runtime: str) -> None:
+    """Import the runtime's library so ``idle_rss_bytes`` counts it and not the model."""
+    modules = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter") if runtime == "litert" else ("onnxruntime",)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+            return
+        except ImportError:
+            continue
+
+
+def read_reference(path: str | os.PathLike) -> dict[str, int]:
+    """``{path: pred_index}`` from a reference-predictions CSV."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {row["path"]: int(row["pred_index"]) for row in csv.DictReader(fh)}
+
+
+def _e2e_loop(model, files: list[Path], size: tuple[int, int], runs: int, min_secs: float) -> dict:
+    """Decode + resize + prepare + invoke + probabilities per image, each phase timed."""
+    from device.images import read_rgb, resize
+
+    clock = time.perf_counter_ns
+    phases = {name: [] for name in ("decode", "resize", "inference", "total")}
+    deadline = clock() + int(min_secs * 1e9)
+    i = 0
+    while i < runs or clock() < deadline:
+        path = files[i % len(files)]
+        t0 = clock()
+        image = read_rgb(path)
+        t1 = clock()
+        image = resize(image, size)
+        t2 = clock()
+        model.probabilities(model.invoke(model.prepare(image)))
+        t3 = clock()
+        phases["decode"].append(t1 - t0)
+        phases["resize"].append(t2 - t1)
+        phases["inference"].append(t3 - t2)
+        phases["total"].append(t3 - t0)
+        i += 1
+    return {name: np.asarray(values, dtype=np.int64) for name, values in phases.items()}
+
+
+def run_job(job: dict) -> dict:
+    """Measure one model x runtime x threads x mode.
+
+    Args:
+        job: see the module docstring.
+
+    Returns:
+        The measured fields of the record (latency, memory, accuracy, agreement, runtime
+        package, temperatures, notes); ``error`` when the job could not be measured, with
+        whatever was measured before the failure.
+    """
+    job = {**DEFAULTS, **job}
+    out: dict = {"notes": []}
+    try:
+        _run(job, out)
+    except Exception as exc:  # every failure becomes the record's error, never a lost line
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _run(job: dict, out: dict) -> None:
+    from device.dataset import LABELS, open_dataset
+    from device.metrics import classification_metrics
+    from device.runtime import load
+
+    notes = out["notes"]
+    artifact = job["artifact"]
+    runtime, mode, threads = job["runtime"], job["mode"], job["threads"]
+    if mode not in ("kernel", "e2e"):
+        raise JobError(f"unknown mode {mode!r}; expected kernel or e2e")
+    out.update(fingerprint.dynamic_state())
+    out["temp_c_before"] = fingerprint.temperature_c()
+    _import_runtime(runtime)
+
+    model_path = Path(job["model_path"])
+    if not model_path.is_file():
+        raise JobError(f"{model_path}: model file missing")
+    expected = artifact.get("sha256")
+    actual = sha256_file(model_path)
+    out["model_sha256"] = actual
+    if not expected:
+        notes.append("manifest has no sha256; file not verified")
+    elif actual != expected:
+        raise JobError(f"{model_path.name}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}...")
+
+    shape = artifact.get("input_shape") or [1, artifact.get("img_size"), artifact.get("img_size"), 3]
+    size = (int(shape[1]), int(shape[2]))
+    labels = tuple(artifact.get("labels") or LABELS)
+    dataset = open_dataset(job["data"])
+    notes.extend(dataset.notes)
+    images, y_true, records, skipped = dataset.load_arrays(job["split"], size[0]) if size[0] == size[1] \
+        else _load_rect(dataset, job["split"], size)
+    if skipped:
+        notes.append(f"{len(skipped)} unreadable image(s) skipped, first: {skipped[0][1]}")
+    if not len(records):
+        raise JobError(f"{job['data']}: no readable images in split {job['split']!r}")
+
+    gc.collect()
+    out["idle_rss_bytes"] = memory.rss_bytes()
+    t0 = time.perf_counter_ns()
+    model = load(model_path, runtime, threads)
+    out["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
+    out["runtime_package"], out["runtime_version"] = model.package, model.version
+    if tuple(model.input_shape[1:]) != (size[0], size[1], 3):
+        raise JobError(f"model input {tuple(model.input_shape)} does not match the data prepared at "
+                       f"{size[0]}x{size[1]}x3 from the manifest's input_shape")
+    if artifact.get("input_dtype") and np.dtype(artifact["input_dtype"]) != model.input_dtype:
+        notes.append(f"manifest input_dtype {artifact['input_dtype']} but the model takes {model.input_dtype}")
+
+    prepared0 = model.prepare(images[0])
+    t0 = time.perf_counter_ns()
+    model.invoke(prepared0)
+    out["first_inference_ms"] = (time.perf_counter_ns() - t0) / 1e6
+
+    # accuracy: every image once, outside the timed loop
+    probs = np.stack([model.probabilities(model.invoke(model.prepare(img))) for img in images])
+    if probs.shape[1] != len(labels):
+        raise JobError(f"model gives {probs.shape[1]} outputs for {len(labels)} labels {list(labels)}")
+    y_pred = probs.argmax(axis=1)
+    metrics = classification_metrics(y_true, y_pred, prefix="", labels=labels)
+    out.update({"n_images": len(records), "accuracy": metrics["accuracy"],
+                "accuracy_ci_low": metrics["accuracy_ci_low"], "accuracy_ci_high": metrics["accuracy_ci_high"],
+                "macro_f1": metrics["macro_f1"]})
+    out.update({f"recall_{label}": metrics[f"recall_{label}"] for label in labels})
+    paths = [r.path for r in records]
+    by_path = sorted(range(len(paths)), key=paths.__getitem__)
+    out["images_sha256"] = images_sha256(paths)
+    out["pred_indices"] = [int(y_pred[i]) for i in by_path]
+    out["label_indices"] = [int(y_true[i]) for i in by_path]
+    out["agreement"] = None
+    if job.get("reference") and Path(job["reference"]).is_file():
+        reference = read_reference(job["reference"])
+        matched = [(int(y_pred[i]), reference[p]) for i, p in enumerate(paths) if p in reference]
+        if matched:
+            out["agreement"] = float(np.mean([a == b for a, b in matched]))
+        if len(matched) < len(paths):
+            notes.append(f"agreement over {len(matched)} of {len(paths)} images found in the reference CSV")
+    else:
+        notes.append("no reference predictions; agreement not computed")
+
+    runs, min_secs, warmup = int(job["runs"]), float(job["min_secs"]), int(job["warmup"])
+    if mode == "kernel":
+        pool = min(len(images), int(job["max_timed_inputs"]))
+        inputs = [model.prepare(img) for img in images[:pool]]
+        order = list(range(pool))
+        if job["shuffle"]:
+            order = [int(i) for i in np.random.default_rng(job["seed"]).permutation(pool)]
+        set_input, call = kernel_of(model)
+        time_kernel(set_input, call, inputs, warmup, 0.0, order)
+        started = time.perf_counter()
+        times = time_kernel(set_input, call, inputs, runs, min_secs, order)
+        wall = time.perf_counter() - started
+    else:
+        files = [dataset.resolve(r) for r in records]
+        if job["shuffle"]:
+            files = [files[i] for i in np.random.default_rng(job["seed"]).permutation(len(files))]
+        _e2e_loop(model, files, size, warmup, 0.0)
+        started = time.perf_counter()
+        phases = _e2e_loop(model, files, size, runs, min_secs)
+        wall = time.perf_counter() - started
+        times = phases["total"]
+        for name, values in phases.items():
+            out[f"e2e_{name}_ms_p50"] = float(np.median(values)) / 1e6
+    out["runs"] = int(times.size)
+    out["seconds_measured"] = wall  # wall time of the timed loop, as MLPerf's minimum duration
+    out.update(latency_stats(times / 1e6, seed=int(job["seed"])))
+    out["strict_valid"] = out["runs"] >= STRICT_MIN_QUERIES and out["seconds_measured"] >= STRICT_MIN_SECONDS
+    out["peak_rss_bytes"] = memory.peak_rss_bytes()
+    if out["peak_rss_bytes"] is not None and out["idle_rss_bytes"] is not None:
+        out["rss_increase_bytes"] = out["peak_rss_bytes"] - out["idle_rss_bytes"]
+    out["temp_c_after"] = fingerprint.temperature_c()
+    out["throttled"] = fingerprint.throttled()
+    flags = fingerprint.describe_throttled(out["throttled"])
+    if flags:
+        notes.append("throttling flags: " + ", ".join(flags))
+
+
+def _load_rect(dataset, split, size):
+    """Split images resized to a non-square (height, width)."""
+    from device.images import ImageError, load_image
+
+    records = dataset.split(split)
+    kept, skipped, images = [], [], []
+    for record in records:
+        try:
+            images.append(load_image(dataset.resolve(record), size))
+            kept.append(record)
+        except ImageError as exc:
+            skipped.append((record.path, str(exc)))
+    arr = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
+    return arr, np.array([r.label_index for r in kept], dtype=np.int64), kept, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Read a job, run it, print the result as one JSON line on the original stdout."""
+    argv = sys.argv[1:] if argv is None else argv
+    result_fd = os.dup(1)
+    os.dup2(2, 1)  # runtime chatter on stdout goes to stderr
+    sys.stdout = sys.stderr
+    try:
+        text = Path(argv[0]).read_text() if argv and argv[0] != "-" else sys.stdin.read()
+        result = run_job(json.loads(text))
+    except (OSError, ValueError) as exc:
+        result = {"error": f"bad job: {exc}", "notes": []}
+    with os.fdopen(result_fd, "w") as fh:
+        fh.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
