@@ -1,0 +1,230 @@
+"""``bench bundle``: one .tar.gz with everything a Raspberry Pi needs to run ``bench run``.
+
+Contents (under one top folder named after the archive):
+``manifest.json`` (the exports manifest, ``data`` rewritten to the bundle's ``data``),
+the model files at their manifest paths, the reference-prediction CSVs (rows of the
+bundled images only), ``data/`` (a labelled validation subset: the images and a
+``manifest.csv``), ``setup_pi.sh``, ``INSTALL.md`` and any wheel/sdist given.
+
+Reference CSVs name images by their path in the dataset's manifest. Where a reference
+path is relative to another root (or absolute), it is matched to a dataset image by its
+resolved location or by a unique path suffix, and both the bundled manifest and the
+reference CSV get the same new relative path, so ``agreement`` joins on the device.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from bench.jobs import BenchError, load_manifest
+from device.atomic import atomic_open, write_json, write_text
+from device.dataset import LABELS, Dataset, Record, open_dataset, write_manifest
+
+INSTALL_MD = """# SkyEdge benchmark bundle
+
+This folder holds exported models (`manifest.json`), their reference predictions and a
+labelled validation subset (`data/`). On a Raspberry Pi (Raspberry Pi OS 64-bit):
+
+    bash setup_pi.sh            # python venv, skyedge[device], governor and cooling checks
+    source ~/skyedge-venv/bin/activate
+    bench run --models . --threads 1,4 --out results.jsonl
+    bench run --models . --threads 1,4 --mode e2e --out results.jsonl --resume
+
+Useful options: `--cooldown-temp 55` (wait for the SoC to cool below 55 C before each
+job), `--strict` (MLPerf single-stream minimum: >= 1024 queries and >= 60 s per job),
+`--device-name pi5-fan`. `--resume` skips jobs already in the output file.
+Copy `results.jsonl` back for `bench report`. See docs/raspberry-pi.md in the project.
+"""
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """What to bundle: the exports folder, the dataset it was validated on, the output."""
+
+    exports: Path
+    data: Path
+    out: Path
+    max_images: int | None = None
+    split: str = "val"
+    seed: int = 0
+    wheels: tuple[Path, ...] = ()
+
+
+def subset(records: list[Record], max_images: int | None, seed: int = 0) -> list[Record]:
+    """A stratified, seeded subset of about ``max_images`` records (all if ``None``).
+
+    Each class keeps its share, rounded, and at least one image (so the total can exceed
+    ``max_images`` by up to the number of classes); sorted by path.
+    """
+    if not max_images or max_images >= len(records):
+        return sorted(records, key=lambda r: r.path)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in LABELS:
+        group = sorted((r for r in records if r.label == label), key=lambda r: r.path)
+        if not group:
+            continue
+        take = max(1, int(round(max_images * len(group) / len(records))))
+        chosen.extend(group[i] for i in sorted(rng.permutation(len(group))[:take]))
+    return sorted(chosen, key=lambda r: r.path)
+
+
+def _clean_relative(path: str) -> bool:
+    pure = PurePosixPath(path.replace("\\", "/"))
+    return not pure.is_absolute() and ".." not in pure.parts and bool(pure.parts)
+
+
+class _Matcher:
+    """Finds the dataset record a reference CSV path names."""
+
+    def __init__(self, dataset: Dataset, records: list[Record]):
+        self.dataset = dataset
+        self.exact = {r.path: r for r in records}
+        self.resolved = {os.path.realpath(dataset.resolve(r)): r for r in records}
+        self.records = records
+
+    def find(self, path: str, roots: list[Path]) -> Record | None:
+        if path in self.exact:
+            return self.exact[path]
+        candidates = [Path(path)] if Path(path).is_absolute() else [root / path for root in roots]
+        for candidate in candidates:
+            record = self.resolved.get(os.path.realpath(candidate))
+            if record is not None:
+                return record
+        norm = path.replace("\\", "/").lstrip("./")
+        hits = [r for r in self.records
+                if r.path.endswith("/" + norm) or norm.endswith("/" + r.path.lstrip("./"))]
+        return hits[0] if len(hits) == 1 else None
+
+
+def _read_reference(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def make_bundle(config: BundleConfig) -> dict:
+    """Write the bundle ``config.out`` atomically.
+
+    Returns:
+        ``{"out", "artifacts", "images", "size_bytes", "notes"}``.
+
+    Raises:
+        BenchError: no manifest, no usable artifact, or no images in the split.
+        DatasetError: the dataset cannot be read.
+    """
+    exports = Path(config.exports)
+    artifacts = load_manifest(exports)
+    notes: list[str] = []
+    usable = []
+    for artifact in artifacts:
+        aid = artifact.get("artifact_id")
+        file = str(artifact.get("file", ""))
+        if artifact.get("error"):
+            notes.append(f"left out {aid}: export failed ({artifact['error']})")
+        elif not _clean_relative(file) or not (exports / file).is_file():
+            notes.append(f"left out {aid}: model file {file!r} not found inside {exports}")
+        else:
+            usable.append(artifact)
+    if not usable:
+        raise BenchError(f"{exports}: no artifact with a model file to bundle")
+    dataset = open_dataset(config.data)
+    split = dataset.split(config.split)
+    if not split:
+        raise BenchError(f"{config.data}: no images in split {config.split!r}")
+    chosen = subset(split, config.max_images, config.seed)
+
+    # new, clean relative path of every chosen image
+    new_path: dict[str, str] = {}
+    taken: set[str] = set()
+    for record in chosen:
+        path = record.path if _clean_relative(record.path) else f"images/{record.label}/{Path(record.path).name}"
+        stem, suffix, k = path.rsplit(".", 1)[0], Path(path).suffix, 1
+        while path in taken:
+            path, k = f"{stem}-{k}{suffix}", k + 1
+        taken.add(path)
+        new_path[record.path] = path
+
+    top = Path(config.out).name.removesuffix(".gz").removesuffix(".tar").removesuffix(".tgz") or "bundle"
+    with tempfile.TemporaryDirectory(prefix="skyedge-bundle-") as tmp:
+        stage = Path(tmp) / top
+        (stage / "data").mkdir(parents=True)
+        for record in chosen:
+            dest = stage / "data" / new_path[record.path]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(dataset.resolve(record), dest)
+        write_manifest(stage / "data", [Record(path=new_path[r.path], label=r.label, split=config.split,
+                                               objid=r.objid, ra=r.ra, dec=r.dec, source=r.source) for r in chosen])
+
+        matcher = _Matcher(dataset, split)
+        references: dict[str, str] = {}
+        out_artifacts = []
+        for artifact in usable:
+            record = dict(artifact)
+            dest = stage / artifact["file"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(exports / artifact["file"], dest)
+            ref = artifact.get("reference_predictions")
+            if ref:
+                if ref not in references:
+                    references[ref] = _bundle_reference(exports, ref, artifact, matcher, new_path, stage, notes,
+                                                        len(references))
+                record["reference_predictions"] = references[ref]
+            record["data"] = "data"
+            record["bundle_val_n"] = len(chosen)
+            out_artifacts.append(record)
+        write_json(stage / "manifest.json", {"format_version": 1, "artifacts": out_artifacts,
+                                             "bundle": {"split": config.split, "images": len(chosen),
+                                                        "source_data": str(config.data)}})
+        setup = Path(__file__).resolve().parents[1] / "device" / "setup_pi.sh"
+        if setup.is_file():
+            shutil.copy2(setup, stage / "setup_pi.sh")
+            os.chmod(stage / "setup_pi.sh", 0o755)
+        else:
+            notes.append(f"setup_pi.sh not found at {setup}; bundle has no setup script")
+        write_text(stage / "INSTALL.md", INSTALL_MD)
+        for wheel in config.wheels:
+            shutil.copy2(wheel, stage / Path(wheel).name)
+
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(config.out, "wb") as fh, tarfile.open(fileobj=fh, mode="w:gz") as tar:
+            tar.add(stage, arcname=top)
+    return {"out": str(config.out), "artifacts": len(out_artifacts), "images": len(chosen),
+            "size_bytes": Path(config.out).stat().st_size, "notes": notes}
+
+
+def _bundle_reference(exports: Path, ref: str, artifact: dict, matcher: _Matcher, new_path: dict[str, str],
+                      stage: Path, notes: list[str], index: int) -> str | None:
+    """Copy one reference CSV with bundled rows only, paths rewritten; its bundle path."""
+    source = Path(ref) if Path(ref).is_absolute() else exports / ref
+    if not source.is_file():
+        notes.append(f"reference {ref} not found; agreement will be missing for {artifact.get('artifact_id')}")
+        return None
+    target = ref if _clean_relative(ref) else f"reference/{index}-{source.name}"
+    columns, rows = _read_reference(source)
+    roots = [Path(artifact["data"])] if artifact.get("data") else []
+    roots.append(matcher.dataset.root)
+    kept, unmatched = [], 0
+    for row in rows:
+        record = matcher.find(row.get("path", ""), roots)
+        if record is None:
+            unmatched += 1
+        elif record.path in new_path:
+            kept.append({**row, "path": new_path[record.path]})
+    if unmatched:
+        notes.append(f"{ref}: {unmatched} of {len(rows)} reference rows match no image of the dataset")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    (stage / target).parent.mkdir(parents=True, exist_ok=True)
+    write_text(stage / target, buf.getvalue())
+    return target

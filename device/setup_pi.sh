@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Set up a Raspberry Pi (Raspberry Pi OS 64-bit, Bookworm or later) to run `bench run`.
+#
+#   bash setup_pi.sh [VENV]        (default VENV: ~/skyedge-venv)
+#
+# Installs python3-venv, creates the venv and installs skyedge[device] (LiteRT + ONNX
+# Runtime, no TensorFlow): from a wheel or sdist next to this script when one is there,
+# else from a source tree above it, else from the package index. Then it checks the CPU
+# governor, the temperature and `vcgencmd get_throttled`, and prints advice; it changes
+# the governor only when SKYEDGE_SET_GOVERNOR=1.
+set -euo pipefail
+
+VENV="${1:-$HOME/skyedge-venv}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+arch="$(uname -m)"
+if [ "$arch" != "aarch64" ]; then
+    echo "warning: this is $arch; ai-edge-litert wheels need 64-bit Raspberry Pi OS (aarch64)." >&2
+fi
+
+if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+    echo "== installing python3-venv (sudo)"
+    sudo apt-get update
+    sudo apt-get install -y python3-venv python3-pip
+fi
+
+echo "== virtual environment: $VENV"
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --upgrade pip
+
+shopt -s nullglob
+wheels=("$HERE"/skyedge-*.whl)
+sdists=("$HERE"/skyedge-*.tar.gz)
+if [ ${#wheels[@]} -gt 0 ]; then
+    target="${wheels[-1]}[device]"
+elif [ ${#sdists[@]} -gt 0 ]; then
+    target="${sdists[-1]}[device]"
+elif [ -f "$HERE/../pyproject.toml" ]; then
+    target="$(cd "$HERE/.." && pwd)[device]"
+else
+    target="skyedge[device]"
+fi
+echo "== pip install '$target'"
+"$VENV/bin/python" -m pip install "$target"
+"$VENV/bin/python" -c "import ai_edge_litert, onnxruntime; print('LiteRT and ONNX Runtime import fine')"
+
+echo "== CPU governor"
+gov_file=/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor
+if [ -r "$gov_file" ]; then
+    gov="$(cat "$gov_file")"
+    echo "governor: $gov"
+    if [ "$gov" != "performance" ]; then
+        if [ "${SKYEDGE_SET_GOVERNOR:-0}" = "1" ]; then
+            echo performance | sudo tee /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor >/dev/null
+            echo "governor set to performance (until reboot)"
+        else
+            echo "advice: benchmark with a fixed clock:"
+            echo "  echo performance | sudo tee /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor"
+            echo "  (or rerun with SKYEDGE_SET_GOVERNOR=1)"
+        fi
+    fi
+else
+    echo "governor: not readable"
+fi
+
+echo "== temperature and throttling"
+if command -v vcgencmd >/dev/null 2>&1; then
+    vcgencmd measure_temp || true
+    throttled="$(vcgencmd get_throttled | cut -d= -f2)"
+    echo "get_throttled: $throttled"
+    if [ "$throttled" != "0x0" ]; then
+        echo "warning: throttling or under-voltage flags are set (see docs/raspberry-pi.md);"
+        echo "  use the official power supply and a fan or heatsink before benchmarking."
+    fi
+else
+    echo "vcgencmd not found: throttling flags will be recorded as null"
+fi
+echo "advice: a Raspberry Pi 4/5 throttles at 80-85 C; use an active cooler and"
+echo "  bench run --cooldown-temp 55 so every job starts at the same temperature."
+
+echo "== done: source $VENV/bin/activate && bench run --models $HERE --out results.jsonl"
