@@ -112,14 +112,14 @@ def _stellar_ri(gr: np.ndarray | float, rng: np.random.Generator) -> float:
 
 def _star_params(rng: np.random.Generator) -> dict:
     """Magnitude and colours of a spectroscopic target star."""
-    r = float(np.clip(rng.normal(17.3, 2.0), 13.5, 21.0))
+    r = float(np.clip(rng.normal(17.6, 2.0), 13.5, 21.0))
     # F/G turn-off stars dominate SEGUE/BOSS targets; a tail of blue and of M dwarfs.
     pick = rng.uniform()
-    if pick < 0.15:
+    if pick < 0.12:
         gr = rng.uniform(-0.3, 0.2)
-    elif pick < 0.75:
+    elif pick < 0.62:
         gr = rng.normal(0.45, 0.15)
-    elif pick < 0.9:
+    elif pick < 0.78:
         gr = rng.uniform(0.7, 1.3)
     else:
         gr = rng.uniform(1.3, 1.6)
@@ -138,10 +138,12 @@ def _qso_params(rng: np.random.Generator) -> dict:
         gr = float(np.clip(rng.normal(0.05, 0.2), -0.3, 1.2))
         ri = float(np.clip(rng.normal(0.08, 0.2), -0.3, 1.0))
     params = {"r": r, "g_r": gr, "r_i": ri, "host": False}
-    if rng.uniform() < 0.2:
-        params.update(host=True, host_dmag=float(rng.uniform(0.8, 2.5)),
-                      host_hlr=float(rng.uniform(0.8, 2.5)), host_q=float(rng.uniform(0.5, 1.0)),
-                      host_pa=float(rng.uniform(0, 180)))
+    if rng.uniform() < 0.22:
+        # Low-redshift AGN classed QSO by their spectra: the host can outshine the nucleus
+        # in the JPEG, and it has a galaxy's colours.
+        params.update(host=True, host_dmag=float(rng.uniform(-0.7, 2.0)),
+                      host_hlr=float(rng.uniform(1.0, 4.0)), host_q=float(rng.uniform(0.4, 1.0)),
+                      host_pa=float(rng.uniform(0, 180)), host_g_r=float(rng.uniform(0.5, 1.2)))
     return params
 
 
@@ -157,7 +159,7 @@ def _galaxy_params(rng: np.random.Generator, faint: bool = False) -> dict:
         r = float(rng.uniform(19.0, 23.0))
     else:
         # Main sample (r < 17.77) plus fainter LRG/BOSS targets, which look nearly point-like.
-        r = float(rng.normal(17.3, 0.7)) if rng.uniform() < 0.45 else float(rng.uniform(17.8, 20.3))
+        r = float(rng.normal(17.0, 1.0)) if rng.uniform() < 0.45 else float(rng.uniform(17.8, 20.6))
         r = float(np.clip(r, 14.0, 20.3))
     # Size shrinks with magnitude: brighter galaxies are nearer and bigger on the sky.
     hlr = float(np.exp(rng.normal(math.log(4.0) - 0.3 * (r - 17.0), 0.35)))
@@ -165,8 +167,8 @@ def _galaxy_params(rng: np.random.Generator, faint: bool = False) -> dict:
     if red:
         bulge_frac = float(rng.uniform(0.5, 1.0))
         # Fainter red galaxies are further away: redshifted 4000 A break, redder g-r and r-i.
-        gr = float(np.clip(rng.normal(1.0 + 0.4 * max(r - 16.5, 0.0), 0.18), 0.6, 2.0))
-        ri = float(np.clip(rng.normal(0.42 + 0.12 * max(r - 16.5, 0.0), 0.1), 0.25, 0.9))
+        gr = float(np.clip(rng.normal(1.0 + 0.4 * max(r - 16.5, 0.0), 0.25), 0.6, 2.3))
+        ri = float(np.clip(rng.normal(0.42 + 0.2 * max(r - 16.5, 0.0), 0.12), 0.25, 1.2))
     else:
         bulge_frac = float(rng.uniform(0.0, 0.35))
         gr = float(rng.normal(0.5, 0.18))
@@ -269,7 +271,7 @@ def _add_centre(canvas: _Canvas, label: str, rng: np.random.Generator, truth: di
         if p["host"]:
             host = galsim.Exponential(half_light_radius=p["host_hlr"], gsparams=canvas.gsp)
             host = host.shear(q=p["host_q"], beta=p["host_pa"] * galsim.degrees)
-            colours = _band_fluxes(p["r"] + p["host_dmag"], 0.7, 0.35)
+            colours = _band_fluxes(p["r"] + p["host_dmag"], p["host_g_r"], 0.3 + 0.2 * p["host_g_r"])
             canvas.add(host, colours, dx, dy)
     else:
         p = _galaxy_params(rng)
