@@ -154,7 +154,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench", description="On-device benchmark of exported sky-image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, _run, help_text) in COMMANDS.items():
         add(sub.add_parser(name, help=help_text))
