@@ -1,0 +1,817 @@
+"""``bench report``: one Markdown report from a sweep, its exports and on-device results,
+ending in a verdict on the study's claim that is computed from the data.
+
+    bench report --runs RUNS --exports EXPORTS --results A.jsonl [B.jsonl ...] --out REPORT
+                 [--budgets 10,50,200,1000] [--alpha 0.05] [--min-images 30]
+
+Writes ``REPORT/report.md`` and its figures (``REPORT/*.png``), atomically:
+
+1. the study's tables from ``RUNS/results.jsonl`` (built by ``train.summary``, not rewritten);
+2. the export table from ``EXPORTS/manifest.json``;
+3. per device (result lines grouped by ``device_name``; several results files combine): one
+   row per artifact x runtime x threads x mode with latency, memory, size and accuracy;
+4. per device: accuracy against p50 latency and against model size, with the Pareto fronts;
+5. per device: the verdict on the claim (see ``DECISION_RULE``), with its reasons as sentences
+   built from the numbers.
+
+Lines with an ``error`` are listed and left out. Lines run under emulation (qemu) keep their
+accuracy, which emulation does not change, but their latency is never used.
+No TensorFlow is imported; matplotlib is imported only to draw.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from device.atomic import read_jsonl, write_bytes, write_text
+from device.metrics import mcnemar, wilson_interval
+
+DEFAULT_BUDGETS_MS = (10.0, 50.0, 200.0, 1000.0)
+DEFAULT_ALPHA = 0.05
+DEFAULT_MIN_IMAGES = 30
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+# A note or a name that says the run was emulated; `bench run --device-name ...-qemu` and the
+# arm64 check's "emulated: qemu-aarch64 ..." note both match.
+EMULATED = re.compile(r"qemu|emulat", re.IGNORECASE)
+FIGSIZE = (8.0, 5.6)
+DPI = 120
+MB = 1e6
+
+DECISION_RULE = """\
+Per device, each exported model is one point: its fastest measured configuration (runtime,
+threads) in kernel mode (e2e lines only where a device has no kernel line), with its accuracy
+on the validation images and its p50 latency. Lines with an error are left out; lines run
+under emulation keep their accuracy but their latency is not used.
+
+- **S** (significant mobile deficit): the most accurate non-mobile model is more accurate than
+  the most accurate mobile model, and McNemar's exact test on the same images (equal
+  `images_sha256` and labels) gives p < alpha.
+- **F** (mobile on the front): a mobile model is on the Pareto front of accuracy (higher is
+  better) against p50 latency (lower is better).
+- **W** (mobile wins a budget): under at least one latency budget, the most accurate model with
+  p50 <= budget is a mobile model.
+
+The claim is **supported** when S and not F and not W (mobile models are significantly less
+accurate and never the best choice at any speed); **contradicted** when not S and (F or W)
+(mobile models are a best choice at some speed and lose no significant accuracy);
+**inconclusive** otherwise: S with F or W (less accurate but still the best choice under some
+budget), neither S nor F nor W, only one family present, no paired predictions on the same
+images, fewer than the minimum number of images, or no latency that is not emulated.
+The accuracy-against-size front is reported but not part of the rule, since size is the same
+on every device."""
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What ``bench report`` reads and writes; built by the CLI.
+
+    Attributes:
+        results: ``bench run`` JSON-lines files (one or several devices each).
+        out: the report folder.
+        runs: the sweep folder (``results.jsonl``), or None to leave the study tables out.
+        exports: the exports folder (``manifest.json``), or None to leave the export table out.
+        budgets_ms: p50 latency budgets, in ms.
+        alpha: significance level of the paired test.
+        min_images: fewer paired images than this makes the verdict inconclusive.
+    """
+
+    results: tuple[Path, ...]
+    out: Path
+    runs: Path | None = None
+    exports: Path | None = None
+    budgets_ms: tuple[float, ...] = DEFAULT_BUDGETS_MS
+    alpha: float = DEFAULT_ALPHA
+    min_images: int = DEFAULT_MIN_IMAGES
+
+    def __post_init__(self):
+        if not self.results:
+            raise ValueError("at least one results file is needed (--results)")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
+        if not self.budgets_ms or any(not b > 0 for b in self.budgets_ms):
+            raise ValueError(f"budgets must be positive milliseconds, got {list(self.budgets_ms)}")
+        if self.min_images < 1:
+            raise ValueError(f"min_images must be >= 1, got {self.min_images}")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One model on one device: the line that stands for an artifact in the verdict."""
+
+    artifact_id: str
+    backbone: str
+    variant: str
+    format: str
+    mobile: bool | None
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    p50_ms: float | None
+    size_bytes: float | None
+    line: dict
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone} {self.variant} {self.format}"
+
+    @property
+    def family(self) -> str:
+        return {True: "mobile", False: "non-mobile", None: "unknown family"}[self.mobile]
+
+
+@dataclass
+class DeviceVerdict:
+    """The verdict on one device and everything it was computed from.
+
+    Attributes:
+        device: the device name.
+        verdict: ``supported``, ``contradicted`` or ``inconclusive``.
+        reasons: sentences, computed from the numbers, that lead to the verdict.
+        points: one per artifact (accuracy and size from every valid line).
+        latency_points: the points whose latency may be used (not emulated).
+        latency_front, size_front: the Pareto-optimal points, fastest or smallest first.
+        best_mobile, best_other: the most accurate mobile and non-mobile points.
+        test: ``device.metrics.mcnemar`` of best_other (A) against best_mobile (B), or None.
+        budgets: ``(budget_ms, best point or None)`` per budget.
+        mode: the mode the points were taken from.
+        emulated: lines whose latency was left out because they ran under emulation.
+    """
+
+    device: str
+    verdict: str = INCONCLUSIVE
+    reasons: list[str] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
+    latency_points: list[Point] = field(default_factory=list)
+    latency_front: list[Point] = field(default_factory=list)
+    size_front: list[Point] = field(default_factory=list)
+    best_mobile: Point | None = None
+    best_other: Point | None = None
+    test: dict | None = None
+    budgets: list[tuple[float, Point | None]] = field(default_factory=list)
+    mode: str | None = None
+    emulated: int = 0
+
+
+# --- reading ------------------------------------------------------------------------------
+
+def is_mobile(backbone: str | None) -> bool | None:
+    """The registry's ``mobile`` flag of a backbone; None when the registry does not know it."""
+    from device.backbones import get
+
+    try:
+        return bool(get(str(backbone)).mobile)
+    except KeyError:
+        return None
+
+
+def is_emulated(line: dict) -> bool:
+    """Whether a result line ran under emulation: an ``emulated`` field, or qemu/emulation
+    named in its notes, device name or CPU model."""
+    if line.get("emulated"):
+        return True
+    texts = [str(n) for n in line.get("notes") or []]
+    texts += [str(line.get(k) or "") for k in ("device_name", "cpu_model")]
+    return any(EMULATED.search(text) for text in texts)
+
+
+def load_results(paths) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Read result files and group their lines by device.
+
+    Args:
+        paths: ``bench run`` JSON-lines files.
+
+    Returns:
+        ``(by_device, errors)``: lines without an error by ``device_name`` (in file order),
+        and the lines with an error (each with ``_source``, the file it came from).
+
+    Raises:
+        ValueError: a file is missing; the message names it.
+    """
+    by_device: dict[str, list[dict]] = {}
+    errors: list[dict] = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such results file")
+        for line in read_jsonl(path):
+            if not isinstance(line, dict):
+                continue
+            line = {**line, "_source": str(path)}
+            if line.get("error"):
+                errors.append(line)
+            else:
+                by_device.setdefault(str(line.get("device_name") or "unknown device"), []).append(line)
+    return by_device, errors
+
+
+def _num(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _line_ci(line: dict) -> tuple[float, float]:
+    low, high = _num(line.get("accuracy_ci_low")), _num(line.get("accuracy_ci_high"))
+    if low is not None and high is not None:
+        return low, high
+    n = int(line.get("n_images") or len(line.get("label_indices") or []))
+    return wilson_interval(round(float(line["accuracy"]) * n), n)
+
+
+def device_points(lines: list[dict]) -> tuple[list[Point], list[Point], str | None, int]:
+    """The points of one device.
+
+    Args:
+        lines: the device's lines without error.
+
+    Returns:
+        ``(points, latency_points, mode, emulated)``: one point per artifact from the lines
+        of ``mode`` (kernel where there is any kernel line, else e2e), the fastest line of
+        each; the same from the lines not emulated; and the number of emulated lines.
+    """
+    usable = [line for line in lines if _num(line.get("accuracy")) is not None]
+    modes = {line.get("mode") for line in usable}
+    mode = "kernel" if "kernel" in modes else (sorted(m for m in modes if m)[:1] or [None])[0]
+    chosen = [line for line in usable if line.get("mode") == mode]
+    emulated = sum(is_emulated(line) for line in lines)
+    return _fastest_per_artifact(chosen), _fastest_per_artifact([ln for ln in chosen if not is_emulated(ln)]), mode, emulated
+
+
+def _fastest_per_artifact(lines: list[dict]) -> list[Point]:
+    best: dict[str, dict] = {}
+    for line in lines:
+        aid = str(line.get("artifact_id"))
+        p50 = _num(line.get("latency_ms_p50"))
+        held = best.get(aid)
+        if held is None or (p50 is not None and (_num(held.get("latency_ms_p50")) or math.inf) > p50):
+            best[aid] = line
+    points = []
+    for aid, line in best.items():
+        low, high = _line_ci(line)
+        points.append(Point(artifact_id=aid, backbone=str(line.get("backbone")), variant=str(line.get("variant")),
+                            format=str(line.get("format")), mobile=is_mobile(line.get("backbone")),
+                            accuracy=float(line["accuracy"]), ci_low=low, ci_high=high,
+                            p50_ms=_num(line.get("latency_ms_p50")), size_bytes=_num(line.get("size_bytes")),
+                            line=line))
+    return sorted(points, key=lambda p: p.artifact_id)
+
+
+# --- analysis -----------------------------------------------------------------------------
+
+def pareto_front(points: list[Point], cost: Callable[[Point], float | None]) -> list[Point]:
+    """Points no other point beats: none is at least as accurate at no more cost, and
+    strictly better in one of the two.
+
+    Args:
+        points: candidates; those whose ``cost`` is None are left out.
+        cost: the quantity to keep low (p50 latency, size).
+
+    Returns:
+        The front, cheapest first (accuracy then rises strictly along it).
+    """
+    ranked = sorted((p for p in points if cost(p) is not None), key=lambda p: (cost(p), -p.accuracy))
+    front: list[Point] = []
+    for point in ranked:
+        if not front or point.accuracy > front[-1].accuracy:
+            front.append(point)
+    return front
+
+
+def most_accurate(points: list[Point]) -> Point | None:
+    """The most accurate point; ties go to the faster, then the smaller model."""
+    if not points:
+        return None
+    return min(points, key=lambda p: (-p.accuracy, p.p50_ms if p.p50_ms is not None else math.inf,
+                                      p.size_bytes if p.size_bytes is not None else math.inf, p.artifact_id))
+
+
+def paired_test(a: Point, b: Point) -> tuple[dict | None, str | None]:
+    """McNemar's exact test of two points on the same images.
+
+    Args:
+        a: the first model (``b`` of the result counts images only it got right).
+        b: the second model.
+
+    Returns:
+        ``(result, None)`` with ``device.metrics.mcnemar``'s dict, or ``(None, why)`` when
+        the two lines do not hold predictions on the same images.
+    """
+    la, lb = a.line, b.line
+    for point in (a, b):
+        if not point.line.get("pred_indices") or not point.line.get("label_indices"):
+            return None, f"{point.artifact_id} has no per-image predictions (pred_indices, label_indices)"
+    if not la.get("images_sha256") or la.get("images_sha256") != lb.get("images_sha256"):
+        return None, (f"{a.artifact_id} and {b.artifact_id} were not run on the same images "
+                      f"(images_sha256 {str(la.get('images_sha256'))[:12]} vs {str(lb.get('images_sha256'))[:12]})")
+    if list(la["label_indices"]) != list(lb["label_indices"]) or len(la["pred_indices"]) != len(la["label_indices"]) \
+            or len(lb["pred_indices"]) != len(lb["label_indices"]):
+        return None, f"{a.artifact_id} and {b.artifact_id} list their images' labels differently"
+    labels = np.asarray(la["label_indices"])
+    return mcnemar(np.asarray(la["pred_indices"]) == labels, np.asarray(lb["pred_indices"]) == labels), None
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _acc_ci(p: Point) -> str:
+    return f"{_pct(p.accuracy)} [{_pct(p.ci_low)}, {_pct(p.ci_high)}]"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha: float = DEFAULT_ALPHA,
+           min_images: int = DEFAULT_MIN_IMAGES) -> DeviceVerdict:
+    """The verdict of one device on the claim, by ``DECISION_RULE``.
+
+    Args:
+        device: the device name.
+        lines: its result lines without error.
+        budgets_ms: p50 latency budgets (ms).
+        alpha: significance level of McNemar's test.
+        min_images: fewest paired images for a verdict other than inconclusive.
+
+    Returns:
+        The ``DeviceVerdict`` with its reasons.
+    """
+    v = DeviceVerdict(device=device)
+    v.points, v.latency_points, v.mode, v.emulated = device_points(lines)
+    v.size_front = pareto_front(v.points, lambda p: p.size_bytes)
+    v.latency_front = pareto_front(v.latency_points, lambda p: p.p50_ms)
+    mobile = [p for p in v.points if p.mobile is True]
+    other = [p for p in v.points if p.mobile is False]
+    unknown = sorted({p.backbone for p in v.points if p.mobile is None})
+    v.best_mobile, v.best_other = most_accurate(mobile), most_accurate(other)
+    blockers: list[str] = []
+    if unknown:
+        v.reasons.append(f"Backbones not in the registry, so of no family and left out of the comparison: "
+                         f"{', '.join(unknown)}.")
+    if not v.points:
+        blockers.append("No line with an accuracy on this device.")
+    elif not mobile or not other:
+        present = "mobile" if mobile else ("non-mobile" if other else "no registered")
+        blockers.append(f"Only {present} backbones were measured here ({len(v.points)} model(s)), "
+                        "so mobile and non-mobile models cannot be compared.")
+
+    significant = None
+    if v.best_mobile and v.best_other:
+        v.test, why = paired_test(v.best_other, v.best_mobile)
+        if v.test is None:
+            blockers.append(f"No paired test: {why}.")
+        else:
+            t = v.test
+            deficit = t["accuracy_diff"]
+            significant = deficit > 0 and t["p_value"] < alpha
+            v.reasons.append(
+                f"Most accurate non-mobile model {v.best_other.label} ({_acc_ci(v.best_other)}) against most accurate "
+                f"mobile model {v.best_mobile.label} ({_acc_ci(v.best_mobile)}), Wilson 95% intervals: the mobile "
+                f"model is {100 * deficit:+.1f} points {'behind' if deficit >= 0 else 'ahead'}"
+                f" ({abs(100 * deficit):.1f}); McNemar exact p = {t['p_value']:.3g} on {t['n']} images "
+                f"(b = {t['b']} only the non-mobile right, c = {t['c']} only the mobile right): "
+                + ("significant" if significant else "not significant") + f" at alpha = {alpha:g}"
+                + ("" if deficit > 0 or t["p_value"] >= alpha else " (and not a mobile deficit)") + ".")
+            if t["n"] < min_images:
+                blockers.append(f"Only {t['n']} paired images, fewer than the minimum of {min_images}.")
+
+    on_front = win = None
+    if v.emulated:
+        v.reasons.append(f"{v.emulated} line(s) ran under emulation (qemu); their latency is not meaningful and "
+                         "is left out of the latency front and the budgets.")
+    if not v.latency_points:
+        if v.points:
+            blockers.append("No latency measured outside emulation, so the latency front and the budgets "
+                            "cannot be evaluated.")
+    else:
+        front_mobile = [p for p in v.latency_front if p.mobile is True]
+        on_front = bool(front_mobile)
+        v.reasons.append("Pareto front of accuracy against p50 latency: "
+                         + ", ".join(f"{p.label} ({p.family}, {_ms(p.p50_ms)} ms, {_pct(p.accuracy)})"
+                                     for p in v.latency_front)
+                         + (f"; mobile models on it: {', '.join(p.label for p in front_mobile)}." if front_mobile
+                            else "; no mobile model on it."))
+        wins = []
+        for budget in budgets_ms:
+            within = [p for p in v.latency_points if p.p50_ms is not None and p.p50_ms <= budget]
+            best = most_accurate(within)
+            v.budgets.append((budget, best))
+            if best is not None and best.mobile is True:
+                wins.append(f"{budget:g} ms ({best.label})")
+        win = bool(wins)
+        v.reasons.append(("Budgets where the most accurate model within the budget is mobile: " + ", ".join(wins) + ".")
+                         if wins else "No latency budget has a mobile model as its most accurate choice.")
+
+    if blockers or significant is None or on_front is None:
+        v.verdict = INCONCLUSIVE
+        v.reasons += blockers
+    elif significant and not on_front and not win:
+        v.verdict = SUPPORTED
+        v.reasons.append("S and not F and not W: mobile models are significantly less accurate and are never "
+                         "the best choice at any measured speed.")
+    elif not significant and (on_front or win):
+        v.verdict = CONTRADICTED
+        v.reasons.append("Not S, and F or W: a mobile model is a best choice at some speed and the accuracy "
+                         "difference is not significant.")
+    else:
+        v.verdict = INCONCLUSIVE
+        v.reasons.append("S with F or W: mobile models are significantly less accurate but still the best choice "
+                         "under some budget." if significant else
+                         "Neither S nor F nor W: no significant difference, but no mobile model is a best "
+                         "choice at any speed.")
+    return v
+
+
+# --- markdown -----------------------------------------------------------------------------
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    from train.summary import _table as summary_table  # the sweep report's own table writer
+
+    return summary_table(header, rows)
+
+
+def _study_section(runs: Path | None) -> list[str]:
+    lines = ["## 1. The study's tables (training sweep)", ""]
+    if runs is None:
+        return lines + ["No sweep folder given (--runs); the study's tables are left out.", ""]
+    try:
+        from train import summary
+    except ImportError as exc:
+        return lines + [f"The study's tables need the `train` package, which is not importable here ({exc}).", ""]
+    try:
+        ok, failures, _superseded = summary.load_runs(Path(runs))
+    except ValueError as exc:
+        return lines + [f"No study tables: {exc}", ""]
+    levels = summary.aggregate(ok)
+    lines += [f"From `{Path(runs) / summary.RESULTS}`: {len(ok)} successful runs of {len(levels)} backbones, "
+              f"{len(failures)} failed. Tables built by `train.summary`; Wilson 95% intervals.", ""]
+    if not levels:
+        return lines + ["No successful run.", ""]
+    baseline = [s for stats in levels.values() for s in stats if s.level == 0]
+    if baseline:
+        lines += ["### Baseline (level 0, head only)", ""]
+        lines += summary._table(["Backbone", "Family", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
+                                [[s.backbone, _family(s.backbone), summary._accuracy_cell(s),
+                                  summary._spread(s.f1_mean, s.f1_std, ".3f"), summary._params(s.trainable_params),
+                                  summary._ratio(s.ptr)] for s in baseline])
+    best = {backbone: summary.best_level(stats) for backbone, stats in levels.items()}
+    overall = min(best.values(), key=lambda s: (-s.acc_mean, summary._params_key(s), s.backbone))
+    lines += ["### Best level per backbone", ""]
+    lines += summary._best_section(Path(runs), best, overall)
+    families = {b: _family(b) for b in best}
+    lines += ["Families (registry `mobile` flag): "
+              + "; ".join(f"{b}: {f}" for b, f in families.items()) + ".", ""]
+    return lines
+
+
+def _family(backbone: str) -> str:
+    return {True: "mobile", False: "non-mobile", None: "unknown"}[is_mobile(backbone)]
+
+
+def _export_section(exports: Path | None) -> list[str]:
+    lines = ["## 2. Exported models", ""]
+    if exports is None:
+        return lines + ["No exports folder given (--exports); the export table is left out.", ""]
+    from bench.jobs import BenchError, load_manifest
+
+    try:
+        artifacts = load_manifest(exports)
+    except BenchError as exc:
+        return lines + [f"No export table: {exc}", ""]
+    fp32 = {(a.get("backbone"), a.get("level"), a.get("seed"), a.get("format")): a for a in artifacts
+            if a.get("variant") == "fp32" and not a.get("error")}
+    rows = []
+    for a in artifacts:
+        size = _num(a.get("size_bytes"))
+        base = fp32.get((a.get("backbone"), a.get("level"), a.get("seed"), a.get("format")))
+        base_size = _num(base.get("size_bytes")) if base else None
+        ratio = "1.00" if a.get("variant") == "fp32" and size else (
+            f"{size / base_size:.2f}" if size and base_size else "n/a")
+        rows.append([str(a.get("artifact_id")), str(a.get("backbone")), _family(str(a.get("backbone"))),
+                     str(a.get("variant")), str(a.get("format")), f"{size / MB:.2f}" if size else "n/a", ratio,
+                     _pct(_num(a.get("val_accuracy"))), _points(_num(a.get("accuracy_delta"))),
+                     _pct(_num(a.get("agreement"))), _sci(_num(a.get("max_abs_diff"))),
+                     _short(str(a.get("error"))) if a.get("error") else ""])
+    lines += [f"From `{Path(exports) / 'manifest.json'}`: {len(artifacts)} artifact(s), "
+              f"{sum(bool(a.get('error')) for a in artifacts)} with an export error. Size ratio: the artifact's "
+              "size over the fp32 artifact of the same model and format. Delta: accuracy minus the Keras model's; "
+              "agreement: share of images where its prediction equals the Keras model's; max diff: largest "
+              "absolute difference of a class probability.", ""]
+    lines += _table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32",
+                     "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Error"], rows)
+    return lines
+
+
+def _points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f} pts"
+
+
+def _sci(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
+
+
+def _mb(value) -> str:
+    value = _num(value)
+    return "n/a" if value is None else f"{value / MB:.1f}"
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _device_header(device: str, lines: list[dict]) -> list[str]:
+    first = lines[0]
+    ram = _num(first.get("ram_bytes"))
+    runtimes = sorted({f"{ln.get('runtime_package') or ln.get('runtime')} {ln.get('runtime_version') or ''}".strip()
+                       for ln in lines})
+    facts = [f"CPU {first.get('cpu_model') or 'n/a'} ({first.get('arch') or 'n/a'}, {first.get('cores') or 'n/a'} cores)",
+             f"RAM {ram / 2 ** 30:.1f} GiB" if ram else "RAM n/a", f"OS {first.get('os') or 'n/a'}",
+             f"Python {first.get('python') or 'n/a'}", f"governor {first.get('governor') or 'n/a'}",
+             f"runtimes: {', '.join(runtimes)}",
+             f"from {', '.join(sorted({Path(ln['_source']).name for ln in lines}))}"]
+    return [f"### {device}", "", "; ".join(facts) + ".", ""]
+
+
+def _device_table(lines: list[dict]) -> list[str]:
+    rows = []
+    for ln in sorted(lines, key=lambda x: (str(x.get("artifact_id")), str(x.get("runtime")),
+                                           int(x.get("threads") or 0), str(x.get("mode")))):
+        low, high = _num(ln.get("latency_ms_p50_ci_low")), _num(ln.get("latency_ms_p50_ci_high"))
+        p50 = _ms(_num(ln.get("latency_ms_p50"))) + (f" [{_ms(low)}, {_ms(high)}]" if low is not None and high is not None else "")
+        acc = _num(ln.get("accuracy"))
+        a_low, a_high = _line_ci(ln) if acc is not None else (None, None)
+        notes = [str(n) for n in ln.get("notes") or []]
+        if is_emulated(ln):
+            notes.insert(0, "EMULATED: latency not meaningful")
+        rows.append([str(ln.get("artifact_id")), _family(str(ln.get("backbone"))), str(ln.get("runtime")),
+                     str(ln.get("threads")), str(ln.get("mode")), p50, _ms(_num(ln.get("latency_ms_p90"))),
+                     _ms(_num(ln.get("latency_ms_p99"))), _mb(ln.get("peak_rss_bytes")),
+                     _mb(ln.get("rss_increase_bytes")), f"{_num(ln.get('size_bytes')) / MB:.2f}"
+                     if _num(ln.get("size_bytes")) else "n/a",
+                     f"{_pct(acc)} [{_pct(a_low)}, {_pct(a_high)}]", _sci(_num(ln.get("macro_f1"))),
+                     _pct(_num(ln.get("agreement"))), _short("; ".join(notes), 300)])
+    return _table(["Artifact", "Family", "Runtime", "Threads", "Mode", "p50 ms [95% CI]", "p90 ms", "p99 ms",
+                   "Peak RSS MB", "RSS increase MB", "Size MB", "Accuracy [Wilson 95%]", "Macro-F1", "Agreement",
+                   "Notes"], rows)
+
+
+def _errors_section(errors: list[dict]) -> list[str]:
+    lines = ["### Lines with an error (left out)", ""]
+    if not errors:
+        return lines + ["None.", ""]
+    return lines + _table(["Device", "Artifact", "Runtime", "Threads", "Mode", "File", "Error"],
+                          [[str(e.get("device_name")), str(e.get("artifact_id")), str(e.get("runtime")),
+                            str(e.get("threads")), str(e.get("mode")), Path(e["_source"]).name,
+                            _short(str(e.get("error")))] for e in errors])
+
+
+def _verdict_lines(v: DeviceVerdict) -> list[str]:
+    lines = [f"### {v.device}: the claim is **{v.verdict}**", ""]
+    lines += [f"- {reason}" for reason in v.reasons] + [""]
+    if v.points:
+        lines += _table(["Model", "Family", "Accuracy [Wilson 95%]", "p50 ms", "Size MB", "Latency front",
+                         "Size front"],
+                        [[p.label, p.family, _acc_ci(p),
+                          _ms(p.p50_ms) + (" (emulated)" if is_emulated(p.line) else ""),
+                          f"{p.size_bytes / MB:.2f}" if p.size_bytes else "n/a",
+                          "yes" if p in v.latency_front else ("n/a" if p not in v.latency_points else "no"),
+                          "yes" if p in v.size_front else "no"] for p in v.points])
+    if v.budgets:
+        lines += _table(["p50 budget", "Most accurate model within it", "Family", "Accuracy", "p50 ms"],
+                        [[f"{b:g} ms", p.label if p else "none fits", p.family if p else "",
+                          _pct(p.accuracy) if p else "", _ms(p.p50_ms) if p else ""] for b, p in v.budgets])
+    return lines
+
+
+# --- figures ------------------------------------------------------------------------------
+
+STYLE = {True: ("o", "tab:blue", "mobile backbone"), False: ("s", "tab:red", "non-mobile backbone"),
+         None: ("^", "tab:gray", "backbone of unknown family")}
+
+
+def _plot(points: list[Point], front: list[Point], cost, xlabel: str, title: str, budgets=()) -> bytes:
+    # Figure + the Agg canvas directly rather than pyplot, as train.summary does: no global
+    # backend switch, no figure registry.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    shown = [p for p in points if cost(p) is not None and cost(p) > 0]
+    handles = []
+    for family, (marker, colour, name) in STYLE.items():
+        members = [p for p in shown if p.mobile is family]
+        if not members:
+            continue
+        x = np.array([cost(p) for p in members])
+        y = np.array([100 * p.accuracy for p in members])
+        err = np.clip(np.array([[100 * (p.accuracy - p.ci_low) for p in members],
+                                [100 * (p.ci_high - p.accuracy) for p in members]]), 0, None)
+        ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, capsize=3, markersize=7, linestyle="none", zorder=3)
+        handles.append(Line2D([], [], marker=marker, color=colour, linestyle="none", markersize=7, label=name))
+    if front:
+        xs = [cost(p) for p in front]
+        ys = [100 * p.accuracy for p in front]
+        # The best accuracy stays on offer at any higher cost: carry the last step to the
+        # costliest point, so a front of one model still shows as a line.
+        right = max(cost(p) for p in shown)
+        if right > xs[-1]:
+            xs, ys = xs + [right], ys + [ys[-1]]
+        ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1.2, zorder=2)
+        ax.scatter([cost(p) for p in front], [100 * p.accuracy for p in front], s=170, facecolors="none",
+                   edgecolors="black", linewidths=1.2, zorder=4)
+        handles.append(Line2D([], [], color="black", linestyle="--", marker="o", markerfacecolor="none",
+                              markersize=10, label="Pareto front"))
+    ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)
+    _annotate(ax, shown, cost)
+    lo, hi = ax.get_xlim()
+    inside = [b for b in budgets if lo <= b <= hi]
+    for budget in inside:
+        ax.axvline(budget, color="tab:green", linestyle=":", linewidth=1, zorder=1)
+        ax.text(budget, 1.0, f" {budget:g} ms", transform=ax.get_xaxis_transform(), fontsize=8,
+                color="tab:green", va="bottom", ha="center")
+    if inside:
+        handles.append(Line2D([], [], color="tab:green", linestyle=":", label="p50 latency budget"))
+    # Plain numbers read better than powers of ten for milliseconds and megabytes.
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # Within one decade the minor ticks carry the only labels; print them plainly, else not at all.
+    decades = math.log10(max(cost(p) for p in shown) / min(cost(p) for p in shown)) if shown else 2.0
+    ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label) if decades < 1.0 else NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy on the validation images (%)")
+    ax.set_title(title, pad=18 if inside else 6)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=len(handles),
+              fontsize="small", frameon=False)
+    fig.text(0.99, 0.01, "error bars: Wilson 95% interval of accuracy", ha="right", va="bottom", fontsize=7,
+             color="dimgray")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _minor_label(value: float, _position) -> str:
+    # 2, 3 and 5 times a power of ten: enough to read a value off, sparse enough not to collide.
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
+    return f"{value:g}" if mantissa in (2.0, 3.0, 5.0) else ""
+
+
+def _annotate(ax, points: list[Point], cost) -> None:
+    # Labels alternate above and below their point, in order of x, so neighbours at similar
+    # accuracy do not print over each other.
+    for index, p in enumerate(sorted(points, key=lambda q: (cost(q), q.accuracy))):
+        above = index % 2 == 0
+        ax.annotate(f"{p.backbone} {p.variant}" + ("" if p.format == "tflite" else f" ({p.format})"),
+                    (cost(p), 100 * p.accuracy), xytext=(6, 7 if above else -12), textcoords="offset points",
+                    fontsize=7.5, va="bottom" if above else "top")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "device"
+
+
+# --- entry points -------------------------------------------------------------------------
+
+def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> dict:
+    """Build ``report.md`` and its figures.
+
+    Args:
+        config: inputs, output folder and the decision rule's parameters.
+        log: called with one line per file written.
+
+    Returns:
+        ``{"report": Path, "figures": [Path, ...], "verdicts": {device: verdict}}``.
+
+    Raises:
+        ValueError: a results file is missing.
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    by_device, errors = load_results(config.results)
+    verdicts = {device: decide(device, lines, config.budgets_ms, config.alpha, config.min_images)
+                for device, lines in by_device.items()}
+
+    md = ["# SkyEdge benchmark report", "",
+          "Claim under test (Sabeesh & Bolla, 2022): mobile networks \"may not always be ideal for deployment "
+          "on a low-compute device, as they had consistently lower validation accuracies\".", "",
+          f"Results: {', '.join(f'`{p}`' for p in config.results)}: "
+          f"{sum(len(v) for v in by_device.values())} line(s) on {len(by_device)} device(s), "
+          f"{len(errors)} line(s) with an error (listed, left out).", "",
+          "## Verdicts at a glance", ""]
+    md += [f"- {d}: **{v.verdict}**" for d, v in verdicts.items()] or ["- no device has a usable line"]
+    md += [""]
+    md += _study_section(config.runs)
+    md += _export_section(config.exports)
+
+    md += ["## 3. Devices: latency, memory, size and accuracy", "",
+           "One row per artifact x runtime x threads x mode. Latency in ms (p50 with its bootstrap 95% "
+           "interval), memory and size in MB (10^6 bytes); accuracy with its Wilson 95% interval; agreement "
+           "with the Keras model's predictions.", ""]
+    for device, lines in by_device.items():
+        md += _device_header(device, lines) + _device_table(lines)
+    md += _errors_section(errors)
+
+    figures: list[Path] = []
+    md += ["## 4. Accuracy against latency and size", "",
+           "One point per model (its fastest measured configuration); the dashed step line is the "
+           "Pareto front.", ""]
+    for device, v in verdicts.items():
+        slug = _slug(device)
+        md += [f"### {device}", ""]
+        if v.latency_points:
+            path = out / f"accuracy_vs_latency_{slug}.png"
+            write_bytes(path, _plot(v.latency_points, v.latency_front, lambda p: p.p50_ms,
+                                    f"p50 latency, {v.mode} mode (ms, log scale)",
+                                    f"{device}: accuracy against latency", config.budgets_ms))
+            figures.append(path)
+            md += [f"![{device}: accuracy against p50 latency]({path.name})", ""]
+        elif v.points:
+            md += ["No latency plot: every line of this device ran under emulation, where latency is not "
+                   "meaningful.", ""]
+        if v.points:
+            path = out / f"accuracy_vs_size_{slug}.png"
+            write_bytes(path, _plot(v.points, v.size_front, lambda p: p.size_bytes / MB if p.size_bytes else None,
+                                    "model file size (MB, log scale)", f"{device}: accuracy against model size"))
+            figures.append(path)
+            md += [f"![{device}: accuracy against model size]({path.name})", ""]
+
+    md += ["## 5. Verdict", "", "### Decision rule", "",
+           DECISION_RULE.replace("alpha", f"alpha ({config.alpha:g})"), "",
+           f"Latency budgets: {', '.join(f'{b:g}' for b in config.budgets_ms)} ms (p50). Minimum paired images: "
+           f"{config.min_images}.", ""]
+    for v in verdicts.values():
+        md += _verdict_lines(v)
+    if not verdicts:
+        md += ["No device has a line without error; no verdict.", ""]
+
+    report = out / "report.md"
+    write_text(report, "\n".join(md).rstrip() + "\n")
+    for path in figures:
+        log(f"wrote {path}")
+    log(f"wrote {report}")
+    return {"report": report, "figures": figures, "verdicts": {d: v.verdict for d, v in verdicts.items()}}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``bench report ...`` (see the module docstring).
+
+    Args:
+        argv: arguments after ``report`` (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 2 when an input is missing or an option is invalid.
+    """
+    parser = argparse.ArgumentParser(prog="bench report",
+                                     description="Report and verdict from a sweep, its exports and bench run results.")
+    parser.add_argument("--runs", type=Path, help="sweep folder holding results.jsonl")
+    parser.add_argument("--exports", type=Path, help="exports folder holding manifest.json")
+    parser.add_argument("--results", type=Path, nargs="+", required=True, help="bench run JSON-lines file(s)")
+    parser.add_argument("--out", type=Path, required=True, help="report folder")
+    parser.add_argument("--budgets", type=_floats, default=DEFAULT_BUDGETS_MS, help="p50 budgets in ms, e.g. 10,50,200")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of McNemar's test")
+    parser.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES,
+                        help="fewer paired images make the verdict inconclusive")
+    args = parser.parse_args(argv)
+    try:
+        config = ReportConfig(results=tuple(args.results), out=args.out, runs=args.runs, exports=args.exports,
+                              budgets_ms=args.budgets, alpha=args.alpha, min_images=args.min_images)
+        result = write_report(config, log=lambda line: print(line, file=sys.stderr))
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for device, verdict in result["verdicts"].items():
+        print(f"{device}: claim {verdict}")
+    print(result["report"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
