@@ -56,3 +56,14 @@ def test_compare_real_and_synthetic(tmp_path):
     assert 0.0 <= summary["accuracy"]["synth"] <= 1.0
     assert (tmp_path / "fig.png").stat().st_size > 0
     assert "| GALAXY | hlr |" in summary["table"]
+
+
+def test_confusion_matches_accuracy():
+    from train.realism import logistic_confusion
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], 40)
+    x = rng.normal(0, 1.0, (120, 2)) + np.eye(3)[y][:, :2] * 2
+    confusion = logistic_confusion(x, y, seed=2)
+    assert confusion.sum() == 36 and confusion.sum(axis=1).tolist() == [12, 12, 12]
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(logistic_accuracy(x, y, seed=2))

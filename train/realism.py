@@ -137,6 +137,19 @@ def logistic_accuracy(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 
     Returns:
         Accuracy on the 30% test part.
     """
+    confusion = logistic_confusion(x, y, seed=seed, steps=steps, lr=lr, l2=l2)
+    return float(np.trace(confusion) / confusion.sum())
+
+
+def logistic_confusion(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 2000,
+                       lr: float = 0.5, l2: float = 1e-3) -> np.ndarray:
+    """Confusion matrix (rows: true class, columns: predicted) of ``logistic_accuracy``'s model.
+
+    Args and the split are those of ``logistic_accuracy``.
+
+    Returns:
+        (K, K) int array of test counts.
+    """
     tr, te = stratified_indices(y, seed)
     mean, std = x[tr].mean(axis=0), x[tr].std(axis=0) + 1e-9
     xs = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
@@ -151,7 +164,9 @@ def logistic_accuracy(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 
         grad = xs[tr].T @ (p - onehot) / len(tr) + l2 * w
         w -= lr * grad
     pred = (xs[te] @ w).argmax(axis=1)
-    return float((pred == y[te]).mean())
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y[te], pred), 1)
+    return confusion
 
 
 @dataclass(frozen=True)
@@ -218,9 +233,11 @@ def summarise(sets: list[SetStats], seed: int = 0, repeats: int = 5) -> dict:
                 table[label][key] = {"median": round(float(med), 4), "q1": round(float(q1), 4),
                                      "q3": round(float(q3), 4)}
         out["stats"][s.name] = table
-        accs = [logistic_accuracy(features(s.stats), s.labels, seed=seed + k) for k in range(repeats)]
+        confusions = [logistic_confusion(features(s.stats), s.labels, seed=seed + k) for k in range(repeats)]
+        accs = [np.trace(c) / c.sum() for c in confusions]
         out["accuracy"][s.name] = round(float(np.mean(accs)), 4)
         out.setdefault("accuracy_std", {})[s.name] = round(float(np.std(accs)), 4)
+        out.setdefault("confusion", {})[s.name] = np.sum(confusions, axis=0).tolist()
         out.setdefault("n", {})[s.name] = {label: int((s.labels == c).sum()) for c, label in enumerate(LABELS)}
     return out
 
@@ -330,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name, acc in summary["accuracy"].items():
         print(f"logistic regression accuracy ({name}, mean of 5 stratified 70/30 splits): "
-              f"{acc:.3f} +- {summary['accuracy_std'][name]:.3f}")
+              f"{acc:.3f} +- {summary['accuracy_std'][name]:.3f}; confusion summed over the splits "
+              f"(rows true {'/'.join(LABELS)}): {summary['confusion'][name]}")
     if args.json:
         write_json(args.json, summary)
         print(f"wrote {args.json}")

@@ -1,9 +1,10 @@
 """SDSS-like sky cutouts simulated with GalSim, written as a labelled dataset folder.
 
 Each object is drawn in the g, r and i bands separately, in nanomaggies, on a 0.4"/px grid
-(SkyServer's ``scale=0.4`` cutouts), convolved with a Moffat PSF whose FWHM varies per image
-around SDSS's r-band median of 1.4". Sky noise per band follows the survey's 5-sigma point
-source limits (g 23.3, r 23.1, i 22.3). The three bands are combined exactly as SkyServer
+(SkyServer's ``scale=0.4`` cutouts), convolved with a Kolmogorov PSF plus a faint halo whose
+FWHM varies per image around 1.2" (the real dev cutouts' stars are sharper than the survey's
+1.4" median; see docs/realism.md). Sky noise per band follows the survey's 5-sigma point
+source limits (g 23.3, r 23.1, i 22.3) at the nominal 1.4" seeing. The three bands are combined exactly as SkyServer
 does it, a Lupton et al. (2004) asinh stretch of (i, r, g) -> (R, G, B), and encoded as a
 JPEG at the quality of the real cutouts (Pillow quality 75, 4:2:0; the real files carry
 exactly that quantisation table).
