@@ -88,6 +88,7 @@ def test_progress_reaches_n(tmp_path):
     ({"mix": (0.5, -0.1, 0.6)}, "mix must be three non-negative numbers"),
     ({"mix": (0.5, 0.5, 0.5)}, "mix must be three non-negative numbers"),
     ({"workers": 0}, "workers must be a positive integer"),
+    ({"seed": -1}, "seed must be a non-negative integer"),
     ({"val": 1.2}, "val and test must be fractions"),
 ])
 def test_bad_arguments_are_refused(tmp_path, kwargs, words):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
 import os
 import tempfile
 import time
@@ -399,7 +400,7 @@ def render(label: str, size: int, seed: int, index: int) -> tuple[bytes, dict]:
     canvas = _Canvas(size, psf, fwhm, gsp)
     truth: dict = {"label": label, "fwhm": round(fwhm, 3)}
     _add_centre(canvas, label, rng, truth)
-    truth["neighbours"] = _add_field(canvas, rng, density=float(rng.uniform(4.0, 14.0)))
+    truth["neighbours"] = _add_field(canvas, rng, density=float(rng.uniform(3.0, 10.0)))
     if rng.uniform() < 0.05:
         _add_bright_star(canvas, rng)
         truth["bright_star"] = True
@@ -527,7 +528,10 @@ def synthesize(out: str | Path, n: int, size: int = 128, seed: int = 0,
             if progress is not None:
                 progress(len(truth), int(n))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        # Spawned, not forked: a caller that has already started TensorFlow's or BLAS's
+        # threads can deadlock a forked child.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
             futures = [pool.submit(_render_chunk, str(root), part, int(size), int(seed)) for part in chunks]
             for future in as_completed(futures):
                 truth.update(future.result())
