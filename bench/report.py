@@ -363,9 +363,11 @@ def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha:
     if not v.points:
         blockers.append("No line with an accuracy on this device.")
     elif not mobile or not other:
-        present = "mobile" if mobile else ("non-mobile" if other else "no registered")
-        blockers.append(f"Only {present} backbones were measured here ({len(v.points)} model(s)), "
-                        "so mobile and non-mobile models cannot be compared.")
+        if mobile or other:
+            present = f"Only {'mobile' if mobile else 'non-mobile'} backbones were measured here"
+        else:
+            present = "No backbone of a known family (mobile or not) was measured here"
+        blockers.append(f"{present} ({len(v.points)} model(s)), so mobile and non-mobile models cannot be compared.")
 
     significant = None
     if v.best_mobile and v.best_other:
@@ -500,7 +502,7 @@ def _export_section(exports: Path | None) -> list[str]:
         ratio = "1.00" if a.get("variant") == "fp32" and size else (
             f"{size / base_size:.2f}" if size and base_size else "n/a")
         rows.append([str(a.get("artifact_id")), str(a.get("backbone")), _family(str(a.get("backbone"))),
-                     str(a.get("variant")), str(a.get("format")), f"{size / MB:.2f}" if size else "n/a", ratio,
+                     str(a.get("variant")), str(a.get("format")), _size_mb(size), ratio,
                      _pct(_num(a.get("val_accuracy"))), _points(_num(a.get("accuracy_delta"))),
                      _pct(_num(a.get("agreement"))), _sci(_num(a.get("max_abs_diff"))),
                      _short(str(a.get("error"))) if a.get("error") else ""])
@@ -525,6 +527,14 @@ def _sci(value: float | None) -> str:
 def _mb(value) -> str:
     value = _num(value)
     return "n/a" if value is None else f"{value / MB:.1f}"
+
+
+def _size_mb(value) -> str:
+    value = _num(value)
+    if not value:
+        return "n/a"
+    # Two decimals for real models; three significant digits keep a tiny test model above 0.00.
+    return f"{value / MB:.2f}" if value >= MB else f"{value / MB:.3g}"
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -559,8 +569,7 @@ def _device_table(lines: list[dict]) -> list[str]:
         rows.append([str(ln.get("artifact_id")), _family(str(ln.get("backbone"))), str(ln.get("runtime")),
                      str(ln.get("threads")), str(ln.get("mode")), p50, _ms(_num(ln.get("latency_ms_p90"))),
                      _ms(_num(ln.get("latency_ms_p99"))), _mb(ln.get("peak_rss_bytes")),
-                     _mb(ln.get("rss_increase_bytes")), f"{_num(ln.get('size_bytes')) / MB:.2f}"
-                     if _num(ln.get("size_bytes")) else "n/a",
+                     _mb(ln.get("rss_increase_bytes")), _size_mb(ln.get("size_bytes")),
                      f"{_pct(acc)} [{_pct(a_low)}, {_pct(a_high)}]", _sci(_num(ln.get("macro_f1"))),
                      _pct(_num(ln.get("agreement"))), _short("; ".join(notes), 300)])
     return _table(["Artifact", "Family", "Runtime", "Threads", "Mode", "p50 ms [95% CI]", "p90 ms", "p99 ms",
@@ -586,7 +595,7 @@ def _verdict_lines(v: DeviceVerdict) -> list[str]:
                          "Size front"],
                         [[p.label, p.family, _acc_ci(p),
                           _ms(p.p50_ms) + (" (emulated)" if is_emulated(p.line) else ""),
-                          f"{p.size_bytes / MB:.2f}" if p.size_bytes else "n/a",
+                          _size_mb(p.size_bytes),
                           "yes" if p in v.latency_front else ("n/a" if p not in v.latency_points else "no"),
                           "yes" if p in v.size_front else "no"] for p in v.points])
     if v.budgets:
