@@ -96,7 +96,8 @@ def _cmd_sdss(args) -> int:
     config = FetchConfig(out=Path(args.out), n=args.n, mix=args.mix, dr=args.dr, size=args.size,
                          scale=args.scale, catalog=Path(args.catalog) if args.catalog else None,
                          base_url=args.base_url, rate=args.rate, workers=args.workers,
-                         timeout=args.timeout, retries=args.retries, seed=args.seed, val=args.val)
+                         timeout=args.timeout, retries=args.retries, backoff=args.backoff,
+                         seed=args.seed, val=args.val)
     summary = fetch(config)
     return 0 if summary.failed == 0 else 3
 
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each retry (default 1)")
     split_args(p)
     p.set_defaults(func=_cmd_sdss)
 

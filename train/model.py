@@ -98,7 +98,12 @@ def attach_head(base: keras.Model, seed: int = 0) -> keras.Model:
 
 
 def build(backbone: Backbone, img_size: int, weights: str | None, seed: int = 0) -> Built:
-    """Build base and model together (see ``build_base`` and ``attach_head``)."""
+    """Build base and model together (see ``build_base`` and ``attach_head``).
+
+    Random initialisation (``weights=None``) is seeded with ``seed``, so a resumed or
+    repeated sweep starts from the same frozen layers.
+    """
+    keras.utils.set_random_seed(seed)
     base = build_base(backbone, img_size, weights)
     return Built(model=attach_head(base, seed), base=base)
 

@@ -262,8 +262,17 @@ def _precision(policy: str):
         keras.mixed_precision.set_global_policy(previous)
 
 
+def head_init(shape: tuple[int, int], seed: int) -> list[np.ndarray]:
+    """Glorot-uniform kernel and zero bias for the head, from the run's seed alone."""
+    fan_in, fan_out = int(shape[0]), int(shape[1])
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    kernel = np.random.default_rng([seed, fan_in, fan_out]).uniform(-limit, limit, (fan_in, fan_out))
+    return [kernel.astype(np.float32), np.zeros(fan_out, np.float32)]
+
+
 def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
     import tensorflow as tf
+    import tf_keras as keras
 
     from train.cache import FeatureStore, LevelCache, top_model
     from train.levels import level_info, set_level
@@ -307,14 +316,13 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
                           "level": run.level, "seed": run.seed}
                 try:
                     model.set_weights(initial)
-                    kernel = tf.keras.initializers.GlorotUniform(seed=run.seed)(head.kernel.shape)
-                    head.set_weights([np.asarray(kernel), np.zeros(head.bias.shape, np.float32)])
+                    head.set_weights(head_init(head.kernel.shape, run.seed))
                     run_initial = model.get_weights()
                     info = level_info(model, base, run.level)
                     identity = _run_identity(config, run, the_plan.data_fingerprint)
                     write_json(run_dir / "config.json", {
                         **identity, **{k: v for k, v in asdict(config).items() if k not in identity},
-                        "preprocess": backbone.preprocess, "keras_name": backbone.keras_name,
+                        "data_resolved": str(Path(config.data).resolve()), "preprocess": backbone.preprocess, "keras_name": backbone.keras_name,
                         "labels": list(LABELS), "class_weights": {LABELS[c]: w for c, w in weights_by_class.items()},
                         "train_n": int(len(train_y)), "val_n": int(len(val_y)), **info})
                     t_cache = time.perf_counter()
@@ -362,7 +370,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
                     if cache.arrays[0] is not cache.images:
                         store.release(cache.arrays)
             del model, base, built
-            tf.keras.backend.clear_session()
+            keras.backend.clear_session()
     finally:
         store.close()
 

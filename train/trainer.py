@@ -214,7 +214,7 @@ def _resume(run_dir: Path, full, ckpt, initial_weights, log):
     for epoch in sorted((e for e in saved if e <= len(history)), reverse=True):
         try:
             ckpt.restore(saved[epoch]).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as exc:
+        except Exception as exc:  # a damaged file fails in many ways (OpError, IndexError, ...)
             log(f"  checkpoint of epoch {epoch} unreadable ({type(exc).__name__}); trying an earlier one")
             continue
         kept = history[:epoch]

@@ -1,0 +1,165 @@
+"""The training sweep end to end on tiny real models (weights=None, 32 px)."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, make_image
+from device.atomic import read_jsonl
+from device.dataset import index_tree, stratified_split, write_manifest
+from train.sweep import SweepConfig, SweepError, main as sweep_main, plan, run_sweep
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    for index, (label, count) in enumerate((("GALAXY", 16), ("QSO", 10), ("STAR", 14))):
+        for i in range(count):
+            make_image(root / label / f"{i:03d}.png", seed=50 * index + i, size=40, label_index=index)
+    write_manifest(root, stratified_split(index_tree(root)[0], seed=0))
+    return root
+
+
+def _config(data, out, **kw) -> SweepConfig:
+    base = dict(data=str(data), out=str(out), backbones=("mobilenetv2",), levels="0,7", epochs=2,
+                batch_size=8, img_size=32, lr=1e-3, seeds=(0,), weights="none")
+    base.update(kw)
+    return SweepConfig(**base)
+
+
+def _probs(run_dir: Path) -> np.ndarray:
+    with open(run_dir / "val_predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return np.array([[float(r[f"prob_{l}"]) for l in ("GALAXY", "QSO", "STAR")] for r in rows])
+
+
+def test_cached_and_plain_training_give_the_same_predictions(tiny_data, tmp_path):
+    cached = run_sweep(_config(tiny_data, tmp_path / "cached", cache_features="auto"), log=lambda m: None)
+    plain = run_sweep(_config(tiny_data, tmp_path / "plain", cache_features="off"), log=lambda m: None)
+    for level in ("L000-s0", "L007-s0"):
+        a = _probs(cached / "runs" / "mobilenetv2" / level)
+        b = _probs(plain / "runs" / "mobilenetv2" / level)
+        assert a.std(axis=0).max() > 1e-3, "outputs must vary with the input"
+        np.testing.assert_allclose(a, b, atol=2e-4)
+        assert (a.argmax(1) == b.argmax(1)).all()
+    rows = read_jsonl(cached / "results.jsonl")
+    assert {r["run_id"] for r in rows} == {"mobilenetv2-L000-s0", "mobilenetv2-L007-s0"}
+    assert all(r["cache_features"] for r in rows) and not any(r["cache_features"] for r in read_jsonl(plain / "results.jsonl"))
+
+
+def test_sweep_outputs_and_rerun_skips(tiny_data, tmp_path):
+    config = _config(tiny_data, tmp_path / "s", backbones=("mobilenetv2", "densenet121"))
+    out = run_sweep(config, log=lambda m: None)
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == 4 and not any("error" in r for r in rows)
+    run = out / "runs" / "densenet121" / "L007-s0"
+    for name in ("config.json", "history.csv", "best.h5", "val_predictions.csv", "metrics.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("val_accuracy", "val_accuracy_ci_low", "val_accuracy_ci_high", "val_macro_f1", "val_f1_QSO",
+                "val_confusion", "trainable_params", "total_params", "ltr", "ptr", "epochs_run", "wall_seconds",
+                "train_images_per_s"):
+        assert key in metrics, key
+    assert metrics["val_accuracy_ci_low"] <= metrics["val_accuracy"] <= metrics["val_accuracy_ci_high"]
+    for name in ("summary.csv", "summary.md", "plots/accuracy_vs_level.png"):
+        assert (out / name).is_file(), name
+    messages = []
+    run_sweep(config, log=messages.append)
+    assert any("4 already finished" in m for m in messages)
+    assert len(read_jsonl(out / "results.jsonl")) == 4
+
+
+def test_shards_split_the_runs_without_overlap(tiny_data, tmp_path):
+    config = _config(tiny_data, tmp_path / "sh", levels="0,3,7", seeds=(0, 1))
+    ids = [{r.run_id for r in plan(SweepConfig(**{**config.__dict__, "shard": (i, 3)})).runs} for i in range(3)]
+    assert set.union(*ids) == {r.run_id for r in plan(config).runs}
+    assert sum(len(s) for s in ids) == 6
+
+
+def test_killed_sweep_resumes_to_the_same_results(tiny_data, tmp_path):
+    out = tmp_path / "k"
+    args = ["--data", str(tiny_data), "--out", str(out), "--backbones", "mobilenetv2", "--levels", "7",
+            "--epochs", "6", "--batch-size", "8", "--img-size", "32", "--weights", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "train.sweep", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = out / "runs" / "mobilenetv2" / "L007-s0" / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "runs" / "mobilenetv2" / "L007-s0" / "metrics.json").exists()
+    assert sweep_main(args) == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert [r["run_id"] for r in rows] == ["mobilenetv2-L007-s0"]
+    assert rows[0]["resumed_from_epoch"] >= 2 and rows[0]["epochs_run"] == 6
+    reference = run_sweep(_config(tiny_data, tmp_path / "ref", levels="7", epochs=6), log=lambda m: None)
+    np.testing.assert_allclose(_probs(out / "runs" / "mobilenetv2" / "L007-s0"),
+                               _probs(reference / "runs" / "mobilenetv2" / "L007-s0"), atol=1e-3)
+    assert json.loads((out / "runs" / "mobilenetv2" / "L007-s0" / "metrics.json").read_text())["val_accuracy"] == \
+        read_jsonl(reference / "results.jsonl")[0]["val_accuracy"]
+
+
+def test_corrupt_checkpoint_is_rebuilt_from_last_good_epoch(tiny_data, tmp_path):
+    config = _config(tiny_data, tmp_path / "c", levels="7", epochs=3)
+    out = run_sweep(config, log=lambda m: None)
+    run = out / "runs" / "mobilenetv2" / "L007-s0"
+    first = _probs(run)
+    (run / "metrics.json").unlink()
+    for data in (run / "ckpt").glob("ckpt-3.data-*"):
+        data.write_bytes(b"\x00" * 64)
+    messages = []
+    run_sweep(config, log=messages.append)
+    assert any("checkpoint of epoch 3 unreadable" in m for m in messages)
+    assert any("resuming after epoch 2" in m for m in messages)
+    np.testing.assert_allclose(_probs(run), first, atol=1e-3)
+
+
+def test_bad_configurations_are_refused_before_training(tiny_data, tmp_path):
+    cases = [
+        (dict(backbones=("resnet18",)), "unknown backbone 'resnet18'"),
+        (dict(levels="0,500"), "outside 0..155"),
+        (dict(backbones=("xception",), img_size=32), "xception needs at least 71 px"),
+        (dict(epochs=0), "expected positive"),
+    ]
+    for change, message in cases:
+        with pytest.raises(SweepError, match=message):
+            run_sweep(_config(tiny_data, tmp_path / "bad", **change), log=lambda m: None)
+        assert not (tmp_path / "bad").exists()
+    one_class = tmp_path / "one"
+    for i in range(4):
+        make_image(one_class / "STAR" / f"{i}.png", seed=i)
+    with pytest.raises(SweepError, match="only STAR"):
+        run_sweep(_config(one_class, tmp_path / "bad"), log=lambda m: None)
+
+
+def test_changed_settings_in_same_folder_are_refused(tiny_data, tmp_path):
+    run_sweep(_config(tiny_data, tmp_path / "x", levels="0", epochs=1), log=lambda m: None)
+    with pytest.raises(SweepError, match="different settings.*epochs"):
+        run_sweep(_config(tiny_data, tmp_path / "x", levels="0", epochs=2), log=lambda m: None)
+
+
+def test_imagenet_offline_names_the_file(tiny_data, tmp_path, monkeypatch):
+    from train.model import WeightsError, keras_cache_dir
+
+    if any(keras_cache_dir().glob("mobilenet_v2_weights_*_32_no_top.h5")) or any(keras_cache_dir().glob("mobilenet_v2*")):
+        pytest.skip("ImageNet weights already cached on this machine")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    try:
+        run_sweep(_config(tiny_data, tmp_path / "w", weights="imagenet", img_size=96), log=lambda m: None)
+    except WeightsError as exc:
+        message = str(exc)
+        assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in message
+        assert "--weights PATH" in message
+    else:
+        pytest.skip("network available: ImageNet weights were downloaded")
