@@ -53,6 +53,7 @@ LUPTON_STRETCH = 0.8
 JPEG_QUALITY = 75
 JPEG_SUBSAMPLING = 2  # 4:2:0, as in the real cutouts
 DEFAULT_MIX = (0.44, 0.062, 0.498)
+POINT_STAMP = 64  # pixels (25.6"): side of the cached PSF stamp for point sources
 _GSPARAMS = galsim.GSParams(folding_threshold=1e-2, maxk_threshold=2e-3, maximum_fft_size=4096)
 
 
@@ -219,6 +220,40 @@ class _Canvas:
         self.gsp = gsp
         self.bands = np.zeros((3, size, size), dtype=np.float64)
         self._scratch = galsim.ImageD(size, size, scale=PIXEL_SCALE)
+        self._psf_fft: np.ndarray | None = None
+
+    def add_point(self, fluxes: np.ndarray, dx: float, dy: float) -> None:
+        """Add a point source: the PSF drawn once per cutout, shifted in Fourier space.
+
+        One GalSim FFT draw costs a few milliseconds; a 64-pixel numpy shift a few tens of
+        microseconds, and most objects in a field are point sources.
+
+        Args:
+            fluxes: (g, r, i) fluxes in nanomaggies.
+            dx, dy: offset from the cutout centre in pixels.
+        """
+        side = POINT_STAMP
+        if self._psf_fft is None:
+            stamp = galsim.ImageD(side, side, scale=PIXEL_SCALE)
+            # Half-pixel offset puts the PSF's centre on array index (side/2, side/2).
+            self.psf.drawImage(image=stamp, offset=(0.5, 0.5), method="auto")
+            self._psf_fft = np.fft.rfft2(stamp.array)
+        xa = self.size / 2.0 - 0.5 + dx  # 0-based array coordinates of the source
+        ya = self.size / 2.0 - 0.5 + dy
+        ix, iy = int(math.floor(xa)), int(math.floor(ya))
+        fx, fy = xa - ix, ya - iy
+        u = np.fft.rfftfreq(side)
+        v = np.fft.fftfreq(side)
+        phase = np.exp(-2j * np.pi * v * fy)[:, None] * np.exp(-2j * np.pi * u * fx)[None, :]
+        drawn = np.fft.irfft2(self._psf_fft * phase, s=(side, side))
+        x0, y0 = ix - side // 2, iy - side // 2
+        xs0, ys0 = max(x0, 0), max(y0, 0)
+        xs1, ys1 = min(x0 + side, self.size), min(y0 + side, self.size)
+        if xs1 <= xs0 or ys1 <= ys0:
+            return
+        part = drawn[ys0 - y0:ys1 - y0, xs0 - x0:xs1 - x0]
+        for b in range(3):
+            self.bands[b, ys0:ys1, xs0:xs1] += fluxes[b] * part
 
     def add(self, profile: galsim.GSObject | None, fluxes: np.ndarray, dx: float, dy: float,
             stamp: int | None = None) -> None:
@@ -265,11 +300,11 @@ def _add_centre(canvas: _Canvas, label: str, rng: np.random.Generator, truth: di
     dy = float(rng.normal(0.8, 0.2)) * canvas.size / 128.0
     if label == "STAR":
         p = _star_params(rng)
-        canvas.add(None, _band_fluxes(p["r"], p["g_r"], p["r_i"]), dx, dy)
+        canvas.add_point(_band_fluxes(p["r"], p["g_r"], p["r_i"]), dx, dy)
     elif label == "QSO":
         p = _qso_params(rng)
         nucleus = _band_fluxes(p["r"], p["g_r"], p["r_i"])
-        canvas.add(None, nucleus, dx, dy)
+        canvas.add_point(nucleus, dx, dy)
         if p["host"]:
             host = galsim.Exponential(half_light_radius=p["host_hlr"], gsparams=canvas.gsp)
             host = host.shear(q=p["host_q"], beta=p["host_pa"] * galsim.degrees)
@@ -295,8 +330,7 @@ def _add_field(canvas: _Canvas, rng: np.random.Generator, density: float) -> int
             # Number counts of stars rise slowly with magnitude towards r ~ 22.
             r = 23.0 - 7.0 * rng.uniform() ** 1.6
             gr = float(np.clip(rng.normal(0.9, 0.45), -0.3, 1.6))
-            canvas.add(None, _band_fluxes(r, gr, _stellar_ri(gr, rng)), dx, dy,
-                       stamp=48 if r < 18 else 24)
+            canvas.add_point(_band_fluxes(r, gr, _stellar_ri(gr, rng)), dx, dy)
         else:
             p = _galaxy_params(rng, faint=True)
             stamp = int(min(64, max(24, 2 * round(4 * p["hlr"] / PIXEL_SCALE) + 16)))
