@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it over ``path`` on success.
@@ -40,6 +46,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")
     try:
+        # mkstemp makes the file private (0600); give it the permissions open() would
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()

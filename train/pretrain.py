@@ -1,0 +1,127 @@
+"""In-domain pretraining: train a whole backbone from scratch on a sky-image dataset.
+
+For users without ImageNet weights (offline machines, this workplace's tests): a short
+from-scratch training of every layer, saved as a weights file that ``train.sweep
+--weights PATH`` accepts, so the study's layer-wise fine-tuning can run on top of
+in-domain features (Schneider et al. 2023, "Efficient galaxy classification through
+pretraining").
+
+    python -m train.pretrain --data DIR --backbone mobilenetv2 --epochs 20 --img-size 96 \
+        --out weights/            # writes weights/mobilenetv2.h5
+
+Resumable: the run folder ``OUT/.pretrain-<backbone>-<size>/`` keeps per-epoch checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from device.atomic import write_json
+from device.backbones import get
+from device.dataset import DatasetError, class_weights, open_dataset
+from device.metrics import classification_metrics
+from device.preprocess import preprocess
+
+
+def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size: int = 96,
+             batch_size: int = 32, lr: float = 1e-3, augment: str = "d4", seed: int = 0,
+             log: Callable[[str], None] = print) -> Path:
+    """Train every layer of ``backbone`` from random init; save the base's weights.
+
+    Args:
+        data: dataset folder (its train split trains, its val split picks the best epoch).
+        backbone_name: registry name.
+        out: a folder (the file is ``<backbone>.h5`` in it) or a ``.h5`` file path.
+        epochs, img_size, batch_size, lr, seed: training settings.
+        augment: ``d4`` (default: the 8 rotations/flips) or ``none``.
+        log: progress lines.
+
+    Returns:
+        The weights file: the base (``include_top=False, pooling="avg"``) at the best
+        validation epoch, loadable by ``keras.applications.<Name>(weights=FILE)``.
+
+    Raises:
+        DatasetError: unusable dataset. ValueError: bad settings.
+    """
+    from train.levels import set_level
+    from train.model import build
+    from train.sweep import head_init
+    from train.trainer import FitConfig, fit
+
+    backbone = get(backbone_name)
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"--epochs {epochs}, --batch-size {batch_size}, --lr {lr}: expected positive values")
+    if augment not in ("none", "d4"):
+        raise ValueError(f"--augment {augment!r}: expected none or d4")
+    target = Path(out)
+    if target.suffix != ".h5":
+        target = target / f"{backbone.name}.h5"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create folder ({exc.strerror or exc})") from None
+    dataset = open_dataset(data)
+    train_x, train_y, _, skipped = dataset.load_arrays("train", img_size)
+    val_x, val_y, _, skipped_val = dataset.load_arrays("val", img_size)
+    if skipped or skipped_val:
+        log(f"warning: skipped {len(skipped) + len(skipped_val)} unreadable image(s)")
+    if len(set(train_y.tolist())) < 2 or not len(val_y):
+        raise DatasetError(f"--data {data}: need a training split with two or more classes and a validation split")
+    built = build(backbone, img_size, None, seed=seed)
+    model, base = built.model, built.base
+    head = model.get_layer("head")
+    head.set_weights(head_init(head.kernel.shape, seed))
+    set_level(model, base, len(base.layers))
+    run_dir = target.parent / f".pretrain-{backbone.name}-{img_size}"
+    run_dir.mkdir(exist_ok=True)
+    log(f"pretraining {backbone.name} from scratch: {len(train_y)} train / {len(val_y)} val images at "
+        f"{img_size} px, {epochs} epochs, augment {augment}")
+    t0 = time.perf_counter()
+    result = fit(model, model, [preprocess(train_x, backbone.preprocess)], train_y,
+                 [preprocess(val_x, backbone.preprocess)], val_y, class_weights(train_y),
+                 FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment),
+                 run_dir, model.get_weights(), log)
+    metrics = classification_metrics(val_y, result.val_probs.argmax(1))
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.h5")
+    base.save_weights(str(tmp))
+    os.replace(tmp, target)
+    write_json(target.with_suffix(".json"), {
+        "backbone": backbone.name, "img_size": img_size, "epochs": epochs, "best_epoch": result.best_epoch,
+        "augment": augment, "lr": lr, "seed": seed, "data": str(Path(data).resolve()),
+        "val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"],
+        "seconds": round(time.perf_counter() - t0, 1)})
+    log(f"best epoch {result.best_epoch}: val accuracy {100 * metrics['val_accuracy']:.1f}% "
+        f"[{100 * metrics['val_accuracy_ci_low']:.1f}, {100 * metrics['val_accuracy_ci_high']:.1f}]; wrote {target}")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--out", required=True, help="folder (writes <backbone>.h5) or a .h5 file")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--img-size", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--augment", default="d4", choices=("none", "d4"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        pretrain(args.data, args.backbone, args.out, epochs=args.epochs, img_size=args.img_size,
+                 batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed)
+    except (KeyError, ValueError, DatasetError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
