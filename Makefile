@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m train.data synth --out $(DEMO)/data --n 600 --size 64 --seed 0
 	$(PY) -m train.data stats $(DEMO)/data
+	$(PY) -m train.sweep --data $(DEMO)/data --backbones mobilenetv2,densenet121 --levels 0,10,30 \
+		--epochs 8 --img-size 64 --weights none --out $(DEMO)/sweep
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"

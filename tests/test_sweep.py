@@ -163,3 +163,17 @@ def test_imagenet_offline_names_the_file(tiny_data, tmp_path, monkeypatch):
         assert "--weights PATH" in message
     else:
         pytest.skip("network available: ImageNet weights were downloaded")
+
+
+def test_gpu_switches_run_on_cpu(tiny_data, tmp_path):
+    """mixed_float16, XLA and the mirrored strategy are GPU features; they must still work here."""
+    out = run_sweep(_config(tiny_data, tmp_path / "g", levels="7", epochs=1, precision="mixed_float16",
+                            jit=True, strategy="mirrored"), log=lambda m: None)
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    assert rows[0]["precision"] == "mixed_float16" and rows[0]["strategy"] == "mirrored"
+    probs = _probs(out / "runs" / "mobilenetv2" / "L007-s0")
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
+    import tf_keras as keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -1,0 +1,96 @@
+"""Benchmark of frozen-feature caching: the same sweep with caching on and off.
+
+    python -m train.cache_benchmark [--data DIR] [--n 300] [--backbones mobilenetv2,densenet121]
+        [--levels paper] [--epochs 10] [--img-size 96] [--out DIR]
+
+Without ``--data`` it simulates ``--n`` SDSS-like cutouts first. Prints the wall time of each
+sweep, their ratio (target: caching at least 3x faster) and the largest difference in
+validation accuracy and in validation probabilities between matching runs (target: the
+same accuracies).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.atomic import read_jsonl, write_json
+from train.sweep import SweepConfig, run_sweep
+
+
+def _probs(run_dir: Path) -> np.ndarray:
+    with open(run_dir / "val_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return np.array([[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows])
+
+
+def compare(data: str, out: Path, backbones: tuple[str, ...], levels: str, epochs: int, img_size: int,
+            weights: str = "none", log=print) -> dict:
+    """Run the sweep with ``--cache-features auto`` and ``off``; return timings and differences."""
+    timings = {}
+    for mode in ("auto", "off"):
+        folder = out / f"cache-{mode}"
+        shutil.rmtree(folder, ignore_errors=True)
+        config = SweepConfig(data=data, out=str(folder), backbones=backbones, levels=levels, epochs=epochs,
+                             img_size=img_size, weights=weights, cache_features=mode)
+        log(f"--- sweep with --cache-features {mode}")
+        t0 = time.perf_counter()
+        run_sweep(config, log=log)
+        timings[mode] = time.perf_counter() - t0
+    cached = {r["run_id"]: r for r in read_jsonl(out / "cache-auto" / "results.jsonl")}
+    plain = {r["run_id"]: r for r in read_jsonl(out / "cache-off" / "results.jsonl")}
+    errors = [k for k, r in {**cached, **plain}.items() if "error" in r]
+    common = sorted(k for k in cached if k in plain and "error" not in cached[k] and "error" not in plain[k])
+    acc_diff = max((abs(cached[k]["val_accuracy"] - plain[k]["val_accuracy"]) for k in common), default=float("nan"))
+    prob_diff = max((float(np.abs(_probs(out / "cache-auto" / cached[k]["run_dir"]) -
+                                  _probs(out / "cache-off" / plain[k]["run_dir"])).max()) for k in common),
+                    default=float("nan"))
+    result = {"runs": len(common), "failed_runs": errors, "seconds_cached": round(timings["auto"], 1),
+              "seconds_plain": round(timings["off"], 1), "speedup": round(timings["off"] / timings["auto"], 2),
+              "max_val_accuracy_diff": acc_diff, "max_val_probability_diff": prob_diff,
+              "backbones": list(backbones), "levels": levels, "epochs": epochs, "img_size": img_size, "data": data}
+    write_json(out / "cache_benchmark.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.cache_benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="dataset folder (default: simulate --n images)")
+    p.add_argument("--n", type=int, default=300, help="images to simulate without --data (default 300)")
+    p.add_argument("--backbones", default="mobilenetv2,densenet121")
+    p.add_argument("--levels", default="paper")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--img-size", type=int, default=96)
+    p.add_argument("--weights", default="none")
+    p.add_argument("--out", default="out/cache-benchmark")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = args.data
+    if data is None:
+        from train.synth import synthesize
+
+        data = str(out / "data")
+        if not (Path(data) / "manifest.csv").is_file():
+            synthesize(out=data, n=args.n, size=128, seed=0)
+    r = compare(data, out, tuple(args.backbones.split(",")), args.levels, args.epochs, args.img_size, args.weights)
+    print(f"\ncache benchmark: {r['runs']} runs ({', '.join(r['backbones'])}; levels {r['levels']}; "
+          f"{r['epochs']} epochs; {r['img_size']} px)")
+    print(f"  caching on : {r['seconds_cached']:8.1f} s")
+    print(f"  caching off: {r['seconds_plain']:8.1f} s")
+    print(f"  speed-up   : {r['speedup']:.2f}x (target >= 3x)")
+    print(f"  largest validation accuracy difference: {100 * r['max_val_accuracy_diff']:.2f} points; "
+          f"largest probability difference: {r['max_val_probability_diff']:.2e}")
+    if r["failed_runs"]:
+        print(f"  failed runs: {', '.join(r['failed_runs'])}")
+    return 0 if not r["failed_runs"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
