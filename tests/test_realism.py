@@ -9,7 +9,7 @@ import pytest
 from train.realism import compare, image_stats, logistic_accuracy, stratified_indices
 from train.synth import synthesize
 
-REAL = Path(__file__).resolve().parents[2] / "shared/data/sdss-dr16-128"
+REAL = Path(__file__).parents[2] / "shared/data/sdss-dr16-128"
 
 
 def _blob(sigma: float, amplitude: float, colour=(1.0, 1.0, 1.0), noise: float = 0.0, seed: int = 0):

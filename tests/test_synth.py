@@ -12,7 +12,7 @@ from device.dataset import LABELS, read_manifest
 from device.images import read_rgb
 from train.synth import SynthSummary, class_counts, synthesize
 
-REAL = Path(__file__).resolve().parents[2] / "shared/data/sdss-dr16-128"
+REAL = Path(__file__).parents[2] / "shared/data/sdss-dr16-128"
 
 
 def _files(root: Path) -> dict[str, bytes]:
