@@ -1,0 +1,119 @@
+"""Verification of an exported artifact on the validation split, with the device's own code.
+
+The artifact is loaded and run by ``device.runtime`` (the code the benchmark runs), one raw
+image at a time, and compared with the Keras model's saved validation predictions
+(``val_predictions.csv`` of the run): accuracy, top-1 agreement and the largest absolute
+difference of any class probability.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device.dataset import LABELS
+from device.runtime import load
+
+# --strict thresholds of top-1 agreement with the Keras model, by variant
+STRICT_AGREEMENT = {"fp32": 0.995, "fp16": 0.995, "dynamic": 0.97, "int8": 0.97, "qat": 0.97}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The Keras model's validation predictions of a run, aligned with the images."""
+
+    paths: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.probs.argmax(1) == self.labels)) if len(self.labels) else float("nan")
+
+
+def read_reference(path: str | os.PathLike) -> Reference:
+    """Read a run's ``val_predictions.csv``.
+
+    Raises:
+        ValueError: missing columns or an empty file (names the file).
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = ["path", "label_index"] + [f"prob_{label}" for label in LABELS]
+    if not rows or any(c not in rows[0] for c in columns):
+        raise ValueError(f"{path}: expected a non-empty CSV with columns {','.join(columns)}")
+    return Reference(paths=[r["path"] for r in rows],
+                     labels=np.array([int(r["label_index"]) for r in rows], dtype=np.int64),
+                     probs=np.array([[float(r[f"prob_{label}"]) for label in LABELS] for r in rows], np.float32))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How an artifact compares with the Keras model on the validation split."""
+
+    val_n: int
+    keras_val_accuracy: float
+    val_accuracy: float
+    agreement: float
+    max_abs_diff: float
+
+    def as_record(self) -> dict:
+        return {"val_n": self.val_n, "keras_val_accuracy": round(self.keras_val_accuracy, 6),
+                "val_accuracy": round(self.val_accuracy, 6),
+                "accuracy_delta": round(self.val_accuracy - self.keras_val_accuracy, 6),
+                "agreement": round(self.agreement, 6), "max_abs_diff": round(self.max_abs_diff, 6)}
+
+
+def align(reference: Reference, images: np.ndarray, paths: list[str]) -> tuple[np.ndarray, Reference]:
+    """The validation images in the reference's order, and the reference rows that have one.
+
+    Raises:
+        ValueError: no reference row matches any image (the run used another dataset).
+    """
+    index = {p: i for i, p in enumerate(paths)}
+    keep = [i for i, p in enumerate(reference.paths) if p in index]
+    if not keep:
+        raise ValueError("no validation image of the dataset matches the run's val_predictions.csv; "
+                         "was the run trained on another dataset?")
+    ref = Reference(paths=[reference.paths[i] for i in keep], labels=reference.labels[keep],
+                    probs=reference.probs[keep])
+    return images[[index[p] for p in ref.paths]], ref
+
+
+def verify(path: str | os.PathLike, images: np.ndarray, reference: Reference, threads: int | None = None) -> Verification:
+    """Run an artifact on ``images`` (raw uint8, aligned with ``reference``) and compare.
+
+    Args:
+        path: ``.tflite`` or ``.onnx`` file.
+        images: (N, H, W, 3) raw RGB pixels, row i being ``reference.paths[i]``.
+        reference: the Keras model's validation predictions.
+        threads: runtime threads (``None``: the runtime's default).
+
+    Returns:
+        The comparison.
+
+    Raises:
+        device.runtime.ModelLoadError, RuntimeUnavailable: the artifact cannot be loaded.
+    """
+    model = load(path, threads=threads)
+    probs = model.predict_many(images)
+    pred = probs.argmax(1)
+    return Verification(
+        val_n=int(len(reference.labels)),
+        keras_val_accuracy=reference.accuracy,
+        val_accuracy=float(np.mean(pred == reference.labels)),
+        agreement=float(np.mean(pred == reference.probs.argmax(1))),
+        max_abs_diff=float(np.max(np.abs(probs - reference.probs))),
+    )
+
+
+def strict_failure(variant: str, agreement: float) -> str | None:
+    """A message when ``agreement`` is below the variant's ``--strict`` threshold, else ``None``."""
+    threshold = STRICT_AGREEMENT.get(variant, 0.97)
+    if agreement < threshold:
+        return f"agreement {100 * agreement:.2f}% < {100 * threshold:.1f}% required for {variant}"
+    return None
