@@ -1,0 +1,126 @@
+"""Export trained runs to ONNX (fp32, int8), verified on ONNX Runtime with the device code.
+
+    python -m export.onnx --runs RUNS --out EXPORTS [--select ...] [--variants fp32,int8]
+        [--opset N] [--calib N] [--strict]
+
+Variants:
+    fp32  tf2onnx conversion of the deployable graph (raw pixels in, probabilities out).
+    int8  onnxruntime static quantization of the fp32 model: QDQ format, per-channel int8
+          weights, int8 activations calibrated (min/max) on training images. The input
+          stays float32 raw pixels and is quantized by the graph's first QuantizeLinear.
+          Dynamic quantization (weights only, activations quantized per call) is slow for
+          CNNs on ONNX Runtime, so it is not offered.
+
+Shares run selection, verification and the manifest with ``export.tflite``.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from device.atomic import write_bytes
+from export.tflite import Context, ExportError, run_cli
+
+ONNX_VARIANTS = ("fp32", "int8")
+DEFAULT_OPSET = 17
+
+
+def to_onnx_bytes(ctx: Context, opset: int) -> bytes:
+    """tf2onnx conversion of the source's deployable model (input ``image``, batch 1)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    model = ctx.model()
+    size = ctx.source.img_size
+    spec = (tf.TensorSpec((1, size, size, 3), tf.float32, name="image"),)
+    function = tf.function(lambda x: model(x, training=False))
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
+    return proto.SerializeToString()
+
+
+class _CalibrationReader:
+    """onnxruntime ``CalibrationDataReader`` over raw training images, one per step."""
+
+    def __init__(self, input_name: str, images: np.ndarray):
+        self.input_name = input_name
+        self.images = images.astype(np.float32)
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.images):
+            return None
+        image = self.images[self.position][None]
+        self.position += 1
+        return {self.input_name: image}
+
+    def rewind(self):
+        self.position = 0
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray) -> None:
+    """Static QDQ int8 quantization (per-channel weights) calibrated on ``images``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    reader = type("Reader", (_CalibrationReader, CalibrationDataReader), {})(input_name, images)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        tmp_out = Path(tmp) / out_path.name
+        source = Path(tmp) / "prepared.onnx"
+        try:
+            # ORT's recommended pre-processing: shape inference and graph optimisation, which
+            # folds standalone BatchNorms (DenseNet's pre-activation ones) into neighbours
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            quant_pre_process(str(fp32_path), str(source))
+        except Exception:  # an optional step: quantize the converted graph as it is
+            source = fp32_path
+        quantize_static(str(source), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        write_bytes(out_path, tmp_out.read_bytes())
+
+
+def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
+    """Write one ONNX variant of the source to ``path``.
+
+    Returns:
+        ``(converter name, extra record fields)``.
+
+    Raises:
+        Exception: whatever tf2onnx or onnxruntime raise (recorded by the caller).
+    """
+    import onnxruntime
+    import tf2onnx
+
+    opset = ctx.config.opset
+    if variant == "fp32":
+        write_bytes(path, to_onnx_bytes(ctx, opset))
+        return f"tf2onnx {tf2onnx.__version__} (opset {opset})", {"opset": opset}
+    if variant == "int8":
+        images = ctx.calibration().images
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            fp32.write_bytes(to_onnx_bytes(ctx, opset))
+            quantize_int8(fp32, path, images)
+        return (f"tf2onnx {tf2onnx.__version__} (opset {opset}) + onnxruntime {onnxruntime.__version__} "
+                f"quantize_static QDQ per-channel S8S8", {"opset": opset, "calib_n": int(len(images))})
+    raise ValueError(f"unknown ONNX variant {variant!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    def extra(p):
+        p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+
+    def config_extra(args):
+        if not 13 <= args.opset <= 21:
+            raise ExportError(f"--opset {args.opset}: expected 13..21 (QDQ per-channel needs 13 or later)")
+        return {"opset": args.opset}
+
+    return run_cli(argv, "python -m export.onnx", __doc__, "onnx", ONNX_VARIANTS, convert_onnx, extra, config_extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
