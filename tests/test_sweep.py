@@ -177,3 +177,29 @@ def test_gpu_switches_run_on_cpu(tiny_data, tmp_path):
     import tf_keras as keras
 
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_cache_spills_beyond_budget_to_memory_mapped_files(tmp_path):
+    from device.backbones import get
+    from train.cache import FeatureStore, LevelCache, boundary_tensors
+    from train.model import build
+
+    built = build(get("densenet121"), 32, None)
+    x = np.random.default_rng(0).uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32)
+    # DenseNet: a cut inside a dense block is crossed by several tensors (skip connections)
+    assert len(boundary_tensors(built.model, built.base, 9)) >= 2
+    memory = FeatureStore(budget_bytes=1 << 30, spill_dir=tmp_path / "m")
+    disk = FeatureStore(budget_bytes=0, spill_dir=tmp_path / "d")
+    a, b = LevelCache(built.model, built.base, x, memory), LevelCache(built.model, built.base, x, disk)
+    for level in (9, 4, 0):
+        fa, fb = a.advance(level), b.advance(level)
+        assert all(isinstance(f, np.memmap) for f in fb) and not any(isinstance(f, np.memmap) for f in fa)
+        for u, v in zip(fa, fb):
+            np.testing.assert_array_equal(u, v)
+        assert len(list((tmp_path / "d").iterdir())) == len(fb)
+    expected = built.model.predict_on_batch(x)
+    from train.cache import top_model
+
+    np.testing.assert_allclose(top_model(built.model, b.boundary).predict_on_batch(fb[0]), expected, atol=1e-5)
+    disk.close()
+    assert not (tmp_path / "d").exists()

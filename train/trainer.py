@@ -1,7 +1,7 @@
 """One training run (backbone x level x seed): resumable epochs, best epoch restored.
 
 The run folder holds ``history.csv`` (one row per finished epoch), ``ckpt/`` (the last two
-epochs' weights and optimizer state, for resume), ``best.h5`` with ``best.json``
+epochs' trained weights and optimizer state, for resume), ``best.h5`` with ``best.json``
 (the epoch it holds). Order of writes per epoch: checkpoint, best weights, history row, so
 a kill at any moment loses at most the epoch in progress.
 """
@@ -126,7 +126,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
     """Train ``top`` (which shares layers with ``full``), resuming from ``run_dir`` if possible.
 
     Args:
-        full: the whole model (base + head); its weights are what is checkpointed.
+        full: the whole model (base + head); its best-epoch weights are saved in ``best.h5``.
         top: the model actually trained: ``full`` itself, or its trainable top on cached
             boundary tensors.
         train_inputs, val_inputs: arrays feeding ``top`` (preprocessed images or features).
@@ -148,7 +148,9 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
     optimizer = keras.optimizers.Adam(learning_rate=config.lr)
     top.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"],
                 jit_compile=config.jit)
-    ckpt = tf.train.Checkpoint(model=full, optimizer=optimizer)
+    # Only the top changes: the frozen layers come back identical from the seeded init or the
+    # weights file, so checkpointing ``top`` (not ``full``) keeps per-epoch saves small.
+    ckpt = tf.train.Checkpoint(model=top, optimizer=optimizer)
     history_path, best_path, best_meta = run_dir / "history.csv", run_dir / "best.h5", run_dir / "best.json"
     history, manager = _resume(run_dir, full, ckpt, initial_weights, log)
     start_epoch = len(history)
