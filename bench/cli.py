@@ -20,14 +20,20 @@ from pathlib import Path
 EXTERNAL = {"report": "bench.report"}
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one value")
-    return values
+def comma_separated(cast, noun: str):
+    """An argparse type for ``a,b,c`` lists of ``cast`` values (at least one)."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(cast(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+    return parse
+
+
+_ints = comma_separated(int, "integers")
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from bench.cli import comma_separated
 from device.atomic import read_jsonl, write_bytes, write_text
 from device.metrics import mcnemar, wilson_interval
 
@@ -779,16 +780,6 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
     return {"report": report, "figures": figures, "verdicts": {d: v.verdict for d, v in verdicts.items()}}
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one value")
-    return values
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``bench report ...`` (see the module docstring).
 
@@ -804,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exports", type=Path, help="exports folder holding manifest.json")
     parser.add_argument("--results", type=Path, nargs="+", required=True, help="bench run JSON-lines file(s)")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
-    parser.add_argument("--budgets", type=_floats, default=DEFAULT_BUDGETS_MS, help="p50 budgets in ms, e.g. 10,50,200")
+    parser.add_argument("--budgets", type=comma_separated(float, "numbers"), default=DEFAULT_BUDGETS_MS, help="p50 budgets in ms, e.g. 10,50,200")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of McNemar's test")
     parser.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES,
                         help="fewer paired images make the verdict inconclusive")
