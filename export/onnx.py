@@ -29,7 +29,18 @@ DEFAULT_OPSET = 17
 
 
 def to_onnx_bytes(ctx: Context, opset: int) -> bytes:
-    """tf2onnx conversion of the source's deployable model (input ``image``, batch 1)."""
+    """tf2onnx conversion of the source's deployable model (input ``image``, batch 1).
+
+    The result is kept in ``ctx.notes`` so that the int8 variant quantizes the very graph
+    the fp32 variant wrote, without converting a second time.
+    """
+    key = ("onnx_fp32_bytes", opset)
+    if key not in ctx.notes:
+        ctx.notes[key] = _convert(ctx, opset)
+    return ctx.notes[key]
+
+
+def _convert(ctx: Context, opset: int) -> bytes:
     import tensorflow as tf
     import tf2onnx
 

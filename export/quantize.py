@@ -211,5 +211,43 @@ def train_qat(model, images: np.ndarray, labels: np.ndarray, epochs: int = 2, lr
     history = quantized.fit(images.astype(np.float32), np.eye(n_classes, dtype=np.float32)[labels],
                             sample_weight=sample_weight, epochs=epochs, batch_size=batch_size, verbose=0,
                             shuffle=True)
+    pin_input_range(quantized)
     return QatResult(model=quantized, float_layers=kept_float, epochs=epochs,
                      train_accuracy=float(history.history["accuracy"][-1]))
+
+
+def pin_input_range(quantized, low: float = 0.0, high: float = 255.0) -> int:
+    """Set the range of tfmot's input ``QuantizeLayer`` to exactly ``low..high``.
+
+    In a QAT model the converter does not calibrate the input: its int8 scale and zero
+    point come from the input ``QuantizeLayer``'s moving min/max, learnt from whatever
+    pixel range the training batches happened to span (0..220 on dim images), so a device's
+    pixel would no longer map 1:1. Pinning the range to 0..255 gives scale 1 and zero
+    point -128, as for the post-training int8 variant.
+
+    Returns:
+        The number of variables set (2 for a model with one image input).
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+
+    count = 0
+    input_names = {t.name for t in quantized.inputs}
+    for layer in quantized.layers:
+        if not isinstance(layer, QuantizeLayer):
+            continue
+        if not any(t.name in input_names for t in _inputs_of(layer)):
+            continue
+        for var in layer.weights:
+            name = var.name.split(":")[0]
+            if name.endswith("_min"):
+                var.assign(low)
+                count += 1
+            elif name.endswith("_max"):
+                var.assign(high)
+                count += 1
+    return count
+
+
+def _inputs_of(layer) -> list:
+    inputs = layer.input
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
