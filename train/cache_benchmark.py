@@ -50,7 +50,8 @@ def compare(data: str, out: Path, backbones: tuple[str, ...], levels: str, epoch
     prob_diff = max((float(np.abs(_probs(out / "cache-auto" / cached[k]["run_dir"]) -
                                   _probs(out / "cache-off" / plain[k]["run_dir"])).max()) for k in common),
                     default=float("nan"))
-    result = {"runs": len(common), "failed_runs": errors, "seconds_cached": round(timings["auto"], 1),
+    same = sum(cached[k]["val_accuracy"] == plain[k]["val_accuracy"] for k in common)
+    result = {"runs": len(common), "runs_same_accuracy": same, "failed_runs": errors, "seconds_cached": round(timings["auto"], 1),
               "seconds_plain": round(timings["off"], 1), "speedup": round(timings["off"] / timings["auto"], 2),
               "max_val_accuracy_diff": acc_diff, "max_val_probability_diff": prob_diff,
               "backbones": list(backbones), "levels": levels, "epochs": epochs, "img_size": img_size, "data": data}
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  caching on : {r['seconds_cached']:8.1f} s")
     print(f"  caching off: {r['seconds_plain']:8.1f} s")
     print(f"  speed-up   : {r['speedup']:.2f}x (target >= 3x)")
+    print(f"  same validation accuracy in {r['runs_same_accuracy']} of {r['runs']} runs")
     print(f"  largest validation accuracy difference: {100 * r['max_val_accuracy_diff']:.2f} points; "
           f"largest probability difference: {r['max_val_probability_diff']:.2e}")
     if r["failed_runs"]:
