@@ -38,3 +38,36 @@ def shared_sdss() -> Path:
     if not (SHARED_SDSS / "labels.csv").is_file():
         pytest.skip(f"shared SDSS data not found at {SHARED_SDSS}")
     return SHARED_SDSS
+
+
+def make_labelled_dataset(root: Path, per_class: int = 6, val: int = 4, size: int = 40) -> None:
+    """A dataset folder of class-coloured JPEGs under ``images/``: ``val`` per class in val."""
+    from device.dataset import LABELS, Record, write_manifest
+
+    records = []
+    for index, label in enumerate(LABELS):
+        for i in range(per_class):
+            path = f"images/{label}/{label.lower()}-{i}.jpg"
+            make_image(root / path, seed=10 * index + i, size=size, label_index=index)
+            records.append(Record(path=path, label=label, split="val" if i < val else "train"))
+    write_manifest(root, records)
+
+
+def write_tiny_manifest(exports: Path, stem: str, data: Path, val_n: int, size: int) -> None:
+    """``manifest.json`` for ``models/<stem>-{fp32,int8}.tflite`` and ``<stem>-fp32.onnx``."""
+    import hashlib
+    import json
+
+    from device.dataset import LABELS
+
+    artifacts = []
+    for variant, fmt, dtype in (("fp32", "tflite", "float32"), ("int8", "tflite", "int8"), ("fp32", "onnx", "float32")):
+        file = exports / "models" / f"{stem}-{variant}.{fmt}"
+        artifacts.append({
+            "artifact_id": f"{stem}-l0-s0-{variant}-{fmt}", "backbone": stem, "level": 0, "seed": 0,
+            "variant": variant, "format": fmt, "file": f"models/{file.name}",
+            "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+            "size_bytes": file.stat().st_size, "input_shape": [1, size, size, 3], "input_dtype": dtype,
+            "img_size": size, "preprocess": "none", "labels": list(LABELS),
+            "reference_predictions": f"reference/{stem}.csv", "data": str(data), "val_n": val_n})
+    (exports / "manifest.json").write_text(json.dumps({"format_version": 1, "artifacts": artifacts}, indent=2))

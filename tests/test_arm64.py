@@ -12,7 +12,6 @@ with SKYEDGE_ARM64=1 or when qemu-aarch64-static and mmdebstrap are installed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -23,27 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_image
+from conftest import REPO, make_labelled_dataset, write_tiny_manifest
 
 SIZE = 40
 LABELS = ("GALAXY", "QSO", "STAR")
 SCRIPT = REPO / "device" / "arm64_check.sh"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _make_dataset(root: Path, per_class: int = 12, val: int = 6) -> None:
-    from device.dataset import Record, write_manifest
-
-    records = []
-    for index, label in enumerate(LABELS):
-        for i in range(per_class):
-            path = f"images/{label}/{label.lower()}-{i:02d}.jpg"
-            make_image(root / path, seed=100 * index + i, size=48, label_index=index)
-            records.append(Record(path=path, label=label, split="val" if i < val else "train"))
-    write_manifest(root, records)
 
 
 def _onnx_from_keras(model, path: Path) -> None:
@@ -101,7 +84,7 @@ def build_tiny_exports(root: Path) -> Path:
 
     root = Path(root)
     data = root / "data"
-    _make_dataset(data)
+    make_labelled_dataset(data, per_class=12, val=6, size=48)
     exports = root / "exports"
     (exports / "models").mkdir(parents=True)
     (exports / "reference").mkdir()
@@ -143,16 +126,7 @@ def build_tiny_exports(root: Path) -> Path:
     onnx_probs = np.concatenate([session.run(None, {"x": x[None].astype(np.float32)})[0] for x in val_x])
     assert np.max(np.abs(onnx_probs - probs)) < 1e-5, np.max(np.abs(onnx_probs - probs))
 
-    artifacts = []
-    for variant, fmt, dtype in (("fp32", "tflite", "float32"), ("int8", "tflite", "int8"), ("fp32", "onnx", "float32")):
-        file = exports / "models" / f"tiny_conv-{variant}.{fmt}"
-        artifacts.append({
-            "artifact_id": f"tiny_conv-l0-s0-{variant}-{fmt}", "backbone": "tiny_conv", "level": 0, "seed": 0,
-            "variant": variant, "format": fmt, "file": f"models/{file.name}", "sha256": _sha256(file),
-            "size_bytes": file.stat().st_size, "input_shape": [1, SIZE, SIZE, 3], "input_dtype": dtype,
-            "img_size": SIZE, "preprocess": "none", "labels": list(LABELS),
-            "reference_predictions": "reference/tiny_conv.csv", "data": str(data), "val_n": len(val_records)})
-    (exports / "manifest.json").write_text(json.dumps({"format_version": 1, "artifacts": artifacts}, indent=2))
+    write_tiny_manifest(exports, 'tiny_conv', data, len(val_records), SIZE)
     return exports
 
 

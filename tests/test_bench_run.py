@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_image
+from conftest import REPO, make_labelled_dataset, write_tiny_manifest
 
 SIZE = 32
 LABELS = ("GALAXY", "QSO", "STAR")
@@ -26,18 +26,6 @@ QUICK = ["--warmup", "2", "--runs", "20", "--min-secs", "0"]
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _make_dataset(root: Path) -> None:
-    from device.dataset import Record, write_manifest
-
-    records = []
-    for index, label in enumerate(LABELS):
-        for i in range(6):
-            path = f"images/{label}/{label.lower()}-{i}.jpg"
-            make_image(root / path, seed=10 * index + i, size=40, label_index=index)
-            records.append(Record(path=path, label=label, split="val" if i < 4 else "train"))
-    write_manifest(root, records)
 
 
 def _onnx_model(path: Path) -> None:
@@ -70,7 +58,7 @@ def build_exports(root: Path) -> Path:
     from device.dataset import open_dataset
 
     data = root / "data"
-    _make_dataset(data)
+    make_labelled_dataset(data)
     exports = root / "exports"
     exports.mkdir()
     dataset = open_dataset(data)
@@ -109,16 +97,7 @@ def build_exports(root: Path) -> Path:
     (exports / "models" / "tiny-int8.tflite").write_bytes(converter.convert())
     _onnx_model(exports / "models" / "tiny-fp32.onnx")
 
-    artifacts = []
-    for variant, fmt, dtype in (("fp32", "tflite", "float32"), ("int8", "tflite", "int8"), ("fp32", "onnx", "float32")):
-        file = exports / "models" / f"tiny-{variant}.{fmt}"
-        artifacts.append({
-            "artifact_id": f"tiny-l0-s0-{variant}-{fmt}", "backbone": "tiny", "level": 0, "seed": 0,
-            "variant": variant, "format": fmt, "file": f"models/{file.name}", "sha256": _sha256(file),
-            "size_bytes": file.stat().st_size, "input_shape": [1, SIZE, SIZE, 3], "input_dtype": dtype,
-            "img_size": SIZE, "preprocess": "none", "labels": list(LABELS),
-            "reference_predictions": "reference/tiny.csv", "data": str(data), "val_n": len(val_records)})
-    (exports / "manifest.json").write_text(json.dumps({"format_version": 1, "artifacts": artifacts}, indent=2))
+    write_tiny_manifest(exports, 'tiny', data, len(val_records), SIZE)
     return exports
 
 
