@@ -117,6 +117,27 @@ def _passthrough_config():
     return PassThroughQuantizeConfig
 
 
+def conv_batchnorms(model) -> set[str]:
+    """Names of BatchNormalization layers whose only input is a linear Conv2D/DepthwiseConv2D.
+
+    Read from ``model``'s own functional config: the layers of a deployable model also
+    belong to the trained model they were re-applied from, so a layer's inbound nodes
+    are not all ``model``'s.
+    """
+    layers = model.get_config()["layers"]
+    by_name = {layer["name"]: layer for layer in layers}
+    names = set()
+    for layer in layers:
+        nodes = layer.get("inbound_nodes") or []
+        if layer["class_name"] != "BatchNormalization" or len(nodes) != 1 or len(nodes[0]) != 1:
+            continue
+        source = by_name.get(nodes[0][0][0])
+        if (source and source["class_name"] in ("Conv2D", "DepthwiseConv2D")
+                and source["config"].get("activation") == "linear"):
+            names.add(layer["name"])
+    return names
+
+
 @dataclass
 class QatResult:
     """A QAT model ready for conversion and notes on what stayed in float."""
@@ -154,12 +175,18 @@ def qat_model(model, log: Callable[[str], None] = print):
     config_class = _passthrough_config()
     annotate = tfmot.quantization.keras.quantize_annotate_layer
     kept_float: list[str] = []
+    folded = conv_batchnorms(model)
 
     def clone(layer):
         fresh = layer.__class__.from_config(layer.get_config())
         if isinstance(layer, keras.layers.InputLayer):
             return fresh
-        if registry.supports(layer):
+        # a BatchNorm right after a convolution is not in the registry: tfmot's own
+        # transforms fold it into the convolution's fake quantization, but only when the
+        # BatchNorm carries no custom QuantizeConfig; a pass-through config there puts a
+        # fake quantizer between Conv and BatchNorm, which the converted graph (BatchNorm
+        # folded into the Conv) does not have
+        if registry.supports(layer) or layer.name in folded:
             return annotate(fresh)
         kept_float.append(layer.name)
         return annotate(fresh, quantize_config=config_class())
