@@ -13,9 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[all]"
 	touch $@
 
+# TensorFlow's C++ start-up chatter hides the demo's own progress lines
+demo: export TF_CPP_MIN_LOG_LEVEL ?= 2
 demo: $(VENV)/.installed
 	$(PY) -m train.data synth --out $(DEMO)/data --n 600 --size 64 --seed 0
-	$(PY) -m train.data stats $(DEMO)/data
 	$(PY) -m train.sweep --data $(DEMO)/data --backbones mobilenetv2,densenet121 --levels 0,10,30 \
 		--epochs 8 --img-size 64 --weights none --out $(DEMO)/sweep
 
