@@ -186,6 +186,13 @@ def qat_model(model, log: Callable[[str], None] = print):
         # BatchNorm carries no custom QuantizeConfig; a pass-through config there puts a
         # fake quantizer between Conv and BatchNorm, which the converted graph (BatchNorm
         # folded into the Conv) does not have
+        if isinstance(layer, keras.layers.AveragePooling2D):
+            # TFLite's AVERAGE_POOL_2D needs the same input and output scale; tfmot's
+            # registry gives it its own output quantizer, which the converter then refuses
+            # ("quantization parameters violate the same scale constraint", DenseNet's
+            # transition blocks). Without one, the output inherits the input's scale.
+            kept_float.append(layer.name)
+            return annotate(fresh, quantize_config=config_class())
         if registry.supports(layer) or layer.name in folded:
             return annotate(fresh)
         kept_float.append(layer.name)
@@ -197,7 +204,7 @@ def qat_model(model, log: Callable[[str], None] = print):
         quantized = tfmot.quantization.keras.quantize_apply(annotated)
     if kept_float:
         kinds = sorted({type(model.get_layer(n)).__name__ for n in kept_float})
-        log(f"  qat: {len(kept_float)} layer(s) tfmot does not support kept in float ({', '.join(kinds)})")
+        log(f"  qat: {len(kept_float)} layer(s) annotated pass-through, no fake quantizer of their own ({', '.join(kinds)})")
     return quantized, kept_float
 
 
