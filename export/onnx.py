@@ -47,8 +47,10 @@ def _convert(ctx: Context, opset: int) -> bytes:
     model = ctx.model()
     size = ctx.source.img_size
     spec = (tf.TensorSpec((1, size, size, 3), tf.float32, name="image"),)
-    function = tf.function(lambda x: model(x, training=False))
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
+    # from_keras, not from_function over ``model(x)``: the latter left the non-trainable
+    # weights of a Normalization layer (EfficientNet's) as extra graph inputs instead of
+    # constants, so ONNX Runtime asked for them at every call
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     return proto.SerializeToString()
 
 
@@ -71,8 +73,12 @@ class _CalibrationReader:
         self.position = 0
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray) -> None:
-    """Static QDQ int8 quantization (per-channel weights) calibrated on ``images``."""
+def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray) -> bool:
+    """Static QDQ int8 quantization (per-channel weights) calibrated on ``images``.
+
+    Returns:
+        Whether ONNX Runtime's pre-processing (shape inference, BatchNorm folding) ran.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -86,12 +92,18 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray) -> None:
             # folds standalone BatchNorms (DenseNet's pre-activation ones) into neighbours
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            quant_pre_process(str(fp32_path), str(source))
+            # shapes are static (batch 1, fixed size): symbolic shape inference, which needs
+            # sympy (not installed by the export extra), has nothing to add, and without
+            # skipping it the whole step failed and BatchNorms stayed unfolded
+            quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
+            preprocessed = True
         except Exception:  # an optional step: quantize the converted graph as it is
             source = fp32_path
+            preprocessed = False
         quantize_static(str(source), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
         write_bytes(out_path, tmp_out.read_bytes())
+    return preprocessed
 
 
 def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
@@ -115,9 +127,9 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             fp32.write_bytes(to_onnx_bytes(ctx, opset))
-            quantize_int8(fp32, path, images)
+            preprocessed = quantize_int8(fp32, path, images)
         return (f"tf2onnx {tf2onnx.__version__} (opset {opset}) + onnxruntime {onnxruntime.__version__} "
-                f"quantize_static QDQ per-channel S8S8", {"opset": opset, "calib_n": int(len(images))})
+                f"quantize_static QDQ per-channel S8S8", {"opset": opset, "calib_n": int(len(images)), "onnx_preprocessed": preprocessed})
     raise ValueError(f"unknown ONNX variant {variant!r}")
 
 
