@@ -181,11 +181,6 @@ def qat_model(model, log: Callable[[str], None] = print):
         fresh = layer.__class__.from_config(layer.get_config())
         if isinstance(layer, keras.layers.InputLayer):
             return fresh
-        # a BatchNorm right after a convolution is not in the registry: tfmot's own
-        # transforms fold it into the convolution's fake quantization, but only when the
-        # BatchNorm carries no custom QuantizeConfig; a pass-through config there puts a
-        # fake quantizer between Conv and BatchNorm, which the converted graph (BatchNorm
-        # folded into the Conv) does not have
         if isinstance(layer, keras.layers.AveragePooling2D):
             # TFLite's AVERAGE_POOL_2D needs the same input and output scale; tfmot's
             # registry gives it its own output quantizer, which the converter then refuses
@@ -193,6 +188,11 @@ def qat_model(model, log: Callable[[str], None] = print):
             # transition blocks). Without one, the output inherits the input's scale.
             kept_float.append(layer.name)
             return annotate(fresh, quantize_config=config_class())
+        # a BatchNorm right after a convolution is not in the registry: tfmot's own
+        # transforms fold it into the convolution's fake quantization, but only when the
+        # BatchNorm carries no custom QuantizeConfig; a pass-through config there puts a
+        # fake quantizer between Conv and BatchNorm, which the converted graph (BatchNorm
+        # folded into the Conv) does not have
         if registry.supports(layer) or layer.name in folded:
             return annotate(fresh)
         kept_float.append(layer.name)
