@@ -21,6 +21,7 @@ No TensorFlow is imported; matplotlib is imported only to draw.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import math
 import re
@@ -800,6 +801,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES,
                         help="fewer paired images make the verdict inconclusive")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:
+        print("error: bench report draws its figures with matplotlib, which is not installed: "
+              "pip install 'skyedge[report]' (a device only needs skyedge[device] for bench run)", file=sys.stderr)
+        return 2
     try:
         config = ReportConfig(results=tuple(args.results), out=args.out, runs=args.runs, exports=args.exports,
                               budgets_ms=args.budgets, alpha=args.alpha, min_images=args.min_images)
