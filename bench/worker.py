@@ -30,6 +30,7 @@ import numpy as np
 
 from bench import fingerprint, memory
 from bench.latency import latency_stats
+from device.checksum import sha256_file
 
 DEFAULTS = {"threads": None, "mode": "kernel", "split": "val", "reference": None, "warmup": 20,
             "runs": 200, "min_secs": 5.0, "shuffle": False, "seed": 0, "max_timed_inputs": 64}
@@ -39,15 +40,6 @@ STRICT_MIN_SECONDS = 60.0
 
 class JobError(RuntimeError):
     """A job that cannot be measured as asked; the message says why."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def images_sha256(paths) -> str:

@@ -16,13 +16,13 @@ Accuracy is not measured here; ``bench run`` measures it on a Linux device.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import re
 import shlex
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from device.checksum import sha256_file
 
 REMOTE_DIR = "/data/local/tmp/skyedge"
 DELEGATE_FLAGS = {"xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"], "nnapi": ["--use_nnapi=true"],
@@ -161,10 +161,6 @@ def phone_fingerprint(adb: Adb, device_name: str | None = None) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run_android(config: AndroidConfig, artifacts: list[dict], progress=None):
     """Benchmark each ``.tflite`` artifact x threads on the phone; yields one record each.
 
@@ -233,7 +229,7 @@ def _push(adb: Adb, local: Path, artifact: dict) -> str | Exception:
     """Verify the file against the manifest and push it; the remote path or the error."""
     if not local.is_file():
         return AndroidError(f"{local}: model file missing")
-    if artifact.get("sha256") and _sha256(local) != artifact["sha256"]:
+    if artifact.get("sha256") and sha256_file(local) != artifact["sha256"]:
         return AndroidError(f"{local.name}: sha256 does not match the manifest")
     remote = f"{REMOTE_DIR}/{local.name}"
     try:

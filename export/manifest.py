@@ -21,19 +21,11 @@ from pathlib import Path
 from typing import Iterator
 
 from device.atomic import write_json
+from device.checksum import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".manifest.lock"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_key(checkpoint_sha256: str, settings: dict) -> str:
