@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 RESIZE_FILTER = Image.Resampling.BILINEAR
-RESIZE_DOC = "Pillow BILINEAR (antialiased triangle filter), uint8 RGB in and out"
 
 
 class ImageError(ValueError):
@@ -96,15 +95,6 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = Non
     """Decode ``path`` to RGB uint8 and resize it to ``size`` if given."""
     image = read_rgb(path)
     return image if size is None else resize(image, size)
-
-
-def load_batch(paths, size: int | tuple[int, int]) -> np.ndarray:
-    """Decode and resize several images into one (N, H, W, 3) uint8 array."""
-    height, width = (size, size) if isinstance(size, int) else size
-    batch = np.empty((len(paths), height, width, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        batch[i] = load_image(path, (height, width))
-    return batch
 
 
 def is_jpeg(data: bytes) -> bool:

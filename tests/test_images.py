@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device.images import ImageError, is_jpeg, load_batch, read_rgb, resize
+from device.images import ImageError, is_jpeg, read_rgb, resize
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -67,14 +67,3 @@ def test_resize_new_array_and_documented_filter(tmp_path):
     assert resize(arr, (32, 48)).shape == (32, 48, 3)
     with pytest.raises(ValueError, match="uint8"):
         resize(arr.astype(np.float32), 32)
-
-
-def test_load_batch(tmp_path):
-    paths = []
-    for i in range(3):
-        p = tmp_path / f"{i}.png"
-        Image.fromarray(np.full((40, 40, 3), i * 50, np.uint8)).save(p)
-        paths.append(p)
-    batch = load_batch(paths, 20)
-    assert batch.shape == (3, 20, 20, 3)
-    assert [int(b.mean()) for b in batch] == [0, 50, 100]
