@@ -383,8 +383,7 @@ def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha:
             v.reasons.append(
                 f"Most accurate non-mobile model {v.best_other.label} ({_acc_ci(v.best_other)}) against most accurate "
                 f"mobile model {v.best_mobile.label} ({_acc_ci(v.best_mobile)}), Wilson 95% intervals: the mobile "
-                f"model is {100 * deficit:+.1f} points {'behind' if deficit >= 0 else 'ahead'}"
-                f" ({abs(100 * deficit):.1f}); McNemar exact p = {t['p_value']:.3g} on {t['n']} images "
+                f"model is {abs(100 * deficit):.1f} points {'behind' if deficit >= 0 else 'ahead'}; McNemar exact p = {t['p_value']:.3g} on {t['n']} images "
                 f"(b = {t['b']} only the non-mobile right, c = {t['c']} only the mobile right): "
                 + ("significant" if significant else "not significant") + f" at alpha = {alpha:g}"
                 + ("" if deficit > 0 or t["p_value"] >= alpha else " (and not a mobile deficit)") + ".")
@@ -686,13 +685,31 @@ def _minor_label(value: float, _position) -> str:
 
 
 def _annotate(ax, points: list[Point], cost) -> None:
-    # Labels alternate above and below their point, in order of x, so neighbours at similar
-    # accuracy do not print over each other.
-    for index, p in enumerate(sorted(points, key=lambda q: (cost(q), q.accuracy))):
-        above = index % 2 == 0
-        ax.annotate(f"{p.backbone} {p.variant}" + ("" if p.format == "tflite" else f" ({p.format})"),
-                    (cost(p), 100 * p.accuracy), xytext=(6, 7 if above else -12), textcoords="offset points",
-                    fontsize=7.5, va="bottom" if above else "top")
+    # Each label takes the first of a few positions around its point whose box overlaps no
+    # label placed before it (the least-overlapping one when all do), so clusters of models
+    # with similar latency and accuracy stay readable.
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    renderer = ax.figure.canvas.get_renderer()
+    offsets = ((6, 7), (6, -7), (6, 17), (6, -17), (-6, 7), (-6, -7), (6, 27), (6, -27), (-6, 17), (-6, -17))
+    placed = []
+    for p in sorted(points, key=lambda q: (cost(q), q.accuracy)):
+        text = f"{p.backbone} {p.variant}" + ("" if p.format == "tflite" else f" ({p.format})")
+        best = None
+        for dx, dy in offsets:
+            label = ax.annotate(text, (cost(p), 100 * p.accuracy), xytext=(dx, dy), textcoords="offset points",
+                                fontsize=7.5, ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top")
+            box = label.get_window_extent(renderer)
+            clashes = sum(box.overlaps(other) for other in placed)
+            if best is None or clashes < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (clashes, label, box)
+            else:
+                label.remove()
+            if clashes == 0:
+                break
+        placed.append(best[2])
 
 
 def _slug(text: str) -> str:
