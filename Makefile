@@ -19,6 +19,12 @@ demo: $(VENV)/.installed
 	$(PY) -m train.data synth --out $(DEMO)/data --n 600 --size 64 --seed 0
 	$(PY) -m train.sweep --data $(DEMO)/data --backbones mobilenetv2,densenet121 --levels 0,10,30 \
 		--epochs 8 --img-size 64 --weights none --out $(DEMO)/sweep
+	$(PY) -m export.tflite --runs $(DEMO)/sweep --out $(DEMO)/exports --variants fp32,int8
+	$(PY) -m export.onnx --runs $(DEMO)/sweep --out $(DEMO)/exports
+	$(VENV)/bin/bench run --models $(DEMO)/exports --threads 1 --runs 100 --min-secs 1 --resume \
+		--device-name this-machine --out $(DEMO)/bench/this-machine.jsonl
+	$(VENV)/bin/bench report --runs $(DEMO)/sweep --exports $(DEMO)/exports \
+		--results $(DEMO)/bench/this-machine.jsonl --out $(DEMO)/report
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
