@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from device.atomic import read_jsonl, write_bytes
 from device.backbones import Backbone, get
