@@ -1,13 +1,20 @@
 """Export trained runs to ONNX (fp32, int8), verified on ONNX Runtime with the device code.
 
     python -m export.onnx --runs RUNS --out EXPORTS [--select ...] [--variants fp32,int8]
-        [--opset N] [--calib N] [--strict]
+        [--opset N] [--calib N] [--calib-seed S] [--calib-method minmax|average|percentile] [--strict]
 
 Variants:
     fp32  tf2onnx conversion of the deployable graph (raw pixels in, probabilities out).
     int8  onnxruntime static quantization of the fp32 model: QDQ format, per-channel int8
-          weights, int8 activations calibrated (min/max) on training images. The input
-          stays float32 raw pixels and is quantized by the graph's first QuantizeLinear.
+          weights, int8 activations calibrated on training images. The input stays float32
+          raw pixels and is quantized by the graph's first QuantizeLinear.
+
+Calibration methods (--calib-method) set each activation's int8 range:
+    minmax      the extremes over all calibration images (default; what TFLite's converter
+                does, so the two int8 formats compare like for like).
+    average     the mean over images of each image's extremes. One unusual image (a bright,
+                saturated object) cannot widen every range; values beyond clip.
+    percentile  onnxruntime's histogram percentile (99.999%) of all calibration values.
           Dynamic quantization (weights only, activations quantized per call) is slow for
           CNNs on ONNX Runtime, so it is not offered.
 
@@ -26,6 +33,7 @@ from export.tflite import Context, ExportError, run_cli
 
 ONNX_VARIANTS = ("fp32", "int8")
 DEFAULT_OPSET = 17
+CALIB_METHODS = ("minmax", "average", "percentile")
 
 
 def to_onnx_bytes(ctx: Context, opset: int) -> bytes:
@@ -73,14 +81,25 @@ class _CalibrationReader:
         self.position = 0
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray) -> bool:
+def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = "minmax") -> bool:
     """Static QDQ int8 quantization (per-channel weights) calibrated on ``images``.
+
+    Args:
+        method: one of ``CALIB_METHODS`` (see the module doc).
 
     Returns:
         Whether ONNX Runtime's pre-processing (shape inference, BatchNorm folding) ran.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    if method not in CALIB_METHODS:
+        raise ValueError(f"calibration method {method!r}: expected one of {', '.join(CALIB_METHODS)}")
+    calibrate_method = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax
+    # onnxruntime's "moving average" over one-image batches, all collected in one pass, is the
+    # plain mean of the per-image minima and maxima
+    extra_options = {"CalibMovingAverage": True} if method == "average" else {}
 
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     reader = type("Reader", (_CalibrationReader, CalibrationDataReader), {})(input_name, images)
@@ -101,7 +120,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray) -> bool:
             source = fp32_path
             preprocessed = False
         quantize_static(str(source), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=calibrate_method, extra_options=extra_options)
         write_bytes(out_path, tmp_out.read_bytes())
     return preprocessed
 
@@ -127,20 +147,23 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             fp32.write_bytes(to_onnx_bytes(ctx, opset))
-            preprocessed = quantize_int8(fp32, path, images)
+            preprocessed = quantize_int8(fp32, path, images, ctx.config.calib_method)
         return (f"tf2onnx {tf2onnx.__version__} (opset {opset}) + onnxruntime {onnxruntime.__version__} "
-                f"quantize_static QDQ per-channel S8S8", {"opset": opset, "calib_n": int(len(images)), "onnx_preprocessed": preprocessed})
+                f"quantize_static QDQ per-channel S8S8, {ctx.config.calib_method} calibration",
+                {"opset": opset, "calib_n": int(len(images)), "onnx_preprocessed": preprocessed})
     raise ValueError(f"unknown ONNX variant {variant!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
     def extra(p):
         p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+        p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
+                       help="how int8 activation ranges are set from the calibration images (default minmax)")
 
     def config_extra(args):
         if not 13 <= args.opset <= 21:
             raise ExportError(f"--opset {args.opset}: expected 13..21 (QDQ per-channel needs 13 or later)")
-        return {"opset": args.opset}
+        return {"opset": args.opset, "calib_method": args.calib_method}
 
     return run_cli(argv, "python -m export.onnx", __doc__, "onnx", ONNX_VARIANTS, convert_onnx, extra, config_extra)
 

@@ -1,7 +1,7 @@
 """Export trained runs to TFLite (fp32, fp16, dynamic, int8, qat), verified on the device code.
 
     python -m export.tflite --runs RUNS --out EXPORTS [--select best|all|NAME:LEVEL[:SEED],...]
-        [--variants fp32,fp16,dynamic,int8,qat] [--calib N] [--qat-epochs N] [--strict]
+        [--variants fp32,fp16,dynamic,int8,qat] [--calib N] [--calib-seed S] [--qat-epochs N] [--strict]
 
 Every artifact takes one raw RGB image (NHWC, the trained size, pixels 0..255) and returns
 the class probabilities (GALAXY, QSO, STAR); the backbone's preprocessing is in the graph.
@@ -61,6 +61,8 @@ class ExportConfig:
     select: str = "best"
     variants: tuple[str, ...] = TFLITE_VARIANTS
     calib: int = 200
+    calib_seed: int = 0
+    calib_method: str = "minmax"
     qat_epochs: int = 2
     opset: int = 17
     strict: bool = False
@@ -221,7 +223,8 @@ class Context:
 
     def calibration(self) -> Calibration:
         if self._calibration is None:
-            self._calibration = calibration_set(self.dataset, self.source.img_size, self.config.calib)
+            self._calibration = calibration_set(self.dataset, self.source.img_size, self.config.calib,
+                                                seed=self.config.calib_seed)
         return self._calibration
 
     def model(self):
@@ -286,10 +289,13 @@ def _settings(config: ExportConfig, fmt: str, variant: str) -> dict:
     settings: dict = {"format": fmt, "variant": variant, "contract": 1}
     if variant in ("int8", "qat"):
         settings["calib"] = config.calib
+        settings["calib_seed"] = config.calib_seed
     if variant == "qat":
         settings["qat_epochs"] = config.qat_epochs
     if fmt == "onnx":
         settings["opset"] = config.opset
+        if variant == "int8":
+            settings["calib_method"] = config.calib_method
     return settings
 
 
@@ -425,6 +431,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="exports folder (shared by both formats)")
     p.add_argument("--select", default="best", help=SELECT_HELP)
     p.add_argument("--calib", type=int, default=200, help="training images for int8 calibration (default 200)")
+    p.add_argument("--calib-seed", type=int, default=0,
+                   help="seed of the random draw of calibration images from the training split (default 0)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads for verification (default: runtime's)")
     p.add_argument("--strict", action="store_true",
                    help="fail when fp32/fp16 agreement < 99.5%% or int8 agreement < 97%% (default: warn)")
@@ -443,8 +451,10 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
     extra_arguments(p)
     args = p.parse_args(argv)
     try:
+        if args.calib_seed < 0:
+            raise ExportError(f"--calib-seed {args.calib_seed}: expected a non-negative integer")
         config = ExportConfig(runs=args.runs, out=args.out, select=args.select,
-                              variants=parse_variants(args.variants, allowed), calib=args.calib,
+                              variants=parse_variants(args.variants, allowed), calib=args.calib, calib_seed=args.calib_seed,
                               strict=args.strict, threads=args.threads, **config_extra(args))
         records = export_runs(config, fmt, config.variants, convert)
     except (ExportError, CalibrationError, ValueError) as exc:

@@ -31,7 +31,7 @@ from device.dataset import write_manifest, index_tree, stratified_split
 from device.preprocess import MODES, preprocess
 from export import manifest
 from export.graph import preprocess_affine
-from export.quantize import CalibrationError, check_calibration_size, pinned
+from export.quantize import CalibrationError, calibration_set, check_calibration_size, pinned
 from export.tflite import ExportConfig, ExportError, export_runs, select_runs
 
 from conftest import REPO, make_image
@@ -178,6 +178,10 @@ def test_bad_input_is_refused_before_any_conversion(exported, tmp_path):
                             timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --calib 100000")
+    result = subprocess.run([sys.executable, "-m", "export.onnx", "--runs", str(runs), "--out", str(tmp_path / "x"),
+                             "--calib-seed", "-1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: --calib-seed -1: expected a non-negative integer"
     assert not (tmp_path / "x" / "manifest.json").exists()
 
 
@@ -263,6 +267,51 @@ def test_onnx_variants_export_and_verify(exported):
     assert by["fp32"]["agreement"] == 1.0 and by["fp32"]["max_abs_diff"] < 1e-3
     assert by["int8"]["agreement"] >= 0.5, by["int8"]
     assert by["int8"]["size_bytes"] < 0.5 * by["fp32"]["size_bytes"]
+
+
+def _input_scale(path: Path) -> float:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    name = graph.input[0].name
+    # tf2onnx puts a Transpose to NCHW in front of the first convolution
+    name = next((n.output[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] == name), name)
+    first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name)
+    return float(next(numpy_helper.to_array(t) for t in graph.initializer if t.name == first.input[1]))
+
+
+def test_average_calibration_is_not_ruled_by_one_outlier_image(exported, tmp_path):
+    from device.runtime import load
+    from export.onnx import quantize_int8
+
+    # dim images and one saturated frame: min/max takes its full 0..255 range for the input,
+    # the mean of per-image extremes stays near the dim images' range
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 40, (12, SIZE, SIZE, 3)).astype(np.uint8)
+    images[0] = 255
+    fp32 = exported.out / exported.onnx["fp32"]["file"]
+    scales = {}
+    for method in ("minmax", "average"):
+        quantize_int8(fp32, tmp_path / f"{method}.onnx", images, method)
+        scales[method] = _input_scale(tmp_path / f"{method}.onnx")
+        assert load(tmp_path / f"{method}.onnx").predict_many(images[1:4]).shape == (3, 3)
+    assert scales["minmax"] == pytest.approx(255 / 255, rel=1e-3)
+    assert scales["average"] < 0.3 * scales["minmax"], scales
+    assert exported.onnx["int8"]["settings"]["calib_method"] == "minmax"
+    with pytest.raises(ValueError, match="calibration method 'kl'"):
+        quantize_int8(fp32, tmp_path / "kl.onnx", images, "kl")
+
+
+def test_calibration_seed_draws_other_training_images(exported):
+    from device.dataset import open_dataset
+
+    dataset = open_dataset(exported.data)
+    first, again, other = (calibration_set(dataset, SIZE, 10, seed=s).paths for s in (0, 0, 1))
+    assert first == again and first != other
+    train = {r.path for r in dataset.split("train")}
+    assert set(first) <= train and set(other) <= train
+    assert exported.tflite["int8"]["settings"]["calib_seed"] == 0
 
 
 def test_every_artifact_loads_and_runs_with_tensorflow_blocked(exported):
