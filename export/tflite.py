@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from device.atomic import read_jsonl, write_bytes
+from device.atomic import write_bytes
 from device.backbones import Backbone, get
 from device.dataset import LABELS, DatasetError, open_dataset
 from export import manifest
@@ -103,18 +103,21 @@ def versions() -> dict[str, str | None]:
 
 
 def _finished_runs(runs_root: Path) -> list[dict]:
-    results = runs_root / "results.jsonl"
+    """The sweep's successful runs, by ``train.summary.load_runs``'s rule (the last successful
+    line of a run wins), so that export and the sweep summary read the same results."""
+    from train.summary import load_runs
+
     if not runs_root.is_dir():
         raise ExportError(f"--runs {runs_root}: no such folder; expected a train.sweep output folder")
-    if not results.is_file():
+    if not (runs_root / "results.jsonl").is_file():
         raise ExportError(f"--runs {runs_root}: no results.jsonl; expected a train.sweep output folder")
-    latest: dict[str, dict] = {}
-    for record in read_jsonl(results):
-        if "error" not in record and "run_id" in record and record.get("val_accuracy") is not None:
-            latest[record["run_id"]] = record
-    if not latest:
+    try:
+        finished, _, _ = load_runs(runs_root)
+    except ValueError as exc:
+        raise ExportError(f"--runs {runs_root}: {exc}") from None
+    if not finished:
         raise ExportError(f"--runs {runs_root}: results.jsonl has no finished run")
-    return list(latest.values())
+    return finished
 
 
 def _pick(records: list[dict], spec: str) -> list[dict]:
@@ -122,17 +125,20 @@ def _pick(records: list[dict], spec: str) -> list[dict]:
     if spec == "all":
         return sorted(records, key=lambda r: (r["backbone"], r["level"], r["seed"]))
     if spec == "best":
-        best: dict[str, dict] = {}
-        for r in records:
-            if r.get("seed", 0) != 0:
-                continue
-            key = (r["val_accuracy"], -r.get("trainable_params", 0))
-            if r["backbone"] not in best or key > (best[r["backbone"]]["val_accuracy"],
-                                                   -best[r["backbone"]].get("trainable_params", 0)):
-                best[r["backbone"]] = r
-        if not best:
-            raise ExportError("--select best: no finished run with seed 0")
-        return [best[name] for name in sorted(best)]
+        from train.summary import aggregate, best_level
+
+        # the level the sweep summary calls best (mean accuracy over seeds; ties: fewer
+        # trainable parameters, then the lower level), exported from its seed-0 run
+        chosen = []
+        for backbone, levels in aggregate(records).items():
+            level = best_level(levels).level
+            seed0 = [r for r in records if r["backbone"] == backbone and int(r["level"]) == level
+                     and int(r.get("seed", 0)) == 0]
+            if seed0:
+                chosen.append(seed0[0])
+        if not chosen:
+            raise ExportError("--select best: no finished run with seed 0 at a backbone's best level")
+        return chosen
     chosen = []
     for item in (i.strip() for i in spec.split(",") if i.strip()):
         parts = item.split(":")

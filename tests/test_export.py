@@ -187,11 +187,29 @@ def test_bad_input_is_refused_before_any_conversion(exported, tmp_path):
 
 def test_best_selection_picks_seed0_best_level(exported):
     results = [json.loads(line) for line in (exported.runs / "results.jsonl").read_text().splitlines()]
-    best = max(results, key=lambda r: (r["val_accuracy"], -r["trainable_params"]))
+    # the summary's rule: highest accuracy, then fewer trainable parameters, then the lower level
+    best = min(results, key=lambda r: (-r["val_accuracy"], r["trainable_params"], r["level"]))
     sources = select_runs(exported.runs, "best")
     assert [(s.backbone.name, s.level, s.seed) for s in sources] == [("mobilenetv2", best["level"], 0)]
     assert len(sources[0].checkpoint_sha256) == 64
     assert exported.tflite["fp32"]["level"] == best["level"]
+
+
+def test_best_selection_breaks_ties_like_the_sweep_summary():
+    from export.tflite import _pick
+    from train.summary import aggregate, best_level
+
+    def run(level, seed, acc, params):
+        return {"run_id": f"mobilenetv2-L{level:03d}-s{seed}", "backbone": "mobilenetv2", "level": level,
+                "seed": seed, "val_accuracy": acc, "val_n": 100, "trainable_params": params}
+
+    # levels 2 and 0 tie on accuracy and parameters (file order puts 2 first): the lower wins;
+    # level 5 is more accurate at seed 0 but worse on the mean over seeds
+    records = [run(2, 0, 0.6, 100), run(0, 0, 0.6, 100), run(5, 0, 0.7, 900), run(5, 1, 0.4, 900),
+               run(0, 1, 0.6, 100), run(2, 1, 0.6, 100)]
+    picked = _pick(records, "best")
+    assert [(r["level"], r["seed"]) for r in picked] == [(0, 0)]
+    assert best_level(aggregate(records)["mobilenetv2"]).level == 0
 
 
 def test_exported_models_vary_with_the_input(exported):
