@@ -366,6 +366,14 @@ def _spread(mean: float, std: float, fmt: str) -> str:
     return f"{mean:{fmt}}"
 
 
+def _epochs(stats: LevelStats) -> str:
+    # whole epochs when every seed ran the same number ("8", not "8.0")
+    same = not math.isfinite(stats.epochs_std) or stats.epochs_std == 0  # one seed, or all equal
+    if math.isfinite(stats.epochs_mean) and same and float(stats.epochs_mean).is_integer():
+        return f"{stats.epochs_mean:.0f}"
+    return _spread(stats.epochs_mean, stats.epochs_std, ".1f")
+
+
 def _params(value: int | None) -> str:
     return f"{value:,}" if value is not None else "n/a"
 
@@ -413,7 +421,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
                          "Epochs", "Wall s", "Seeds"],
                         [[str(s.level), _ratio(s.ltr), _ratio(s.ptr), _params(s.trainable_params),
                           _accuracy_cell(s), _spread(s.f1_mean, s.f1_std, ".3f"),
-                          _spread(s.epochs_mean, s.epochs_std, ".1f"), _spread(s.wall_mean, s.wall_std, ".0f"),
+                          _epochs(s), _spread(s.wall_mean, s.wall_std, ".0f"),
                           str(s.n_seeds)] for s in stats])
         if f"accuracy_vs_level_{backbone}" in plots:
             lines += [f"![{backbone}: accuracy against level]({PLOTS}/accuracy_vs_level_{backbone}.png)", ""]
