@@ -685,13 +685,28 @@ def _minor_label(value: float, _position) -> str:
 
 
 def _annotate(ax, points: list[Point], cost) -> None:
-    # Each label takes the first of a few positions around its point whose box overlaps no
-    # label placed before it (the least-overlapping one when all do), so clusters of models
-    # with similar latency and accuracy stay readable.
+    # Each label takes the first of a few positions around its point that overlaps nothing:
+    # no label placed before it, no marker or error bar, and stays inside the axes. When every
+    # position overlaps something, it takes the least bad one (another label counts most, then
+    # leaving the axes, then a marker or error bar), so clusters of models with similar latency
+    # and accuracy stay readable.
+    from matplotlib.transforms import Bbox
+
     ax.set_xlim(ax.get_xlim())
     ax.set_ylim(ax.get_ylim())
     renderer = ax.figure.canvas.get_renderer()
-    offsets = ((6, 7), (6, -7), (6, 17), (6, -17), (-6, 7), (-6, -7), (6, 27), (6, -27), (-6, 17), (-6, -17))
+    pixels = ax.figure.dpi / 72.0
+    frame = ax.get_window_extent(renderer)
+    obstacles = []
+    for p in points:
+        x, y = ax.transData.transform((cost(p), 100 * p.accuracy))
+        low = ax.transData.transform((cost(p), 100 * p.ci_low))[1]
+        high = ax.transData.transform((cost(p), 100 * p.ci_high))[1]
+        half = 4 * pixels  # the marker (7 pt) and the error bar's caps (3 pt)
+        obstacles += [Bbox([[x - half, y - half], [x + half, y + half]]),
+                      Bbox([[x - half, min(low, high)], [x + half, max(low, high)]])]
+    offsets = ((6, 7), (6, -7), (-6, 7), (-6, -7), (6, 17), (6, -17), (-6, 17), (-6, -17),
+               (6, 27), (6, -27), (-6, 27), (-6, -27))
     placed = []
     for p in sorted(points, key=lambda q: (cost(q), q.accuracy)):
         text = f"{p.backbone} {p.variant}" + ("" if p.format == "tflite" else f" ({p.format})")
@@ -700,16 +715,22 @@ def _annotate(ax, points: list[Point], cost) -> None:
             label = ax.annotate(text, (cost(p), 100 * p.accuracy), xytext=(dx, dy), textcoords="offset points",
                                 fontsize=7.5, ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top")
             box = label.get_window_extent(renderer)
-            clashes = sum(box.overlaps(other) for other in placed)
-            if best is None or clashes < best[0]:
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            badness = (100 * sum(box.overlaps(other) for other in placed) + 10 * (not inside)
+                       + sum(box.overlaps(other) for other in obstacles))
+            if best is None or badness < best[0]:
                 if best is not None:
                     best[1].remove()
-                best = (clashes, label, box)
+                best = (badness, label, box, dx, dy)
             else:
                 label.remove()
-            if clashes == 0:
+            if badness == 0:
                 break
-        placed.append(best[2])
+        _, _, box, dx, dy = best
+        placed.append(box)
+        if abs(dy) > 7:  # a label set apart from its point gets a thin leader line
+            ax.annotate("", (cost(p), 100 * p.accuracy), xytext=(dx, dy), textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 5})
 
 
 def _slug(text: str) -> str:
