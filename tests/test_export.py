@@ -58,11 +58,11 @@ def _dataset(root: Path, per_class: int = 16, size: int = 40) -> Path:
 
 
 def _sweep(data: Path, out: Path, backbones: str, img_size: int, epochs: int, levels: str = "0",
-           weights: str = "none", bn_reestimate: str = "auto", batch_size: int = 16) -> Path:
+           weights: str = "none", bn_reestimate: str = "auto", batch_size: int = 16, lr: float = 1e-2) -> Path:
     from train.sweep import SweepConfig, run_sweep
 
     run_sweep(SweepConfig(data=str(data), out=str(out), backbones=tuple(backbones.split(",")), levels=levels,
-                          epochs=epochs, batch_size=batch_size, img_size=img_size, lr=1e-2, weights=weights,
+                          epochs=epochs, batch_size=batch_size, img_size=img_size, lr=lr, weights=weights,
                           bn_reestimate=bn_reestimate), log=lambda _: None)
     return out
 
@@ -391,9 +391,12 @@ def test_every_backbone_exports_fp32_and_int8(tmp_path):
 
     # random init with re-estimated BatchNorm: pretraining 11 backbones would take too long.
     # Such stacks are numerically chaotic (docs/export.md), so only fp32 must agree exactly;
-    # int8 must export, run and give outputs that vary with the input.
+    # int8 must export, run and give outputs that vary with the input. One epoch of the head
+    # at a small learning rate: at 1e-2 ResNet50's head saturated (the same probabilities for
+    # every image), which would make any comparison meaningless.
     names = ",".join(b.name for b in BACKBONES)
-    runs = _sweep(_dataset(tmp_path / "data", per_class=12, size=72), tmp_path / "runs", names, 72, 1)
+    data = _dataset(tmp_path / "data", per_class=12, size=72)
+    runs = _sweep(data, tmp_path / "runs", names, 72, 1, lr=1e-4)
     out = tmp_path / "exports"
     config = ExportConfig(runs=str(runs), out=str(out), select="all", variants=("fp32", "int8"), calib=16)
     records = export_runs(config, "tflite", config.variants, convert_tflite, log=print)
@@ -401,10 +404,12 @@ def test_every_backbone_exports_fp32_and_int8(tmp_path):
     failed = {r["artifact_id"]: r["error"] for r in records if "error" in r}
     assert not failed, failed
     assert {r["backbone"] for r in records} == {b.name for b in BACKBONES}
+    from device.dataset import open_dataset
     from device.runtime import load
 
-    images = np.random.default_rng(0).integers(0, 256, (8, 72, 72, 3)).astype(np.uint8)
+    # the validation images, not noise: a model's output on noise says nothing about its use
+    images, _, _, _ = open_dataset(data).load_arrays("val", 72)
     for r in records:
         if r["variant"] == "fp32":
             assert r["agreement"] >= 0.995, r
-        assert float(load(out / r["file"]).predict_many(images).std(axis=0).max()) > 1e-3, r
+        assert float(load(out / r["file"]).predict_many(images).std(axis=0).max()) > 0.01, r
