@@ -553,10 +553,20 @@ def _device_header(device: str, lines: list[dict]) -> list[str]:
              f"Python {first.get('python') or 'n/a'}", f"governor {first.get('governor') or 'n/a'}",
              f"runtimes: {', '.join(runtimes)}",
              f"from {', '.join(sorted({Path(ln['_source']).name for ln in lines}))}"]
-    return [f"### {device}", "", "; ".join(facts) + ".", ""]
+    common = _common_notes(lines)
+    shared = ["Notes on every line: " + "; ".join(common) + ".", ""] if common else []
+    return [f"### {device}", "", "; ".join(facts) + ".", ""] + shared
+
+
+def _common_notes(lines: list[dict]) -> list[str]:
+    # notes every line of a device carries (e.g. how the dataset was indexed) are said once
+    # above its table, not in each row
+    sets = [[str(n) for n in ln.get("notes") or []] for ln in lines]
+    return [n for n in sets[0] if all(n in other for other in sets[1:])] if len(sets) > 1 else []
 
 
 def _device_table(lines: list[dict]) -> list[str]:
+    common = set(_common_notes(lines))
     rows = []
     for ln in sorted(lines, key=lambda x: (str(x.get("artifact_id")), str(x.get("runtime")),
                                            int(x.get("threads") or 0), str(x.get("mode")))):
@@ -564,7 +574,7 @@ def _device_table(lines: list[dict]) -> list[str]:
         p50 = _ms(_num(ln.get("latency_ms_p50"))) + (f" [{_ms(low)}, {_ms(high)}]" if low is not None and high is not None else "")
         acc = _num(ln.get("accuracy"))
         a_low, a_high = _line_ci(ln) if acc is not None else (None, None)
-        notes = [str(n) for n in ln.get("notes") or []]
+        notes = [str(n) for n in ln.get("notes") or [] if str(n) not in common]
         if is_emulated(ln):
             notes.insert(0, "EMULATED: latency not meaningful")
         rows.append([str(ln.get("artifact_id")), _family(str(ln.get("backbone"))), str(ln.get("runtime")),

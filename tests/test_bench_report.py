@@ -150,7 +150,11 @@ def test_sections_and_tables(report):
     errors = section(text, "### Lines with an error (left out)")
     assert "densenet121" in errors and "SIGKILL" in errors
     assert "densenet121" not in section(text, "### pi5: the claim")
-    assert "EMULATED: latency not meaningful" in section(text, "### arm64-qemu\n")
+    emulated = section(text, "### arm64-qemu\n")
+    assert "EMULATED: latency not meaningful" in emulated
+    # a note every line of a device carries is said once, above its table
+    assert emulated.count("emulated: qemu-aarch64 cortex-a72") == 1
+    assert "Notes on every line: emulated: qemu-aarch64 cortex-a72" in emulated
 
 
 def test_verdicts_follow_the_data(report):
