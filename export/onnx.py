@@ -7,7 +7,9 @@ Variants:
     fp32  tf2onnx conversion of the deployable graph (raw pixels in, probabilities out).
     int8  onnxruntime static quantization of the fp32 model: QDQ format, per-channel int8
           weights, int8 activations calibrated on training images. The input stays float32
-          raw pixels and is quantized by the graph's first QuantizeLinear.
+          raw pixels and is quantized by the graph's first QuantizeLinear. Dynamic
+          quantization (weights only, activations quantized per call) is slow for CNNs on
+          ONNX Runtime, so it is not offered.
 
 Calibration methods (--calib-method) set each activation's int8 range:
     minmax      the extremes over all calibration images (default; what TFLite's converter
@@ -15,8 +17,6 @@ Calibration methods (--calib-method) set each activation's int8 range:
     average     the mean over images of each image's extremes. One unusual image (a bright,
                 saturated object) cannot widen every range; values beyond clip.
     percentile  onnxruntime's histogram percentile (99.999%) of all calibration values.
-          Dynamic quantization (weights only, activations quantized per call) is slow for
-          CNNs on ONNX Runtime, so it is not offered.
 
 Shares run selection, verification and the manifest with ``export.tflite``.
 """
