@@ -645,6 +645,7 @@ def _plot(points: list[Point], front: list[Point], cost, xlabel: str, title: str
                                 [100 * (p.ci_high - p.accuracy) for p in members]]), 0, None)
         ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, capsize=3, markersize=7, linestyle="none", zorder=3)
         handles.append(Line2D([], [], marker=marker, color=colour, linestyle="none", markersize=7, label=name))
+    steps: tuple[list, list] = ([], [])
     if front:
         xs = [cost(p) for p in front]
         ys = [100 * p.accuracy for p in front]
@@ -654,13 +655,14 @@ def _plot(points: list[Point], front: list[Point], cost, xlabel: str, title: str
         if right > xs[-1]:
             xs, ys = xs + [right], ys + [ys[-1]]
         ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1.2, zorder=2)
+        steps = (xs, ys)
         ax.scatter([cost(p) for p in front], [100 * p.accuracy for p in front], s=170, facecolors="none",
                    edgecolors="black", linewidths=1.2, zorder=4)
         handles.append(Line2D([], [], color="black", linestyle="--", marker="o", markerfacecolor="none",
                               markersize=10, label="Pareto front"))
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)
-    _annotate(ax, shown, cost)
+    _annotate(ax, shown, cost, front, steps)
     lo, hi = ax.get_xlim()
     inside = [b for b in budgets if lo <= b <= hi]
     for budget in inside:
@@ -671,9 +673,10 @@ def _plot(points: list[Point], front: list[Point], cost, xlabel: str, title: str
         handles.append(Line2D([], [], color="tab:green", linestyle=":", label="p50 latency budget"))
     # Plain numbers read better than powers of ten for milliseconds and megabytes.
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    # Within one decade the minor ticks carry the only labels; print them plainly, else not at all.
-    decades = math.log10(max(cost(p) for p in shown) / min(cost(p) for p in shown)) if shown else 2.0
-    ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label) if decades < 1.0 else NullFormatter())
+    # Over a decade or two the few major ticks do not give a value away: label the minor ticks
+    # at 2, 3 and 5 times a power of ten as well; over more decades they would crowd.
+    decades = math.log10(max(cost(p) for p in shown) / min(cost(p) for p in shown)) if shown else 3.0
+    ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label) if decades < 2.0 else NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy on the validation images (%)")
     ax.set_title(title, pad=18 if inside else 6)
@@ -694,7 +697,7 @@ def _minor_label(value: float, _position) -> str:
     return f"{value:g}" if mantissa in (2.0, 3.0, 5.0) else ""
 
 
-def _annotate(ax, points: list[Point], cost) -> None:
+def _annotate(ax, points: list[Point], cost, front: list[Point] = (), steps: tuple[list, list] = ([], [])) -> None:
     # Each label takes the first of a few positions around its point that overlaps nothing:
     # no label placed before it, no marker or error bar, and stays inside the axes. When every
     # position overlaps something, it takes the least bad one (another label counts most, then
@@ -713,9 +716,17 @@ def _annotate(ax, points: list[Point], cost) -> None:
         low = ax.transData.transform((cost(p), 100 * p.ci_low))[1]
         high = ax.transData.transform((cost(p), 100 * p.ci_high))[1]
         half = 4 * pixels  # the marker (7 pt) and the error bar's caps (3 pt)
-        obstacles += [Bbox([[x - half, y - half], [x + half, y + half]]),
+        ring = 7 * pixels if any(p is q for q in front) else half  # the Pareto front's circle
+        obstacles += [Bbox([[x - ring, y - ring], [x + ring, y + ring]]),
                       Bbox([[x - half, min(low, high)], [x + half, max(low, high)]])]
-    offsets = ((6, 7), (6, -7), (-6, 7), (-6, -7), (6, 17), (6, -17), (-6, 17), (-6, -17),
+    # the front's dashed step line: each horizontal and vertical piece as a thin box
+    xs, ys = steps
+    for i in range(len(xs) - 1):
+        (x0, y0), (x1, y1) = ax.transData.transform((xs[i], ys[i])), ax.transData.transform((xs[i + 1], ys[i + 1]))
+        obstacles += [Bbox([[x0, y0 - pixels], [x1, y0 + pixels]]),
+                      Bbox([[x1 - pixels, min(y0, y1)], [x1 + pixels, max(y0, y1)]])]
+    # beside the point first, then above or below it, then further away
+    offsets = ((9, 0), (6, 7), (6, -7), (-9, 0), (-6, 7), (-6, -7), (6, 17), (6, -17), (-6, 17), (-6, -17),
                (6, 27), (6, -27), (-6, 27), (-6, -27))
     placed = []
     for p in sorted(points, key=lambda q: (cost(q), q.accuracy)):
@@ -723,7 +734,8 @@ def _annotate(ax, points: list[Point], cost) -> None:
         best = None
         for dx, dy in offsets:
             label = ax.annotate(text, (cost(p), 100 * p.accuracy), xytext=(dx, dy), textcoords="offset points",
-                                fontsize=7.5, ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top")
+                                fontsize=7.5, ha="left" if dx > 0 else "right",
+                                va="center" if dy == 0 else "bottom" if dy > 0 else "top")
             box = label.get_window_extent(renderer)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
             badness = (100 * sum(box.overlaps(other) for other in placed) + 10 * (not inside)
