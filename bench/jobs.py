@@ -27,6 +27,8 @@ MODES = ("kernel", "e2e")
 INT8_VARIANTS = ("int8", "qat", "dynamic")
 LABELS_DEFAULT = ("GALAXY", "QSO", "STAR")
 INT8_NOTE = "slower than fp32"
+# a quantized line counts as slower only by a clear margin, beyond both p50 intervals
+SLOWER_MARGIN = 1.05
 
 # every line has these keys, in this order (None where not measured); extra keys follow
 LINE_FIELDS = (
@@ -294,7 +296,7 @@ def run_benchmarks(config: RunConfig, progress=None) -> dict:
                 f"({time.perf_counter() - job_started:.1f} s, ETA {_fmt_eta(eta)})")
     flagged = annotate_int8(config.out)
     if flagged:
-        say(f"{flagged} line(s) noted: int8 slower than fp32")
+        say(f"{flagged} line(s) noted: a quantized variant clearly slower than its fp32")
     return {"out": str(config.out), "planned": len(jobs) + skipped, "written": written, "errors": errors,
             "skipped_resume": skipped}
 
@@ -342,11 +344,14 @@ def _int8_cause(runtime: str, variant: str) -> str:
 
 
 def annotate_int8(out: str | os.PathLike) -> int:
-    """Note, on both lines, where an int8 variant is slower than the fp32 of the same model.
+    """Note, on both lines, where a quantized variant is slower than the fp32 of the same model.
 
     Pairs lines without error on the same device, backbone, level, seed, format, runtime,
-    threads and mode by ``latency_ms_p50`` (kernel mode) or ``e2e_inference_ms_p50`` (e2e). Rewrites ``out`` atomically only when a note
-    is added (idempotent).
+    threads and mode by ``latency_ms_p50`` (kernel mode) or ``e2e_inference_ms_p50`` (e2e).
+    Slower means at least ``SLOWER_MARGIN`` times the fp32 p50 and, where both lines have
+    bootstrap intervals of p50, the quantized interval entirely above the fp32 one: a tie
+    within noise is not noted. Rewrites ``out`` atomically only when a note is added
+    (idempotent).
 
     Returns:
         The number of lines that got a note.
@@ -368,7 +373,10 @@ def annotate_int8(out: str | os.PathLike) -> int:
         if line.get("error") or not (variant in INT8_VARIANTS or variant.startswith("int8")):
             continue
         base = fp32.get(group(line))
-        if base is None or not speed(line) or speed(line) <= speed(base):
+        if base is None or not speed(line) or speed(line) < SLOWER_MARGIN * speed(base):
+            continue
+        low, high = line.get("latency_ms_p50_ci_low"), base.get("latency_ms_p50_ci_high")
+        if line.get("mode") != "e2e" and low is not None and high is not None and low <= high:
             continue
         cause = _int8_cause(str(line.get("runtime")), variant)
         ratio = speed(line) / speed(base)
