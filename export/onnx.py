@@ -22,6 +22,7 @@ Shares run selection, verification and the manifest with ``export.tflite``.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -119,9 +120,18 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, method: s
         except Exception:  # an optional step: quantize the converted graph as it is
             source = fp32_path
             preprocessed = False
-        quantize_static(str(source), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=calibrate_method, extra_options=extra_options)
+        # onnxruntime warns through the root logger once per 1-D weight (BatchNorm vectors:
+        # "Axis 1 is out-of-range ... with rank 1", then quantized per tensor, as intended),
+        # hundreds of lines for a DenseNet; errors still show
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_static(str(source), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=calibrate_method, extra_options=extra_options)
+        finally:
+            root.setLevel(level)
         write_bytes(out_path, tmp_out.read_bytes())
     return preprocessed
 
