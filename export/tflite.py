@@ -42,7 +42,7 @@ from export.quantize import Calibration, CalibrationError, calibration_set, chec
 from export.verify import align, read_reference, strict_failure, verify
 
 TFLITE_VARIANTS = ("fp32", "fp16", "dynamic", "int8", "qat")
-SELECT_HELP = "best (each backbone's best level, seed 0) | all | NAME:LEVEL[:SEED][,...]"
+SELECT_HELP = "best (each backbone's best level, seed 0 or its lowest) | all | NAME:LEVEL[:SEED][,...]"
 _VERSION_PACKAGES = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tfmot": "tensorflow-model-optimization",
                      "tf2onnx": "tf2onnx", "onnx": "onnx", "onnxruntime": "onnxruntime",
                      "ai_edge_litert": "ai-edge-litert"}
@@ -128,16 +128,13 @@ def _pick(records: list[dict], spec: str) -> list[dict]:
         from train.summary import aggregate, best_level
 
         # the level the sweep summary calls best (mean accuracy over seeds; ties: fewer
-        # trainable parameters, then the lower level), exported from its seed-0 run
+        # trainable parameters, then the lower level), exported from its seed-0 run (its
+        # lowest seed when seed 0 did not finish there)
         chosen = []
         for backbone, levels in aggregate(records).items():
             level = best_level(levels).level
-            seed0 = [r for r in records if r["backbone"] == backbone and int(r["level"]) == level
-                     and int(r.get("seed", 0)) == 0]
-            if seed0:
-                chosen.append(seed0[0])
-        if not chosen:
-            raise ExportError("--select best: no finished run with seed 0 at a backbone's best level")
+            at_level = [r for r in records if r["backbone"] == backbone and int(r["level"]) == level]
+            chosen.append(min(at_level, key=lambda r: int(r.get("seed", 0))))
         return chosen
     chosen = []
     for item in (i.strip() for i in spec.split(",") if i.strip()):

@@ -210,6 +210,8 @@ def test_best_selection_breaks_ties_like_the_sweep_summary():
     picked = _pick(records, "best")
     assert [(r["level"], r["seed"]) for r in picked] == [(0, 0)]
     assert best_level(aggregate(records)["mobilenetv2"]).level == 0
+    # seed 0 missing at the best level: its lowest seed stands in, the backbone is not dropped
+    assert [(r["level"], r["seed"]) for r in _pick(records[3:], "best")] == [(0, 1)]
 
 
 def test_exported_models_vary_with_the_input(exported):
