@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
 from device.checksum import sha256_file
 
 REMOTE_DIR = "/data/local/tmp/skyedge"

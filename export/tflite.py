@@ -36,6 +36,7 @@ from typing import Callable
 
 from device.atomic import write_bytes
 from device.backbones import Backbone, get
+from device.checksum import sha256_file
 from device.dataset import LABELS, DatasetError, open_dataset
 from export import manifest
 from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
@@ -196,7 +197,7 @@ def select_runs(runs: str | os.PathLike, spec: str = "best") -> list[Source]:
                         seed=int(record["seed"]), rel_dir=record["run_dir"], run_dir=run_dir, config=config,
                         checkpoint=run_dir / "best.h5", predictions=run_dir / "val_predictions.csv",
                         data=_data_folder(config, run_dir), img_size=int(config["img_size"]))
-        source.checkpoint_sha256 = manifest.sha256_file(source.checkpoint)
+        source.checkpoint_sha256 = sha256_file(source.checkpoint)
         sources.append(source)
     return sources
 
@@ -378,7 +379,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
                 converter_name, extra = convert(ctx, variant, path)
                 record["converter"] = converter_name
                 record.update(extra)
-                record.update({"sha256": manifest.sha256_file(path), "size_bytes": path.stat().st_size})
+                record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
                 record.update(_io_fields(path))
                 if val_images is None:
                     images, _, records, _ = ctx.dataset.load_arrays("val", source.img_size)

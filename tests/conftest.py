@@ -55,9 +55,9 @@ def make_labelled_dataset(root: Path, per_class: int = 6, val: int = 4, size: in
 
 def write_tiny_manifest(exports: Path, stem: str, data: Path, val_n: int, size: int) -> None:
     """``manifest.json`` for ``models/<stem>-{fp32,int8}.tflite`` and ``<stem>-fp32.onnx``."""
-    import hashlib
     import json
 
+    from device.checksum import sha256_file
     from device.dataset import LABELS
 
     artifacts = []
@@ -66,7 +66,7 @@ def write_tiny_manifest(exports: Path, stem: str, data: Path, val_n: int, size: 
         artifacts.append({
             "artifact_id": f"{stem}-l0-s0-{variant}-{fmt}", "backbone": stem, "level": 0, "seed": 0,
             "variant": variant, "format": fmt, "file": f"models/{file.name}",
-            "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+            "sha256": sha256_file(file),
             "size_bytes": file.stat().st_size, "input_shape": [1, size, size, 3], "input_dtype": dtype,
             "img_size": size, "preprocess": "none", "labels": list(LABELS),
             "reference_predictions": f"reference/{stem}.csv", "data": str(data), "val_n": val_n})

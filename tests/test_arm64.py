@@ -126,7 +126,7 @@ def build_tiny_exports(root: Path) -> Path:
     onnx_probs = np.concatenate([session.run(None, {"x": x[None].astype(np.float32)})[0] for x in val_x])
     assert np.max(np.abs(onnx_probs - probs)) < 1e-5, np.max(np.abs(onnx_probs - probs))
 
-    write_tiny_manifest(exports, 'tiny_conv', data, len(val_records), SIZE)
+    write_tiny_manifest(exports, "tiny_conv", data, len(val_records), SIZE)
     return exports
 
 

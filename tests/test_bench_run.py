@@ -6,7 +6,6 @@ Model creation uses TensorFlow here (tests only); the bench code never imports i
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -18,14 +17,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_labelled_dataset, write_tiny_manifest
+from device.checksum import sha256_file
 
 SIZE = 32
 LABELS = ("GALAXY", "QSO", "STAR")
 QUICK = ["--warmup", "2", "--runs", "20", "--min-secs", "0"]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _onnx_model(path: Path) -> None:
@@ -97,7 +93,7 @@ def build_exports(root: Path) -> Path:
     (exports / "models" / "tiny-int8.tflite").write_bytes(converter.convert())
     _onnx_model(exports / "models" / "tiny-fp32.onnx")
 
-    write_tiny_manifest(exports, 'tiny', data, len(val_records), SIZE)
+    write_tiny_manifest(exports, "tiny", data, len(val_records), SIZE)
     return exports
 
 
@@ -139,7 +135,7 @@ def _with_bad_artifacts(exports: Path, dest: Path) -> Path:
     truncated = dest / "models" / "truncated.tflite"
     truncated.write_bytes((dest / good["file"]).read_bytes()[:200])
     manifest["artifacts"] += [
-        {**good, "artifact_id": "corrupt", "file": "models/truncated.tflite", "sha256": _sha256(truncated)},
+        {**good, "artifact_id": "corrupt", "file": "models/truncated.tflite", "sha256": sha256_file(truncated)},
         {**good, "artifact_id": "hash-mismatch", "sha256": "0" * 64},
         {**good, "artifact_id": "wrong-size", "input_shape": [1, 48, 48, 3], "img_size": 48},
         {**good, "artifact_id": "export-failed", "error": "converter crashed"},

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from device.backbones import BACKBONES, get
+from device.checksum import sha256_file
 from device.dataset import write_manifest, index_tree, stratified_split
 from device.preprocess import MODES, preprocess
 from export import manifest
@@ -234,7 +235,7 @@ def test_tflite_variants_export_and_verify(exported):
         assert "error" not in r, r.get("error")
         assert MANIFEST_KEYS <= set(r), MANIFEST_KEYS - set(r)
         assert r["input_shape"] == [1, SIZE, SIZE, 3]
-        assert (out / r["file"]).is_file() and manifest.sha256_file(out / r["file"]) == r["sha256"]
+        assert (out / r["file"]).is_file() and sha256_file(out / r["file"]) == r["sha256"]
         assert json.loads((out / (r["file"] + ".json")).read_text())["artifact_id"] == r["artifact_id"]
         assert r["val_n"] >= 12
     assert by["fp32"]["agreement"] == 1.0 and by["fp32"]["max_abs_diff"] < 1e-3
