@@ -28,6 +28,10 @@ SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 COLUMNS = ("path", "label", "split", "objid", "ra", "dec", "source")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# The default split: 70% trains (the study's share), 15% chooses (epochs, levels,
+# calibration), 15% is the test split that no choice reads.
+VAL_FRACTION = 0.15
+TEST_FRACTION = 0.15
 
 
 class DatasetError(ValueError):
@@ -234,8 +238,8 @@ def index_tree(source: str | os.PathLike, base: str | os.PathLike | None = None,
     return records, "class-folders"
 
 
-def stratified_split(records: list[Record], seed: int = 0, val: float = 0.3,
-                     test: float = 0.0) -> list[Record]:
+def stratified_split(records: list[Record], seed: int = 0, val: float = VAL_FRACTION,
+                     test: float = TEST_FRACTION) -> list[Record]:
     """Assign ``split`` per class: ``val`` and ``test`` fractions, the rest ``train``.
 
     Deterministic for a seed and a set of paths (records are ordered by path first), and
@@ -256,20 +260,21 @@ def stratified_split(records: list[Record], seed: int = 0, val: float = 0.3,
     return sorted(out, key=lambda r: r.path)
 
 
-def open_dataset(root: str | os.PathLike, seed: int = 0, val: float = 0.3) -> Dataset:
+def open_dataset(root: str | os.PathLike, seed: int = 0, val: float = VAL_FRACTION,
+                 test: float = TEST_FRACTION) -> Dataset:
     """Open a dataset folder for reading.
 
     A folder with ``manifest.csv`` is read as it is. A read-only image tree without one
     (such as the shared SDSS set) is indexed in memory with the default stratified split
-    (``seed``, ``val``), the same every time, and a note says so.
+    (``seed``, ``val``, ``test``), the same every time, and a note says so.
     """
     root = Path(root)
     if (root / MANIFEST).is_file():
         return read_manifest(root)
     records, layout = index_tree(root)
-    dataset = Dataset(root=root, records=stratified_split(records, seed=seed, val=val), origin=layout)
+    dataset = Dataset(root=root, records=stratified_split(records, seed=seed, val=val, test=test), origin=layout)
     dataset.notes.append(f"{root}: no {MANIFEST}; indexed {len(records)} images from {layout} with a "
-                         f"stratified split (seed {seed}, val {val:g})")
+                         f"stratified split (seed {seed}, val {val:g}, test {test:g})")
     return dataset
 
 

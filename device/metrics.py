@@ -78,6 +78,24 @@ def classification_metrics(y_true, y_pred, prefix: str = "val_", labels=LABELS) 
     return out
 
 
+def binomial_lower_tail(k: int, m: int) -> float:
+    """P(X <= k) for X ~ Binomial(m, 1/2), for any ``m``.
+
+    Exact integer arithmetic up to a few thousand trials (Python's int division rounds
+    correctly however large the numbers); beyond, a log-space sum of the terms, so that no
+    power of two ever overflows a float.
+    """
+    if k < 0:
+        return 0.0
+    if k >= m:
+        return 1.0
+    if m <= 4096:
+        return sum(math.comb(m, i) for i in range(k + 1)) / (1 << m)
+    log_terms = np.array([math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) for i in range(k + 1)])
+    top = log_terms.max()
+    return float(math.exp(top + math.log(np.exp(log_terms - top).sum()) - m * math.log(2.0)))
+
+
 def mcnemar(correct_a, correct_b) -> dict:
     """McNemar's test of two classifiers on the same items.
 
@@ -98,9 +116,7 @@ def mcnemar(correct_a, correct_b) -> dict:
     if m == 0:
         p = 1.0
     else:
-        # two-sided exact binomial, p = 0.5: 2 * P(X <= k), capped at 1
-        tail = sum(math.comb(m, i) for i in range(k + 1)) / 2.0 ** m
-        p = min(1.0, 2.0 * tail)
+        p = min(1.0, 2.0 * binomial_lower_tail(k, m))
     n = int(a.size)
     return {"b": b, "c": c, "n": n, "p_value": p,
             "accuracy_diff": (float(a.mean()) - float(b_.mean())) if n else float("nan")}

@@ -125,7 +125,7 @@ def test_summary_csv_rows_and_columns(sweep: Path):
 
 def test_summary_md_tables_best_level_and_intervals(sweep: Path):
     text = write_summary(sweep, log=lambda _: None)["summary_md"].read_text()
-    for heading in ("## Baseline (level 0)", "## Accuracy per level", "### densenet121", "### mobilenetv2",
+    for heading in ("## Level 0 (head only)", "## Floors (test images)", "## Accuracy per level", "### densenet121", "### mobilenetv2",
                     "## Best level per backbone", "## Seeds", "## Failures"):
         assert heading in text
     assert "not evidence of a difference" in text
@@ -141,7 +141,7 @@ def test_summary_md_tables_best_level_and_intervals(sweep: Path):
     assert re.fullmatch(r"\d+\.\d ± \d+\.\d% \[\d+\.\d, \d+\.\d\]", best["mobilenetv2"][4])
     assert best["densenet121"][6] == "reference"
 
-    baseline = {row[0]: row for row in _md_rows(text, "## Baseline (level 0)")}
+    baseline = {row[0]: row for row in _md_rows(text, "## Level 0 (head only)")}
     assert set(baseline) == {"densenet121", "mobilenetv2"}
     assert baseline["mobilenetv2"][3] == f"{_trainable('mobilenetv2', 0):,}"
 

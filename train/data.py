@@ -16,8 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from device.dataset import LABELS, SPLITS, DatasetError, open_dataset, read_manifest, index_tree, \
-    stratified_split, write_manifest
+from device.dataset import LABELS, SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, index_tree, \
+    open_dataset, stratified_split, write_manifest
 from device.images import image_size
 
 
@@ -97,7 +97,7 @@ def _cmd_sdss(args) -> int:
                          scale=args.scale, catalog=Path(args.catalog) if args.catalog else None,
                          base_url=args.base_url, rate=args.rate, workers=args.workers,
                          timeout=args.timeout, retries=args.retries, backoff=args.backoff,
-                         seed=args.seed, val=args.val)
+                         seed=args.seed, val=args.val, test=args.test)
     summary = fetch(config)
     return 0 if summary.failed == 0 else 3
 
@@ -132,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def split_args(p):
         p.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
-        p.add_argument("--val", type=float, default=0.3, help="validation fraction (default 0.3)")
-        p.add_argument("--test", type=float, default=0.0, help="test fraction (default 0)")
+        p.add_argument("--val", type=float, default=VAL_FRACTION,
+                       help=f"validation fraction: chooses epochs, levels, calibration (default {VAL_FRACTION})")
+        p.add_argument("--test", type=float, default=TEST_FRACTION,
+                       help=f"test fraction: scored only, never used for a choice (default {TEST_FRACTION})")
 
     p = sub.add_parser("synth", help="simulate SDSS-like cutouts with GalSim")
     p.add_argument("--out", required=True)

@@ -6,7 +6,7 @@ Layout of the output folder::
     GALAXY/<objid>.jpg   one cutout per object, written only once it decodes
     QSO/..., STAR/...
     failures.csv         objects that failed in the last run, with the URL and the reason
-    manifest.csv         the objects present, with a stratified train/val split
+    manifest.csv         the objects present, with a stratified train/val/test split
 
 Every file is written atomically, so a fetch killed at any moment leaves only complete
 files, and running the same command again downloads only what is missing.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from device.atomic import write_bytes, write_text
-from device.dataset import LABELS, DatasetError, Record, stratified_split, write_manifest
+from device.dataset import LABELS, TEST_FRACTION, VAL_FRACTION, DatasetError, Record, stratified_split, write_manifest
 from device.images import ImageError, is_jpeg, read_rgb
 from train.polite_http import InvalidBody, PoliteClient, RequestFailed, Unreachable
 from train.sky_objects import (SkyObject, class_counts, format_objects, parse_sql_answer,
@@ -69,7 +69,7 @@ class FetchConfig:
         retries: extra attempts after a transient failure.
         backoff: seconds before the first retry, doubled for each further one.
         seed: seed of the catalogue sample, the split and the retry jitter.
-        val: validation fraction of the split written to ``manifest.csv``.
+        val, test: validation and test fractions of the split written to ``manifest.csv``.
     """
 
     out: Path
@@ -86,7 +86,8 @@ class FetchConfig:
     retries: int = 5
     backoff: float = 1.0
     seed: int = 0
-    val: float = 0.3
+    val: float = VAL_FRACTION
+    test: float = TEST_FRACTION
 
     def __post_init__(self):
         # Frozen: normalise through object.__setattr__ so callers may pass str paths and lists.
@@ -112,7 +113,8 @@ class FetchConfig:
                   (self.timeout > 0, f"timeout={self.timeout}: expected > 0 seconds"),
                   (self.retries >= 0, f"retries={self.retries}: expected >= 0"),
                   (self.backoff >= 0, f"backoff={self.backoff}: expected >= 0 seconds"),
-                  (0 <= self.val < 1, f"val={self.val}: expected 0 <= val < 1"),
+                  (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1,
+                   f"val={self.val}, test={self.test}: expected fractions with val + test < 1"),
                   (self.base_url.startswith(("http://", "https://")),
                    f"base_url={self.base_url!r}: expected an http:// or https:// URL"))
         problems.extend(message for ok, message in checks if not ok)
@@ -415,7 +417,7 @@ def fetch(config: FetchConfig, log: Callable[[str], None] = print) -> FetchSumma
     records = [Record(path=o.obj.relpath, label=o.obj.label, objid=o.obj.objid, ra=repr(o.obj.ra),
                       dec=repr(o.obj.dec), source=config.source)
                for o in outcomes if o.status != "failed"]
-    manifest = write_manifest(config.out, stratified_split(records, seed=config.seed, val=config.val))
+    manifest = write_manifest(config.out, stratified_split(records, seed=config.seed, val=config.val, test=config.test))
     summary = FetchSummary(requested=len(objects), downloaded=progress.counts["downloaded"],
                            present=progress.counts["present"], failed=len(failed), bytes=progress.size,
                            seconds=time.monotonic() - start, out=config.out, manifest=manifest,

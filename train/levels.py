@@ -98,31 +98,50 @@ def parse_schedule(spec: str, backbone: Backbone, layer_names: list[str]) -> lis
     return sorted(set(levels))
 
 
-def set_level(model, base, level: int) -> None:
-    """Freeze ``model`` to level ``level``: last ``level`` base layers and the head trainable."""
+# BatchNorm during fine-tuning. frozen: every BatchNorm layer stays in inference mode with
+# its statistics, gamma and beta fixed (Keras's transfer-learning advice). study: a
+# trainable BatchNorm layer runs in training mode and updates its moving statistics with
+# the backbone's own momentum (Keras's default, as the study ran it).
+BN_MODES = ("frozen", "study")
+
+
+def set_level(model, base, level: int, bn: str = "study") -> None:
+    """Freeze ``model`` to level ``level``: last ``level`` base layers and the head trainable.
+
+    Args:
+        bn: ``study`` (a BatchNorm layer among the last ``level`` is trainable and so runs in
+            training mode, as the study's Keras fine-tuning did) or ``frozen`` (every
+            BatchNorm layer frozen, so it runs in inference mode with fixed statistics).
+    """
+    if bn not in BN_MODES:
+        raise LevelError(f"bn mode {bn!r}: expected one of {', '.join(BN_MODES)}")
     n = len(base.layers)
     if not 0 <= level <= n:
         raise LevelError(f"level {level} outside 0..{n} for {base.name}")
     base.trainable = True
     for i, layer in enumerate(base.layers):
-        layer.trainable = i >= n - level
+        layer.trainable = i >= n - level and not (bn == "frozen" and _is_batchnorm(layer))
     for layer in model.layers:
         if layer is not base and layer not in base.layers:
             layer.trainable = True
+
+
+def _is_batchnorm(layer) -> bool:
+    return type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization")
 
 
 def count_params(weights) -> int:
     return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
-def level_info(model, base, level: int) -> dict:
-    """Counts for one level (sets the model's trainable flags to that level).
+def level_info(model, base, level: int, bn: str = "study") -> dict:
+    """Counts for one level (sets the model's trainable flags to that level and ``bn`` mode).
 
     Returns:
         ``level``, ``trainable_params``, ``total_params``, ``layers_total``, ``ltr``, ``ptr``
         and ``first_trainable_layer`` (``head`` at level 0).
     """
-    set_level(model, base, level)
+    set_level(model, base, level, bn=bn)
     n = len(base.layers)
     trainable = count_params(model.trainable_weights)
     total = int(model.count_params())

@@ -10,6 +10,14 @@ pretraining").
         --out weights/            # writes weights/mobilenetv2.h5
 
 Resumable: the run folder ``OUT/.pretrain-<backbone>-<size>/`` keeps per-epoch checkpoints.
+
+BatchNorm: Keras gives some backbones a moving-average momentum so close to 1
+(MobileNetV2 0.999, NASNetMobile 0.9997) that after a short from-scratch training the
+moving statistics still hold their initial values, and the network in inference mode
+outputs one class for every image (validation at chance, loss ln 3). Pretraining therefore
+sets every BatchNorm momentum to ``--bn-momentum`` (default 0.9: the moving averages
+forget their start within a few dozen steps), and warns when the best epoch is still no
+better than always answering the majority class.
 """
 from __future__ import annotations
 
@@ -29,8 +37,24 @@ from device.metrics import classification_metrics
 from device.preprocess import preprocess
 
 
+BN_MOMENTUM = 0.9
+
+
+def set_bn_momentum(model, momentum: float) -> dict[float, int]:
+    """Set every BatchNormalization layer's momentum; returns {previous momentum: count}."""
+    import tf_keras as keras
+
+    previous: dict[float, int] = {}
+    for layer in model.submodules:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            previous[float(layer.momentum)] = previous.get(float(layer.momentum), 0) + 1
+            layer.momentum = momentum
+    return previous
+
+
 def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size: int = 96,
              batch_size: int = 32, lr: float = 1e-3, augment: str = "d4", seed: int = 0,
+             bn_momentum: float = BN_MOMENTUM, lr_schedule: str = "cosine",
              log: Callable[[str], None] = print) -> Path:
     """Train every layer of ``backbone`` from random init; save the base's weights.
 
@@ -40,6 +64,8 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
         out: a folder (the file is ``<backbone>.h5`` in it) or a ``.h5`` file path.
         epochs, img_size, batch_size, lr, seed: training settings.
         augment: ``d4`` (default: the 8 rotations/flips) or ``none``.
+        bn_momentum: momentum given to every BatchNorm layer while pretraining (0 < m < 1).
+        lr_schedule: ``cosine`` (default: decays to zero over all epochs) or ``constant``.
         log: progress lines.
 
     Returns:
@@ -52,13 +78,17 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     from train.levels import set_level
     from train.model import build
     from train.sweep import head_init
-    from train.trainer import FitConfig, fit
+    from train.trainer import LR_SCHEDULES, FitConfig, fit
 
     backbone = get(backbone_name)
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"--epochs {epochs}, --batch-size {batch_size}, --lr {lr}: expected positive values")
     if augment not in ("none", "d4"):
         raise ValueError(f"--augment {augment!r}: expected none or d4")
+    if not 0.0 < bn_momentum < 1.0:
+        raise ValueError(f"--bn-momentum {bn_momentum}: expected a number between 0 and 1 (such as 0.9)")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule {lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
     target = Path(out)
     if target.suffix != ".h5":
         target = target / f"{backbone.name}.h5"
@@ -67,10 +97,14 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     except OSError as exc:
         raise ValueError(f"--out {out}: cannot create folder ({exc.strerror or exc})") from None
     dataset = open_dataset(data)
+    for note in dataset.notes:
+        log(f"note: {note}")
+    log(f"loading {len(dataset.records)} images at {img_size} px")
     train_x, train_y, _, skipped = dataset.load_arrays("train", img_size)
     val_x, val_y, _, skipped_val = dataset.load_arrays("val", img_size)
-    if skipped or skipped_val:
-        log(f"warning: skipped {len(skipped) + len(skipped_val)} unreadable image(s)")
+    test_x, test_y, _, skipped_test = dataset.load_arrays("test", img_size)
+    if skipped or skipped_val or skipped_test:
+        log(f"warning: skipped {len(skipped) + len(skipped_val) + len(skipped_test)} unreadable image(s)")
     if len(set(train_y.tolist())) < 2 or not len(val_y):
         raise DatasetError(f"--data {data}: need a training split with two or more classes and a validation split")
     built = build(backbone, img_size, None, seed=seed)
@@ -78,26 +112,46 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     head = model.get_layer("head")
     head.set_weights(head_init(head.kernel.shape, seed))
     set_level(model, base, len(base.layers))
+    previous = set_bn_momentum(base, bn_momentum)
+    if previous:
+        log(f"BatchNorm momentum {bn_momentum} in {sum(previous.values())} layers (Keras's: "
+            + ", ".join(f"{m:g} x{n}" for m, n in sorted(previous.items())) + ")")
     run_dir = target.parent / f".pretrain-{backbone.name}-{img_size}"
     run_dir.mkdir(exist_ok=True)
     log(f"pretraining {backbone.name} from scratch: {len(train_y)} train / {len(val_y)} val images at "
-        f"{img_size} px, {epochs} epochs, augment {augment}")
+        f"{img_size} px, {epochs} epochs, augment {augment}, lr {lr:g} {lr_schedule}")
     t0 = time.perf_counter()
     result = fit(model, model, [preprocess(train_x, backbone.preprocess)], train_y,
                  [preprocess(val_x, backbone.preprocess)], val_y, class_weights(train_y),
-                 FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment),
+                 FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
+                           lr_schedule=lr_schedule),
                  run_dir, model.get_weights(), log)
     metrics = classification_metrics(val_y, result.val_probs.argmax(1))
+    majority = float(np.bincount(val_y).max() / len(val_y))
+    if metrics["val_accuracy_ci_low"] <= majority:
+        log(f"warning: the best epoch's validation accuracy {100 * metrics['val_accuracy']:.1f}% is not above the "
+            f"majority-class rate {100 * majority:.1f}%: these weights have learnt nothing usable")
+    test_metrics = {}
+    if len(test_y):
+        test_probs = model.predict(preprocess(test_x, backbone.preprocess), batch_size=256, verbose=0)
+        test_metrics = classification_metrics(test_y, test_probs.argmax(1), prefix="test_")
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.h5")
     base.save_weights(str(tmp))
     os.replace(tmp, target)
     write_json(target.with_suffix(".json"), {
         "backbone": backbone.name, "img_size": img_size, "epochs": epochs, "best_epoch": result.best_epoch,
-        "augment": augment, "lr": lr, "seed": seed, "data": str(Path(data).resolve()),
+        "augment": augment, "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed,
+        "bn_momentum": bn_momentum, "data": str(Path(data).resolve()),
+        "train_n": int(len(train_y)), "val_n": int(len(val_y)), "test_n": int(len(test_y)),
         "val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"],
+        "val_majority": majority,
+        **{k: v for k, v in test_metrics.items() if k in ("test_accuracy", "test_accuracy_ci_low",
+                                                          "test_accuracy_ci_high", "test_macro_f1")},
         "seconds": round(time.perf_counter() - t0, 1)})
     log(f"best epoch {result.best_epoch}: val accuracy {100 * metrics['val_accuracy']:.1f}% "
-        f"[{100 * metrics['val_accuracy_ci_low']:.1f}, {100 * metrics['val_accuracy_ci_high']:.1f}]; wrote {target}")
+        f"[{100 * metrics['val_accuracy_ci_low']:.1f}, {100 * metrics['val_accuracy_ci_high']:.1f}]"
+        + (f"; test accuracy {100 * test_metrics['test_accuracy']:.1f}% on {len(test_y)} images" if test_metrics else "")
+        + f"; wrote {target}")
     return target
 
 
@@ -113,10 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--augment", default="d4", choices=("none", "d4"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bn-momentum", type=float, default=BN_MOMENTUM,
+                   help=f"momentum of every BatchNorm layer while pretraining (default {BN_MOMENTUM})")
+    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"))
     args = p.parse_args(argv)
     try:
         pretrain(args.data, args.backbone, args.out, epochs=args.epochs, img_size=args.img_size,
-                 batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed)
+                 batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed,
+                 bn_momentum=args.bn_momentum, lr_schedule=args.lr_schedule)
     except (KeyError, ValueError, DatasetError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2

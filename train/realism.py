@@ -21,95 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from device.atomic import write_bytes, write_json
+from device.baseline import FEATURES, SIZE_RADIUS, STATS, LogisticRegression, features, image_stats  # noqa: F401 (re-exported)
 from device.dataset import LABELS, read_manifest
 from device.images import read_rgb, resize
 
-BORDER = 8  # pixels along each edge treated as background (at 128 px)
-APERTURE = 6.0  # pixels: central aperture radius, about 2.4" or 1.7 PSF FWHM at 0.4"/px
-SIZE_RADIUS = 16.0  # pixels: the half-light radius is measured within this radius
-STATS = ("bg_R", "bg_G", "bg_B", "noise_R", "noise_G", "noise_B", "flux", "peak", "hlr",
-         "colour_RG", "colour_GB")
-FEATURES = ("log_flux", "log_peak", "hlr", "colour_RG", "colour_GB", "concentration")
-
-
-def _clipped_mean_std(values: np.ndarray, rounds: int = 3, k: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and standard deviation after iterative k-sigma clipping.
-
-    A median or MAD of 8-bit pixels is quantised to whole levels (nearly every image gives
-    a MAD of 2.97), so clipped moments are used instead: continuous, yet blind to
-    neighbours.
-    """
-    mean = np.empty(values.shape[1])
-    out = np.empty(values.shape[1])
-    for c in range(values.shape[1]):
-        v = values[:, c]
-        for _ in range(rounds):
-            centre, spread = np.median(v), v.std()
-            kept = v[np.abs(v - centre) <= k * max(spread, 0.5)]
-            if len(kept) == len(v):
-                break
-            v = kept
-        mean[c], out[c] = v.mean(), v.std()
-    return mean, out
-
-
-def image_stats(image: np.ndarray) -> dict[str, float]:
-    """Background, noise and central-object statistics of one RGB cutout.
-
-    Args:
-        image: (H, W, 3) uint8 array; the object is at the centre.
-
-    Returns:
-        A dict with the keys of ``STATS``, in 8-bit pixel units (flux: summed over the
-        aperture and the three channels; hlr in pixels).
-    """
-    img = image.astype(np.float64)
-    h, w, _ = img.shape
-    border = BORDER * h // 128 or 1
-    mask = np.zeros((h, w), dtype=bool)
-    mask[:border] = mask[-border:] = True
-    mask[:, :border] = mask[:, -border:] = True
-    edge = img[mask]
-    bg, noise = _clipped_mean_std(edge)
-    sub = img - bg
-    y, x = np.mgrid[0:h, 0:w]
-    radius = np.hypot(x - (w - 1) / 2.0, y - (h - 1) / 2.0)
-    scale = h / 128.0
-    ap = radius <= APERTURE * scale
-    channel_flux = sub[ap].sum(axis=0)
-    flux = float(channel_flux.sum())
-    lum = sub.sum(axis=2)
-    centre = lum[radius <= 2.5 * scale]
-    peak = float(centre.max())
-    within = radius <= SIZE_RADIUS * scale
-    r_in, l_in = radius[within], lum[within]
-    order = np.argsort(r_in, kind="stable")
-    cumulative = np.cumsum(l_in[order])
-    total = cumulative[-1]
-    if total > 0:
-        hlr = float(r_in[order][np.searchsorted(cumulative, 0.5 * total)]) / scale
-    else:
-        hlr = float("nan")
-    denom = max(float(np.clip(channel_flux, 0, None).sum()), 1.0)
-    return {
-        "bg_R": float(bg[0]), "bg_G": float(bg[1]), "bg_B": float(bg[2]),
-        "noise_R": float(noise[0]), "noise_G": float(noise[1]), "noise_B": float(noise[2]),
-        "flux": flux, "peak": peak, "hlr": hlr,
-        "colour_RG": float((channel_flux[0] - channel_flux[1]) / denom),
-        "colour_GB": float((channel_flux[1] - channel_flux[2]) / denom),
-    }
-
-
-def features(stats: list[dict]) -> np.ndarray:
-    """The classifier's feature matrix (rows: images, columns: ``FEATURES``)."""
-    rows = []
-    for s in stats:
-        flux = max(s["flux"], 1.0)
-        peak = max(s["peak"], 1.0)
-        hlr = s["hlr"] if np.isfinite(s["hlr"]) else SIZE_RADIUS
-        rows.append([np.log10(flux), np.log10(peak), hlr, s["colour_RG"], s["colour_GB"],
-                     np.log10(peak / flux)])
-    return np.asarray(rows, dtype=np.float64)
 
 
 def stratified_indices(labels: np.ndarray, seed: int, train: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
@@ -151,21 +66,10 @@ def logistic_confusion(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int =
         (K, K) int array of test counts.
     """
     tr, te = stratified_indices(y, seed)
-    mean, std = x[tr].mean(axis=0), x[tr].std(axis=0) + 1e-9
-    xs = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
     k = int(y.max()) + 1
-    w = np.zeros((xs.shape[1], k))
-    onehot = np.eye(k)[y[tr]]
-    for _ in range(steps):
-        logits = xs[tr] @ w
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        grad = xs[tr].T @ (p - onehot) / len(tr) + l2 * w
-        w -= lr * grad
-    pred = (xs[te] @ w).argmax(axis=1)
+    model = LogisticRegression.fit(x[tr], y[tr], n_classes=k, steps=steps, lr=lr, l2=l2)
     confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y[te], pred), 1)
+    np.add.at(confusion, (y[te], model.predict(x[te])), 1)
     return confusion
 
 

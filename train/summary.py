@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -31,10 +32,14 @@ import numpy as np
 from device.atomic import read_jsonl, write_bytes, write_text
 from device.dataset import LABELS
 from device.metrics import mcnemar, wilson_interval
+from device.predictions import PredictionsError, correct_by_path
 
 RESULTS = "results.jsonl"
 HISTORY = "history.csv"
 PREDICTIONS = "val_predictions.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
+BASELINE = "baseline.json"
+BASELINE_PREDICTIONS = "baseline_test_predictions.csv"
 PLOTS = "plots"
 
 # The columns of summary.csv, in this order; scalar fields a record has beyond these are
@@ -42,12 +47,12 @@ PLOTS = "plots"
 COLUMNS: tuple[str, ...] = (
     "run_id", "run_dir", "backbone", "level", "seed", "img_size", "epochs", "epochs_run",
     "best_epoch", "val_n", "val_accuracy", "val_accuracy_ci_low", "val_accuracy_ci_high",
-    "val_macro_f1",
+    "val_macro_f1", "test_n", "test_accuracy", "test_accuracy_ci_low", "test_accuracy_ci_high", "test_macro_f1",
     *(f"val_{metric}_{label}" for label in LABELS for metric in ("precision", "recall", "f1")),
     "trainable_params", "total_params", "layers_total", "ltr", "ptr", "first_trainable_layer",
     "wall_seconds", "train_images_per_s", "cache_features", "weights",
 )
-EXCLUDED = frozenset({"val_confusion", "error"})
+EXCLUDED = frozenset({"val_confusion", "test_confusion", "error"})
 
 FIGSIZE = (7.0, 4.5)
 DPI = 120
@@ -69,6 +74,8 @@ class LevelStats:
         wall_mean, wall_std: wall seconds over seeds.
         trainable_params, total_params: from the lowest-seed run (the same for every seed).
         ltr, ptr: layer and parameter tuning ratios.
+        test_mean, test_std, test_ci_low, test_ci_high: test accuracy over seeds (nan when
+            the runs have no test split); never used to choose anything.
     """
 
     backbone: str
@@ -90,6 +97,10 @@ class LevelStats:
     total_params: int | None
     ltr: float
     ptr: float
+    test_mean: float = float("nan")
+    test_std: float = float("nan")
+    test_ci_low: float = float("nan")
+    test_ci_high: float = float("nan")
 
     @property
     def n_seeds(self) -> int:
@@ -160,6 +171,9 @@ def aggregate(runs: list[dict]) -> dict[str, list[LevelStats]]:
         f1 = np.array([_float(r.get("val_macro_f1")) for r in members])
         epochs = np.array([_float(r.get("epochs_run", r.get("epochs"))) for r in members])
         wall = np.array([_float(r.get("wall_seconds")) for r in members])
+        test = np.array([_float(r.get("test_accuracy")) for r in members])
+        test_bounds = np.array([(_float(r.get("test_accuracy_ci_low")), _float(r.get("test_accuracy_ci_high")))
+                                for r in members])
         first = members[0]
         out.setdefault(backbone, []).append(LevelStats(
             backbone=backbone, level=level, runs=tuple(members),
@@ -169,7 +183,8 @@ def aggregate(runs: list[dict]) -> dict[str, list[LevelStats]]:
             epochs_mean=_mean(epochs), epochs_std=_std(epochs), wall_mean=_mean(wall),
             wall_std=_std(wall), trainable_params=_int(first.get("trainable_params")),
             total_params=_int(first.get("total_params")), ltr=_float(first.get("ltr")),
-            ptr=_float(first.get("ptr")),
+            ptr=_float(first.get("ptr")), test_mean=_mean(test), test_std=_std(test),
+            test_ci_low=_mean(test_bounds[:, 0]), test_ci_high=_mean(test_bounds[:, 1]),
         ))
     return out
 
@@ -187,6 +202,44 @@ def best_level(levels: list[LevelStats]) -> LevelStats:
         The best ``LevelStats``.
     """
     return min(levels, key=lambda s: (-s.acc_mean, _params_key(s), s.level))
+
+
+def read_floors(root: Path) -> dict | None:
+    """The sweep's ``baseline.json`` (majority class and feature baseline on the test split)."""
+    try:
+        record = json.loads((Path(root) / BASELINE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def test_vs_features(root: Path, run: dict) -> dict | None:
+    """McNemar's test of a run against the feature baseline on the test images.
+
+    ``b`` counts test images the run got right and the baseline wrong; ``None`` when either
+    predictions file is missing or they share no image.
+    """
+    try:
+        a = correct_by_path(Path(root) / str(run.get("run_dir", "")) / TEST_PREDICTIONS)
+        b = correct_by_path(Path(root) / BASELINE_PREDICTIONS)
+    except PredictionsError:
+        return None
+    common = sorted(set(a) & set(b))
+    if not run.get("run_dir") or not common:
+        return None
+    result = mcnemar([a[p] for p in common], [b[p] for p in common])
+    result.update(same_images=set(a) == set(b), n_a=len(a), n_b=len(b))
+    return result
+
+
+def describe_weights(weights: str | None) -> str:
+    """Where a sweep's starting weights came from, in words (``--weights`` as recorded)."""
+    text = str(weights or "none")
+    if text == "imagenet":
+        return "ImageNet (Keras applications)"
+    if text == "none":
+        return "random initialisation (no pretrained weights)"
+    return f"in-domain pretrained or user-supplied weights from `{text}`"
 
 
 def paired_test(root: Path, run_a: dict, run_b: dict) -> dict | None:
@@ -358,6 +411,39 @@ def _accuracy_cell(stats: LevelStats) -> str:
     return f"{_pct(stats.acc_mean)}% {ci}"
 
 
+def _test_cell(stats: LevelStats) -> str:
+    if not math.isfinite(stats.test_mean):
+        return "n/a"
+    ci = f"[{_pct(stats.test_ci_low)}, {_pct(stats.test_ci_high)}]"
+    if stats.n_seeds > 1 and math.isfinite(stats.test_std):
+        return f"{_pct(stats.test_mean)} ± {_pct(stats.test_std)}% {ci}"
+    return f"{_pct(stats.test_mean)}% {ci}"
+
+
+def _floor_cell(floors: dict, name: str) -> str:
+    return (f"{_pct(_float(floors.get(name + '_accuracy')))}% [{_pct(_float(floors.get(name + '_accuracy_ci_low')))}, "
+            f"{_pct(_float(floors.get(name + '_accuracy_ci_high')))}]")
+
+
+def _provenance(root: Path, runs: list[dict]) -> list[str]:
+    """Data source, weights' origin and splits, from the first run's saved config."""
+    config: dict = {}
+    for run in runs:
+        try:
+            config = json.loads((root / str(run.get("run_dir", "")) / "config.json").read_text(encoding="utf-8"))
+            break
+        except (OSError, ValueError):
+            continue
+    weights = sorted({str(r.get("weights")) for r in runs if r.get("weights") is not None})
+    bn = sorted({str(r.get("bn", "study")) for r in runs})
+    data = config.get("data_resolved") or config.get("data") or "unknown"
+    split = (f"{config.get('train_n', '?')} train / {config.get('val_n', '?')} validation / "
+             f"{config.get('test_n', 0)} test images")
+    return [f"- Data: `{data}` ({split}); validation chooses epochs and levels, test is only scored.",
+            f"- Weights: {'; '.join(describe_weights(w) for w in weights) or 'unknown'}.",
+            f"- BatchNorm while fine-tuning: {', '.join(bn)}.", ""]
+
+
 def _spread(mean: float, std: float, fmt: str) -> str:
     if not math.isfinite(mean):
         return "n/a"
@@ -395,7 +481,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]],
                 failures: list[dict], superseded: int, plots: dict[str, Path]) -> str:
     n_values = sorted({_int(r.get("val_n")) for r in runs if _int(r.get("val_n")) is not None})
-    lines = [f"# Sweep summary: {root.name}", ""]
+    lines = ["# Sweep summary", ""]
+    lines += _provenance(root, runs)
     counts = (f"{len(runs)} successful runs of {len(levels)} backbones; {len(failures)} failed run{'' if len(failures) == 1 else 's'}"
               + (f"; {superseded} failed attempts later rerun successfully" if superseded else "") + ".")
     lines += [counts]
@@ -405,7 +492,20 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
                   "interval; across several seeds, mean ± sample std with the mean of the seeds' bounds."]
     lines += [""]
 
-    lines += ["## Baseline (level 0)", ""]
+    floors = read_floors(root)
+    lines += ["## Floors (test images)", ""]
+    if floors:
+        lines += _table(["Floor", "Test accuracy [95% CI]", "Macro-F1"],
+                        [["majority class (" + str(floors.get("majority_class")) + ")",
+                          _floor_cell(floors, "majority"), f"{_float(floors.get('majority_macro_f1')):.3f}"],
+                         ["logistic regression on " + str(len(floors.get("features", []))) + " image features",
+                          _floor_cell(floors, "features"), f"{_float(floors.get('features_macro_f1')):.3f}"]])
+        lines += [f"Both floors are trained on the training split and scored on the same {floors.get('n')} test "
+                  "images as every run (`device.baseline`). A model is evidence only where it beats both.", ""]
+    else:
+        lines += ["No floors: the dataset has no test split (or `baseline.json` is missing).", ""]
+
+    lines += ["## Level 0 (head only)", ""]
     baseline = [s for stats in levels.values() for s in stats if s.level == 0]
     if baseline:
         lines += _table(["Backbone", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
@@ -418,9 +518,9 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     for backbone, stats in levels.items():
         lines += [f"### {backbone}", ""]
         lines += _table(["Level k", "LTR", "PTR", "Trainable params", "Val accuracy [95% CI]", "Macro-F1",
-                         "Epochs", "Wall s", "Seeds"],
+                         "Test accuracy [95% CI]", "Epochs", "Wall s", "Seeds"],
                         [[str(s.level), _ratio(s.ltr), _ratio(s.ptr), _params(s.trainable_params),
-                          _accuracy_cell(s), _spread(s.f1_mean, s.f1_std, ".3f"),
+                          _accuracy_cell(s), _spread(s.f1_mean, s.f1_std, ".3f"), _test_cell(s),
                           _epochs(s), _spread(s.wall_mean, s.wall_std, ".0f"),
                           str(s.n_seeds)] for s in stats])
         if f"accuracy_vs_level_{backbone}" in plots:
@@ -472,14 +572,19 @@ def _best_section(root: Path, best: dict[str, LevelStats], overall: LevelStats) 
                 p_cell = f"{_p_value(test['p_value'])} (b={test['b']}, c={test['c']})"
                 pair_cell = (f"same images ({test['n']})" if test["same_images"]
                              else f"{test['n']} shared of {test['n_a']} / {test['n_b']} images")
+        floor_test = test_vs_features(root, s.reference)
+        floor_cell = ("n/a" if floor_test is None else
+                      f"{_p_value(floor_test['p_value'])} (b={floor_test['b']}, c={floor_test['c']})")
         rows.append([backbone, str(s.level), _ratio(s.ltr), _ratio(s.ptr), _accuracy_cell(s),
-                     _spread(s.f1_mean, s.f1_std, ".3f"), p_cell, pair_cell])
+                     _spread(s.f1_mean, s.f1_std, ".3f"), p_cell, pair_cell, _test_cell(s), floor_cell])
     lines = _table(["Backbone", "Best level", "LTR", "PTR", "Val accuracy [95% CI]", "Macro-F1",
-                    f"McNemar p vs {overall.backbone}", "Paired on"], rows)
+                    f"McNemar p vs {overall.backbone} (val)", "Paired on", "Test accuracy [95% CI]",
+                    "McNemar p vs features (test)"], rows)
     lines += [f"Best backbone overall: {overall.backbone} at level {overall.level}. McNemar: exact two-sided "
               f"test on the discordant images between the lowest-seed run of each best level and that of "
-              f"{overall.backbone} (seed {ref_run.get('seed')}), joined on `path`; b = images only this "
-              f"backbone got right, c = images only {overall.backbone} got right.", ""]
+              f"{overall.backbone} (seed {ref_run.get('seed')}), joined on `path`. In every McNemar cell, b = images "
+              f"only the row's model got right, c = images only the other got right. The best level is chosen on "
+              f"validation accuracy; the test column is measured once, after every choice.", ""]
     return lines
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import sys
 import time
@@ -28,14 +26,17 @@ from device.atomic import append_jsonl, read_jsonl, write_json, write_text
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
+from device.predictions import write_predictions
 from device.preprocess import preprocess
+from train.levels import BN_MODES
 
 CACHE_MODES = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed_float16")
 STRATEGIES = ("none", "mirrored")
+
 # fields of a run's config that must match for a finished or half-done run to be reused
 RUN_IDENTITY = ("backbone", "level", "seed", "epochs", "batch_size", "lr", "img_size", "weights",
-                "augment", "bn_reestimate", "data_fingerprint")
+                "augment", "bn_reestimate", "bn", "data_fingerprint")
 
 
 class SweepError(ValueError):
@@ -64,6 +65,7 @@ class SweepConfig:
     strategy: str = "none"
     shard: tuple[int, int] = (0, 1)
     bn_reestimate: str = "auto"
+    bn: str = "frozen"
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def _run_identity(config: SweepConfig, run: RunPlan, fingerprint: str) -> dict:
     return {"backbone": run.backbone.name, "level": run.level, "seed": run.seed, "epochs": config.epochs,
             "batch_size": config.batch_size, "lr": config.lr, "img_size": config.img_size,
             "weights": config.weights, "augment": config.augment,
-            "bn_reestimate": _bn_reestimate(config), "data_fingerprint": fingerprint}
+            "bn_reestimate": _bn_reestimate(config), "bn": config.bn, "data_fingerprint": fingerprint}
 
 
 def _bn_reestimate(config: SweepConfig) -> bool:
@@ -135,6 +137,8 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
         raise SweepError(f"--strategy {config.strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if config.augment not in ("none", "d4"):
         raise SweepError(f"--augment {config.augment!r}: expected none or d4")
+    if config.bn not in BN_MODES:
+        raise SweepError(f"--bn {config.bn!r}: expected one of {', '.join(BN_MODES)}")
     if config.cache_features == "on" and config.augment != "none":
         raise SweepError("--cache-features on with --augment d4: augmented images change the frozen "
                          "features every epoch; use --cache-features auto or off")
@@ -157,6 +161,9 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
         raise SweepError(f"--data {config.data}: the training split has only {train[0].label}; expected at least two classes")
     if not dataset.split("val"):
         raise SweepError(f"--data {config.data}: the validation split is empty")
+    if not dataset.split("test"):
+        notes.append(f"{config.data}: no test split; runs are scored on the validation images that chose "
+                     f"their epoch, which is optimistic (index the data again: `python -m train.data index`)")
     fingerprint = _fingerprint(dataset.records)
 
     layer_names: dict[str, list[str]] = {}
@@ -185,6 +192,8 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
                 previous = json.loads(saved.read_text())
             except ValueError:
                 previous = {}
+            if previous:
+                previous.setdefault("bn", "study")  # folders from before --bn trained the study's way
             diff = [k for k in RUN_IDENTITY if previous.get(k) != identity[k]]
             if previous and diff:
                 raise SweepError(f"{run_dir} was made with different settings ({', '.join(diff)}); "
@@ -193,15 +202,6 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
             todo.append(run)
     return Plan(config=config, runs=mine, todo=todo, layer_names=layer_names,
                 data_fingerprint=fingerprint, notes=notes)
-
-
-def _write_predictions(path: Path, records, labels: np.ndarray, probs: np.ndarray) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "label_index"] + [f"prob_{l}" for l in LABELS] + ["pred_index"])
-    for record, label, p in zip(records, labels, probs):
-        writer.writerow([record.path, record.label, int(label)] + [f"{v:.6g}" for v in p] + [int(np.argmax(p))])
-    write_text(path, buf.getvalue())
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -220,6 +220,33 @@ def _ensure_results_line(out: Path, run: RunPlan) -> None:
     append_jsonl(results, metrics)
 
 
+BASELINE = "baseline.json"
+BASELINE_PREDICTIONS = "baseline_test_predictions.csv"
+
+
+def _write_floors(data: str, out: Path, fingerprint: str, log: Callable[[str], None]) -> None:
+    """Score the majority class and the feature baseline on the test split, once per dataset."""
+    from device.baseline import floors
+
+    path = out / BASELINE
+    try:
+        if json.loads(path.read_text()).get("data_fingerprint") == fingerprint:
+            return
+    except (OSError, ValueError):
+        pass
+    dataset = open_dataset(data)
+    if not dataset.split("test"):
+        return
+    t0 = time.perf_counter()
+    result = floors(dataset, "test")
+    write_predictions(out / BASELINE_PREDICTIONS, result.paths, result.labels, result.feature_probs)
+    record = {**result.record(), "data_fingerprint": fingerprint}
+    write_json(path, record)
+    log(f"floors on {record['n']} test images: majority class ({record['majority_class']}) "
+        f"{100 * record['majority_accuracy']:.1f}%, feature logistic regression {100 * record['features_accuracy']:.1f}% "
+        f"({time.perf_counter() - t0:.0f}s)")
+
+
 def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     """Run (this shard of) a sweep; returns the output folder.
 
@@ -236,6 +263,7 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     for run in the_plan.runs:
         if run not in the_plan.todo:
             _ensure_results_line(out, run)
+    _write_floors(config.data, out, the_plan.data_fingerprint, log)
     done = len(the_plan.runs) - len(the_plan.todo)
     log(f"sweep: {len(the_plan.runs)} runs in this shard ({done} already finished), output {out}")
     if the_plan.todo:
@@ -277,7 +305,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
     from train.cache import FeatureStore, LevelCache, top_model
     from train.levels import level_info, set_level
     from train.model import build, reestimate_batchnorm, resolve_weights
-    from train.trainer import FitConfig, fit
+    from train.trainer import FitConfig, NonFiniteError, fit, predict
 
     config = the_plan.config
     dataset = open_dataset(config.data)
@@ -285,6 +313,8 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
     train_x, train_y, train_records, skipped = dataset.load_arrays("train", config.img_size)
     skipped_all += skipped
     val_x, val_y, val_records, skipped = dataset.load_arrays("val", config.img_size)
+    skipped_all += skipped
+    test_x, test_y, test_records, skipped = dataset.load_arrays("test", config.img_size)
     skipped_all += skipped
     if skipped_all:
         log(f"warning: skipped {len(skipped_all)} unreadable image(s): " + "; ".join(p for p, _ in skipped_all[:10]))
@@ -301,13 +331,15 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
             model, base = built.model, built.base
             x_train = preprocess(train_x, backbone.preprocess)
             x_val = preprocess(val_x, backbone.preprocess)
+            x_test = preprocess(test_x, backbone.preprocess)
             if _bn_reestimate(config):
                 pick = np.random.default_rng(0).permutation(len(x_train))[:512]
                 count = reestimate_batchnorm(base, x_train[pick])
                 log(f"{backbone.name}: BatchNorm statistics re-estimated on {len(pick)} training images ({count} layers)")
             initial = model.get_weights()
             head = model.get_layer("head")
-            caches = (LevelCache(model, base, x_train, store), LevelCache(model, base, x_val, store)) if use_cache else None
+            caches = (LevelCache(model, base, x_train, store), LevelCache(model, base, x_val, store),
+                      LevelCache(model, base, x_test, store) if len(test_y) else None) if use_cache else None
             for run in runs:
                 t0 = time.perf_counter()
                 run_dir = out / run.rel_dir
@@ -318,35 +350,43 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
                     model.set_weights(initial)
                     head.set_weights(head_init(head.kernel.shape, run.seed))
                     run_initial = model.get_weights()
-                    info = level_info(model, base, run.level)
+                    info = level_info(model, base, run.level, bn=config.bn)
                     identity = _run_identity(config, run, the_plan.data_fingerprint)
                     write_json(run_dir / "config.json", {
                         **identity, **{k: v for k, v in asdict(config).items() if k not in identity},
                         "data_resolved": str(Path(config.data).resolve()), "preprocess": backbone.preprocess, "keras_name": backbone.keras_name,
                         "labels": list(LABELS), "class_weights": {LABELS[c]: w for c, w in weights_by_class.items()},
-                        "train_n": int(len(train_y)), "val_n": int(len(val_y)), **info})
+                        "train_n": int(len(train_y)), "val_n": int(len(val_y)), "test_n": int(len(test_y)), **info})
                     t_cache = time.perf_counter()
                     if caches is not None:
                         # caches must see the initial weights of the frozen layers
                         train_in = caches[0].advance(run.level)
                         val_in = caches[1].advance(run.level)
+                        test_in = caches[2].advance(run.level) if caches[2] is not None else []
                         with strategy.scope():
                             top = top_model(model, caches[0].boundary)
                     else:
-                        train_in, val_in, top = [x_train], [x_val], model
+                        train_in, val_in, test_in, top = [x_train], [x_val], [x_test], model
                     cache_seconds = time.perf_counter() - t_cache
-                    set_level(model, base, run.level)
+                    set_level(model, base, run.level, bn=config.bn)
                     with strategy.scope():
                         result = fit(model, top, train_in, train_y, val_in, val_y, weights_by_class,
                                      FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                                seed=run.seed, jit=config.jit, augment=config.augment),
                                      run_dir, run_initial, log)
-                    _write_predictions(run_dir / "val_predictions.csv", val_records, val_y, result.val_probs)
+                    write_predictions(run_dir / "val_predictions.csv", val_records, val_y, result.val_probs)
                     metrics = classification_metrics(val_y, result.val_probs.argmax(1))
+                    if len(test_y):
+                        # scored once, with the best epoch's weights; nothing above read these images
+                        test_probs = predict(top, test_in)
+                        if not np.isfinite(test_probs).all():
+                            raise NonFiniteError("test outputs are not finite")
+                        write_predictions(run_dir / "test_predictions.csv", test_records, test_y, test_probs)
+                        metrics.update(classification_metrics(test_y, test_probs.argmax(1), prefix="test_"))
                     record.update({
                         "img_size": config.img_size, "epochs": config.epochs, "epochs_run": len(result.history),
                         "best_epoch": result.best_epoch, **metrics, **{k: v for k, v in info.items() if k != "level"},
-                        "weights": config.weights, "cache_features": caches is not None,
+                        "weights": config.weights, "bn": config.bn, "cache_features": caches is not None,
                         "cache_seconds": round(cache_seconds, 3), "train_seconds": round(result.train_seconds, 3),
                         "wall_seconds": round(time.perf_counter() - t0, 3),
                         "train_images_per_s": round(result.images_trained / result.train_seconds, 1) if result.train_seconds else None,
@@ -363,7 +403,9 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
                 eta = elapsed / finished * (total - finished)
                 status = (f"error: {record['error']}" if "error" in record else
                           f"val acc {100 * record['val_accuracy']:.1f}% [{100 * record['val_accuracy_ci_low']:.1f}, "
-                          f"{100 * record['val_accuracy_ci_high']:.1f}], best epoch {record['best_epoch']}/{config.epochs}")
+                          f"{100 * record['val_accuracy_ci_high']:.1f}]"
+                          + (f", test acc {100 * record['test_accuracy']:.1f}%" if "test_accuracy" in record else "")
+                          + f", best epoch {record['best_epoch']}/{config.epochs}")
                 log(f"[{finished}/{total}] {run.run_id}: {status}, {record['wall_seconds']:.1f}s; sweep ETA {_fmt_eta(eta)}")
             if caches is not None:
                 for cache in caches:
@@ -403,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--strategy", default="none", choices=STRATEGIES, help="mirrored: all GPUs of this machine")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares")
+    p.add_argument("--bn", default="frozen", choices=BN_MODES,
+                   help="BatchNorm while fine-tuning: frozen (inference mode, fixed; default) or study "
+                        "(trainable BatchNorm layers update their statistics with the backbone's momentum)")
     p.add_argument("--bn-reestimate", default="auto", choices=("auto", "on", "off"),
                    help="re-estimate frozen BatchNorm statistics on training images (auto: with --weights none)")
     return p
@@ -419,7 +464,7 @@ def from_args(args: argparse.Namespace) -> SweepConfig:
                        lr=args.lr, seeds=seeds or (0,), weights=args.weights, augment=args.augment,
                        cache_features=args.cache_features, cache_budget_gb=args.cache_budget_gb,
                        precision=args.precision, jit=args.jit, strategy=args.strategy, shard=args.shard,
-                       bn_reestimate=args.bn_reestimate)
+                       bn_reestimate=args.bn_reestimate, bn=args.bn)
 
 
 def main(argv: list[str] | None = None) -> int:

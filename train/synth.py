@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from device.atomic import write_bytes, write_text
-from device.dataset import LABELS, Record, stratified_split, write_manifest
+from device.dataset import LABELS, TEST_FRACTION, VAL_FRACTION, Record, stratified_split, write_manifest
 
 PIXEL_SCALE = 0.4  # arcsec per pixel of SkyServer's scale=0.4 cutouts (native CCD: 0.396)
 BANDS = ("g", "r", "i")
@@ -517,7 +517,7 @@ def _validate(out: str | Path, n: int, size: int, seed: int, mix, workers, val: 
 
 def synthesize(out: str | Path, n: int, size: int = 128, seed: int = 0,
                mix: tuple[float, float, float] = DEFAULT_MIX,
-               workers: int | None = None, val: float = 0.3, test: float = 0.0,
+               workers: int | None = None, val: float = VAL_FRACTION, test: float = TEST_FRACTION,
                progress: Callable[[int, int], None] | None = None) -> SynthSummary:
     """Simulate ``n`` SDSS-like cutouts and write them as a dataset folder.
 

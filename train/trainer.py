@@ -36,6 +36,14 @@ class FitConfig:
     seed: int
     jit: bool = False
     augment: str = "none"
+    lr_schedule: str = "constant"
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a loss or outputs that are not finite numbers (NaN or inf)."""
 
 
 @dataclass
@@ -57,6 +65,20 @@ def d4(images: np.ndarray, codes: np.ndarray) -> np.ndarray:
         img = np.rot90(images[i], k=int(code) % 4, axes=(0, 1))
         out[i] = img[:, ::-1] if code >= 4 else img
     return out
+
+
+def _learning_rate(config: FitConfig, n_train: int):
+    """Adam's learning rate: a constant, or cosine decay to zero over all training steps.
+
+    The schedule is a function of the optimizer's step count, which the checkpoint keeps,
+    so a resumed run continues the same curve.
+    """
+    if config.lr_schedule == "constant":
+        return config.lr
+    if config.lr_schedule != "cosine":
+        raise ValueError(f"lr schedule {config.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+    steps = config.epochs * max(1, -(-n_train // config.batch_size))
+    return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps)
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -145,7 +167,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
     n_classes = full.output_shape[-1]
     onehot = np.eye(n_classes, dtype=np.float32)[train_labels]
     weights = np.array([class_weights.get(int(c), 0.0) for c in train_labels], dtype=np.float32)
-    optimizer = keras.optimizers.Adam(learning_rate=config.lr)
+    optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, len(train_labels)))
     top.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"],
                 jit_compile=config.jit)
     # Only the top changes: the frozen layers come back identical from the seeded init or the
@@ -168,6 +190,9 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
         logs = top.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0).history
         train_seconds += time.perf_counter() - t0
         probs = predict(top, val_inputs)
+        if not (np.isfinite(logs["loss"][-1]) and np.isfinite(probs).all()):
+            raise NonFiniteError(f"epoch {epoch + 1}: training loss {logs['loss'][-1]} or validation outputs are "
+                                 f"not finite (learning rate {config.lr} too high, or bad input values)")
         val_acc = float(np.mean(probs.argmax(1) == val_labels)) if len(val_labels) else float("nan")
         row = {"epoch": epoch + 1, "loss": float(logs["loss"][-1]), "accuracy": float(logs["accuracy"][-1]),
                "val_loss": _cross_entropy(probs, val_labels), "val_accuracy": val_acc,
@@ -179,6 +204,9 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
             write_json(best_meta, {"epoch": best_epoch, "val_accuracy": best_acc})
         history.append(row)
         _write_history(history_path, history)
+        log(f"  epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, train acc {100 * row['accuracy']:.1f}%, "
+            f"val loss {row['val_loss']:.3f}, val acc {100 * val_acc:.1f}%"
+            f"{' (best)' if best_epoch == epoch + 1 else ''}, {row['seconds']:.0f}s")
     if best_epoch == 0:
         raise RuntimeError("no epoch finished (epochs must be >= 1)")
     full.load_weights(str(best_path))

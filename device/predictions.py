@@ -1,0 +1,71 @@
+"""Prediction files: one CSV row per image, the format every stage writes and reads.
+
+``val_predictions.csv`` and ``test_predictions.csv`` of a sweep run, and the floors'
+``baseline_test_predictions.csv``, all have the columns ``path, label, label_index,
+prob_GALAXY, prob_QSO, prob_STAR, pred_index``. ``path`` is the image's path as its
+manifest names it, so files of different models join on it for paired tests.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from device.atomic import write_text
+from device.dataset import LABELS
+
+COLUMNS = ("path", "label", "label_index", *(f"prob_{label}" for label in LABELS), "pred_index")
+
+
+class PredictionsError(ValueError):
+    """A predictions file that cannot be read; the message names the file."""
+
+
+def write_predictions(path: str | Path, paths, labels: np.ndarray, probs: np.ndarray) -> Path:
+    """Write one row per image atomically.
+
+    Args:
+        path: the CSV file to write.
+        paths: each image's manifest path (strings, or records with a ``path`` attribute).
+        labels: (N,) true class indices.
+        probs: (N, C) class probabilities.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for item, label, p in zip(paths, labels, probs):
+        name = getattr(item, "path", item)
+        writer.writerow([name, LABELS[int(label)], int(label)] + [f"{v:.6g}" for v in p] + [int(np.argmax(p))])
+    write_text(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def read_predictions(path: str | Path) -> dict[str, tuple[int, int]]:
+    """``{image path: (label_index, pred_index)}`` of a predictions file.
+
+    Raises:
+        PredictionsError: missing file, missing columns or a row that is not integers.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictionsError(f"{path}: cannot read predictions ({exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in ("path", "label_index", "pred_index") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise PredictionsError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
+    out = {}
+    for line, row in enumerate(reader, start=2):
+        try:
+            out[row["path"]] = (int(row["label_index"]), int(row["pred_index"]))
+        except (TypeError, ValueError):
+            raise PredictionsError(f"{path}:{line}: label_index and pred_index must be integers") from None
+    return out
+
+
+def correct_by_path(path: str | Path) -> dict[str, bool]:
+    """``{image path: prediction right}`` of a predictions file (see ``read_predictions``)."""
+    return {p: label == pred for p, (label, pred) in read_predictions(path).items()}
