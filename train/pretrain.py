@@ -16,8 +16,11 @@ BatchNorm: Keras gives some backbones a moving-average momentum so close to 1
 moving statistics still hold their initial values, and the network in inference mode
 outputs one class for every image (validation at chance, loss ln 3). Pretraining therefore
 sets every BatchNorm momentum to ``--bn-momentum`` (default 0.9: the moving averages
-forget their start within a few dozen steps), and warns when the best epoch is still no
-better than always answering the majority class.
+forget their start within a few dozen steps) and, before each validation, re-estimates
+every BatchNorm layer's statistics on up to ``BN_REFRESH_IMAGES`` training images (exact
+averages of the batch statistics, whatever the momentum; on a 72-image case momentum 0.9
+alone still left validation at chance). It warns when the best epoch is still no better
+than always answering the majority class.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from device.preprocess import preprocess
 
 
 BN_MOMENTUM = 0.9
+BN_REFRESH_IMAGES = 1024
 
 
 def set_bn_momentum(model, momentum: float) -> dict[float, int]:
@@ -54,7 +58,7 @@ def set_bn_momentum(model, momentum: float) -> dict[float, int]:
 
 def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size: int = 96,
              batch_size: int = 32, lr: float = 1e-3, augment: str = "d4", seed: int = 0,
-             bn_momentum: float = BN_MOMENTUM, lr_schedule: str = "cosine",
+             bn_momentum: float = BN_MOMENTUM, lr_schedule: str = "cosine", bn_refresh: bool = True,
              log: Callable[[str], None] = print) -> Path:
     """Train every layer of ``backbone`` from random init; save the base's weights.
 
@@ -66,6 +70,7 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
         augment: ``d4`` (default: the 8 rotations/flips) or ``none``.
         bn_momentum: momentum given to every BatchNorm layer while pretraining (0 < m < 1).
         lr_schedule: ``cosine`` (default: decays to zero over all epochs) or ``constant``.
+        bn_refresh: re-estimate BatchNorm statistics on training images before each validation.
         log: progress lines.
 
     Returns:
@@ -76,7 +81,7 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
         DatasetError: unusable dataset. ValueError: bad settings.
     """
     from train.levels import set_level
-    from train.model import build
+    from train.model import build, reestimate_batchnorm
     from train.sweep import head_init
     from train.trainer import LR_SCHEDULES, FitConfig, fit
 
@@ -120,12 +125,18 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     run_dir.mkdir(exist_ok=True)
     log(f"pretraining {backbone.name} from scratch: {len(train_y)} train / {len(val_y)} val images at "
         f"{img_size} px, {epochs} epochs, augment {augment}, lr {lr:g} {lr_schedule}")
+    x_train = preprocess(train_x, backbone.preprocess)
+    refresh_pick = np.random.default_rng(seed).permutation(len(x_train))[:BN_REFRESH_IMAGES]
+
+    def refresh() -> None:
+        reestimate_batchnorm(base, x_train[refresh_pick], max_images=BN_REFRESH_IMAGES)
+
     t0 = time.perf_counter()
-    result = fit(model, model, [preprocess(train_x, backbone.preprocess)], train_y,
+    result = fit(model, model, [x_train], train_y,
                  [preprocess(val_x, backbone.preprocess)], val_y, class_weights(train_y),
                  FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
                            lr_schedule=lr_schedule),
-                 run_dir, model.get_weights(), log)
+                 run_dir, model.get_weights(), log, before_validation=refresh if bn_refresh else None)
     metrics = classification_metrics(val_y, result.val_probs.argmax(1))
     majority = float(np.bincount(val_y).max() / len(val_y))
     if metrics["val_accuracy_ci_low"] <= majority:
@@ -141,7 +152,7 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     write_json(target.with_suffix(".json"), {
         "backbone": backbone.name, "img_size": img_size, "epochs": epochs, "best_epoch": result.best_epoch,
         "augment": augment, "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed,
-        "bn_momentum": bn_momentum, "data": str(Path(data).resolve()),
+        "bn_momentum": bn_momentum, "bn_refresh": bn_refresh, "data": str(Path(data).resolve()),
         "train_n": int(len(train_y)), "val_n": int(len(val_y)), "test_n": int(len(test_y)),
         "val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"],
         "val_majority": majority,
@@ -169,12 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bn-momentum", type=float, default=BN_MOMENTUM,
                    help=f"momentum of every BatchNorm layer while pretraining (default {BN_MOMENTUM})")
-    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"))
+    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                   help="cosine decays the learning rate to zero over all epochs (default cosine)")
+    p.add_argument("--no-bn-refresh", dest="bn_refresh", action="store_false",
+                   help="do not re-estimate BatchNorm statistics on training images before each validation")
     args = p.parse_args(argv)
     try:
         pretrain(args.data, args.backbone, args.out, epochs=args.epochs, img_size=args.img_size,
                  batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed,
-                 bn_momentum=args.bn_momentum, lr_schedule=args.lr_schedule)
+                 bn_momentum=args.bn_momentum, lr_schedule=args.lr_schedule, bn_refresh=args.bn_refresh)
     except (KeyError, ValueError, DatasetError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2

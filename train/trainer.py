@@ -144,7 +144,7 @@ def predict(model: keras.Model, inputs: list[np.ndarray], batch_size: int = 256)
 def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], train_labels: np.ndarray,
         val_inputs: list[np.ndarray], val_labels: np.ndarray, class_weights: dict[int, float],
         config: FitConfig, run_dir: Path, initial_weights: list[np.ndarray],
-        log: Callable[[str], None] = print) -> FitResult:
+        log: Callable[[str], None] = print, before_validation: Callable[[], None] | None = None) -> FitResult:
     """Train ``top`` (which shares layers with ``full``), resuming from ``run_dir`` if possible.
 
     Args:
@@ -158,6 +158,8 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
         run_dir: the run folder (created by the caller).
         initial_weights: ``full``'s starting weights, restored if the run restarts.
         log: where per-run notes go.
+        before_validation: called after each epoch's training, before the validation pass
+            (pretraining re-estimates BatchNorm statistics there).
 
     Returns:
         The best epoch (by validation accuracy, first of ties), its validation
@@ -188,6 +190,8 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
         codes = rng.integers(0, 8, len(train_labels)) if config.augment == "d4" else None
         ds = _dataset(train_inputs, onehot, weights, order, config.batch_size, codes)
         logs = top.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0).history
+        if before_validation is not None:
+            before_validation()
         train_seconds += time.perf_counter() - t0
         probs = predict(top, val_inputs)
         if not (np.isfinite(logs["loss"][-1]) and np.isfinite(probs).all()):
