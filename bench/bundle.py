@@ -53,7 +53,7 @@ class BundleConfig:
     data: Path
     out: Path
     max_images: int | None = None
-    split: str = "val"
+    split: str = "test"
     seed: int = 0
     wheels: tuple[Path, ...] = ()
 

@@ -44,7 +44,8 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", required=True, type=Path, help="exports folder with manifest.json (or an extracted bundle)")
     p.add_argument("--out", required=True, type=Path, help="JSON-lines file to append to")
     p.add_argument("--data", type=Path, help="dataset folder (default: the artifact's data, else EXPORTS/data)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="test",
+                   help="images scored for accuracy (default test: never used for any choice; val is optimistic)")
     p.add_argument("--runtime", type=_names, default=("litert", "onnxruntime"), help="litert,onnxruntime")
     p.add_argument("--threads", type=_ints, default=(1,), help="comma-separated, e.g. 1,4")
     p.add_argument("--mode", type=_names, default=("kernel",), help="kernel, e2e or kernel,e2e")
@@ -99,8 +100,8 @@ def _add_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exports", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="dataset the reference predictions were made on")
     p.add_argument("--out", required=True, type=Path, help="FILE.tar.gz")
-    p.add_argument("--max-images", type=int, help="validation images to include (stratified; default all)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--max-images", type=int, help="images of --split to include (stratified; default all)")
+    p.add_argument("--split", default="test", help="split shipped for on-device accuracy (default test)")
     p.add_argument("--wheel", type=Path, action="append", default=[],
                    help="a skyedge wheel or sdist to ship in the bundle (repeatable)")
 

@@ -63,7 +63,7 @@ class RunConfig:
     models: Path
     out: Path
     data: Path | None = None
-    split: str = "val"
+    split: str = "test"
     runtimes: tuple[str, ...] = ("litert", "onnxruntime")
     threads: tuple[int, ...] = (1,)
     modes: tuple[str, ...] = ("kernel",)

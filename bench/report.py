@@ -25,6 +25,7 @@ import importlib.util
 import io
 import math
 import re
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -759,6 +760,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "device"
 
 
+def _evidence_section(runs: str | os.PathLike | None, by_device: dict[str, list[dict]]) -> list[str]:
+    """Where every accuracy comes from: data, weights, split and image count, and the floors."""
+    lines = ["## What the accuracies are measured on", ""]
+    sweep = Path(runs) if runs else None
+    floors = None
+    if sweep is not None:
+        try:
+            from train import summary
+
+            ok, _failed, _ = summary.load_runs(sweep)
+            lines += summary.provenance(sweep, ok)[:-1]
+            floors = summary.read_floors(sweep)
+        except (ImportError, ValueError) as exc:
+            lines.append(f"- Sweep `{sweep}`: not readable here ({exc}).")
+    else:
+        lines.append("- No sweep folder given (`--runs`): the data source and weights are not known to this report.")
+    on_val = []
+    for device, device_lines in by_device.items():
+        seen = sorted({(str(l.get("split", "?")), int(l.get("n_images") or 0), str(l.get("data", "?")))
+                       for l in device_lines if l.get("accuracy") is not None})
+        for split, n, data in seen:
+            lines.append(f"- {device}: accuracy on the `{split}` split of `{data}`, {n} images.")
+            if split != "test":
+                on_val.append(device)
+    if floors:
+        lines.append(f"- Floors on the sweep's {floors.get('n')} test images: always {floors.get('majority_class')} "
+                     f"{100 * float(floors.get('majority_accuracy', float('nan'))):.1f}%, logistic regression on "
+                     f"image features {100 * float(floors.get('features_accuracy', float('nan'))):.1f}%.")
+    if on_val:
+        lines.append(f"- **Warning**: the verdict for {', '.join(sorted(set(on_val)))} rests on images that are "
+                     "not the test split; validation images chose epochs and levels, so their accuracy is optimistic.")
+    return lines + [""]
+
+
 # --- entry points -------------------------------------------------------------------------
 
 def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> dict:
@@ -789,6 +824,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
           "## Verdicts at a glance", ""]
     md += [f"- {d}: **{v.verdict}**" for d, v in verdicts.items()] or ["- no device has a usable line"]
     md += [""]
+    md += _evidence_section(config.runs, by_device)
     md += _study_section(config.runs)
     md += _export_section(config.exports)
 

@@ -32,7 +32,7 @@ from bench import fingerprint, memory
 from bench.latency import latency_stats
 from device.checksum import sha256_file
 
-DEFAULTS = {"threads": None, "mode": "kernel", "split": "val", "reference": None, "warmup": 20,
+DEFAULTS = {"threads": None, "mode": "kernel", "split": "test", "reference": None, "warmup": 20,
             "runs": 200, "min_secs": 5.0, "shuffle": False, "seed": 0, "max_timed_inputs": 64}
 STRICT_MIN_QUERIES = 1024
 STRICT_MIN_SECONDS = 60.0
@@ -212,7 +212,9 @@ def _run(job: dict, out: dict) -> None:
     if skipped:
         notes.append(f"{len(skipped)} unreadable image(s) skipped, first: {skipped[0][1]}")
     if not len(records):
-        raise JobError(f"{job['data']}: no readable images in split {job['split']!r}")
+        hint = (" (a dataset indexed before test splits existed has none: index it again with "
+                "`python -m train.data index`, or pass --split val)" if job["split"] == "test" else "")
+        raise JobError(f"{job['data']}: no readable images in split {job['split']!r}{hint}")
 
     gc.collect()
     out["idle_rss_bytes"] = memory.rss_bytes()

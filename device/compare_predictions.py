@@ -33,7 +33,7 @@ FLOAT_VARIANTS = ("fp32", "fp16")
 DEFAULT_ATOL = 1e-4
 
 
-def predict_exports(models: Path, data: Path | None = None, split: str = "val") -> dict:
+def predict_exports(models: Path, data: Path | None = None, split: str = "test") -> dict:
     """Class probabilities of every artifact on a split.
 
     Args:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--data", type=Path)
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="test", help="images to predict (default test)")
     c = sub.add_parser("compare", help="compare two prediction files")
     c.add_argument("a", type=Path, help="reference predictions (e.g. x86)")
     c.add_argument("b", type=Path, help="predictions to check (e.g. arm64)")

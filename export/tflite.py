@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from device.atomic import write_bytes
+from device.atomic import write_bytes, write_text
 from device.backbones import Backbone, get
 from device.checksum import sha256_file
 from device.dataset import LABELS, DatasetError, open_dataset
@@ -166,6 +165,21 @@ def _data_folder(config: dict, run_dir: Path) -> Path:
             return Path(value).resolve()
     raise ExportError(f"{run_dir}/config.json: dataset folder {config.get('data')!r} not found "
                       f"(nor data_resolved {config.get('data_resolved')!r}); run from the sweep's folder")
+
+
+def _write_reference(source, path: Path) -> None:
+    """The Keras model's predictions the device compares with: validation rows, then test rows.
+
+    Verification here reads only the validation rows; ``bench run`` (test split by default)
+    finds its images among the test rows.
+    """
+    text = source.predictions.read_text(encoding="utf-8")
+    test = source.run_dir / "test_predictions.csv"
+    if test.is_file():
+        header, *rows = test.read_text(encoding="utf-8").splitlines()
+        if header == text.splitlines()[0]:
+            text = text.rstrip("\n") + "\n" + "".join(row + "\n" for row in rows)
+    write_text(path, text)
 
 
 def select_runs(runs: str | os.PathLike, spec: str = "best") -> list[Source]:
@@ -353,7 +367,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
     for source in sources:
         ctx = Context(source=source, config=config, exports=exports, log=log, dataset=datasets[source.data])
         reference_rel = f"reference/{source.stem}.csv"
-        shutil.copyfile(source.predictions, exports / reference_rel)
+        _write_reference(source, exports / reference_rel)
         reference = read_reference(source.predictions)
         val_images = None
         for variant in variants:

@@ -425,8 +425,8 @@ def _floor_cell(floors: dict, name: str) -> str:
             f"{_pct(_float(floors.get(name + '_accuracy_ci_high')))}]")
 
 
-def _provenance(root: Path, runs: list[dict]) -> list[str]:
-    """Data source, weights' origin and splits, from the first run's saved config."""
+def provenance(root: Path, runs: list[dict]) -> list[str]:
+    """Markdown bullets: data source, weights' origin and splits, from the first run's saved config."""
     config: dict = {}
     for run in runs:
         try:
@@ -482,7 +482,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
                 failures: list[dict], superseded: int, plots: dict[str, Path]) -> str:
     n_values = sorted({_int(r.get("val_n")) for r in runs if _int(r.get("val_n")) is not None})
     lines = ["# Sweep summary", ""]
-    lines += _provenance(root, runs)
+    lines += provenance(root, runs)
     counts = (f"{len(runs)} successful runs of {len(levels)} backbones; {len(failures)} failed run{'' if len(failures) == 1 else 's'}"
               + (f"; {superseded} failed attempts later rerun successfully" if superseded else "") + ".")
     lines += [counts]
