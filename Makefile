@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 # TensorFlow's C++ start-up chatter hides the demo's own progress lines
 demo: export TF_CPP_MIN_LOG_LEVEL ?= 2
 demo: $(VENV)/.installed
-	$(PY) -m train.data synth --out $(DEMO)/data --n 600 --size 64 --seed 0
+	$(PY) -m train.data sample --out $(DEMO)/data
 	$(PY) -m train.sweep --data $(DEMO)/data --backbones mobilenetv2,densenet121 --levels 0,10,30 \
 		--epochs 8 --img-size 64 --weights none --out $(DEMO)/sweep
 	$(PY) -m export.tflite --runs $(DEMO)/sweep --out $(DEMO)/exports --variants fp32,int8

@@ -24,8 +24,8 @@ import argparse
 import importlib.util
 import io
 import math
-import re
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -821,10 +821,11 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
           f"Results: {', '.join(f'`{p}`' for p in config.results)}: "
           f"{sum(len(v) for v in by_device.values())} line(s) on {len(by_device)} device(s), "
           f"{len(errors)} line(s) with an error (listed, left out).", "",
-          "## Verdicts at a glance", ""]
+          ]
+    md += _evidence_section(config.runs, by_device)
+    md += ["## Verdicts at a glance", ""]
     md += [f"- {d}: **{v.verdict}**" for d, v in verdicts.items()] or ["- no device has a usable line"]
     md += [""]
-    md += _evidence_section(config.runs, by_device)
     md += _study_section(config.runs)
     md += _export_section(config.exports)
 

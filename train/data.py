@@ -4,6 +4,7 @@
     python -m train.data sdss  --out DIR --n N [--mix ...] [--catalog CSV] [--base-url URL] ...
     python -m train.data index DIR [--out DIR] [--seed S] [--val F] [--test F] [--subset dev]
     python -m train.data stats DIR
+    python -m train.data sample --out DIR     # the 600 real SDSS cutouts shipped with SkyEdge
 
 Every dataset these commands write is a folder with ``manifest.csv`` (see
 ``device.dataset``), ready for ``python -m train.sweep --data DIR``.
@@ -120,6 +121,44 @@ def _cmd_index(args) -> int:
     return 0
 
 
+def copy_sample(out: Path) -> Path:
+    """Copy the embedded real SDSS sample (images, manifest, provenance) into ``out``.
+
+    Files already there with the same bytes are kept; nothing else in ``out`` is touched.
+
+    Raises:
+        DatasetError: ``out`` cannot be created, or holds a different file of the same name.
+    """
+    import shutil
+
+    from device.dataset import SAMPLE_DIR
+
+    files = sorted(p for p in SAMPLE_DIR.rglob("*") if p.is_file() and p.suffix in (".jpg", ".csv", ".md"))
+    if not files:
+        raise DatasetError(f"{SAMPLE_DIR}: the embedded sample is missing from this installation")
+    for src in files:
+        dst = out / src.relative_to(SAMPLE_DIR)
+        if dst.is_file() and dst.read_bytes() == src.read_bytes():
+            continue
+        if dst.exists():
+            raise DatasetError(f"{dst}: exists and differs from the embedded sample; use another --out")
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+        except OSError as exc:
+            raise DatasetError(f"--out {out}: cannot write {dst.name} ({exc.strerror or exc})") from None
+    return out
+
+
+def _cmd_sample(args) -> int:
+    out = copy_sample(Path(args.out))
+    print(f"copied the embedded real SDSS sample to {out} (provenance: {out / 'README.md'})")
+    print(describe(out))
+    return 0
+
+
 def _cmd_stats(args) -> int:
     print(describe(Path(args.dir)))
     return 0
@@ -170,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="dev", help="labels.csv subset to index (default dev; 'all' for every row)")
     split_args(p)
     p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("sample", help="copy the 600 real SDSS cutouts shipped with SkyEdge into a folder")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("stats", help="counts per class and split, image sizes")
     p.add_argument("dir")
