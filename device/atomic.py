@@ -81,29 +81,39 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
     The line is written with a single ``write`` call on a file opened in append mode, so
     concurrent writers (sweep shards on a shared folder) do not interleave lines, and a
-    kill leaves at most one incomplete last line, which ``read_jsonl`` skips.
+    kill leaves at most one incomplete last line, which ``read_jsonl`` skips. When the file
+    does not end with a newline (a writer killed mid-line), the record starts on a new line,
+    so the fragment stays as it was and the record is not glued onto it.
     """
     line = (json.dumps(record) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read the complete JSON lines of ``path`` (an incomplete last line is ignored)."""
+def read_jsonl(path: str | os.PathLike, on_bad_line=None) -> list[dict]:
+    """Read the complete JSON lines of ``path``.
+
+    A line that is not JSON (the fragment a killed writer left) is kept in the file, never
+    counted, and reported to ``on_bad_line(line_number, text)`` when given.
+    """
     path = Path(path)
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if on_bad_line is not None:
+                on_bad_line(number, line)
     return records

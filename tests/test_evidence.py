@@ -145,3 +145,39 @@ def test_pretraining_from_scratch_is_not_stuck_at_chance(tmp_path):
     assert keras_meta["val_accuracy"] < meta["val_accuracy"]
     if keras_meta["val_accuracy"] <= keras_meta["val_majority"]:
         assert any("learnt nothing" in m for m in keras_messages)
+
+
+def test_non_finite_training_is_a_failed_run_and_the_exit_code_says_so(data, tmp_path):
+    from train.sweep import EXIT_FAILURES, main
+
+    # lr near float32's limit: logits overflow to inf and the outputs become NaN
+    code = main(["--data", str(data), "--out", str(tmp_path / "nan"), "--levels", "7", "--epochs", "1",
+                 "--img-size", "32", "--batch-size", "8", "--weights", "none", "--lr", "1e38"])
+    (row,) = read_jsonl(tmp_path / "nan" / "results.jsonl")
+    assert "not finite" in row.get("error", ""), row
+    assert code == EXIT_FAILURES
+    assert main(["--data", str(data), "--out", str(tmp_path / "x"), "--lr", "nan", "--weights", "none"]) == 2
+
+
+def test_append_after_a_truncated_last_line_keeps_both(tmp_path):
+    from device.atomic import append_jsonl
+
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"run_id": "a"}\n{"run_id": "b", "val_acc')
+    append_jsonl(path, {"run_id": "b"})
+    bad: list = []
+    assert [r["run_id"] for r in read_jsonl(path, on_bad_line=lambda n, t: bad.append(n))] == ["a", "b"]
+    assert bad == [2] and '"val_acc' in path.read_text()
+
+
+def test_mcnemar_holds_for_thousands_of_discordant_pairs():
+    from device.metrics import mcnemar
+
+    a = np.zeros(10_000, bool)
+    a[:5_000] = True
+    b = ~a
+    b[:2_400] = True  # 2,600 pairs one way, 5,000 the other: 7,600 discordant
+    result = mcnemar(a, b)
+    assert result["b"] == 2_600 and result["c"] == 5_000
+    assert 0.0 <= result["p_value"] < 1e-100
+    assert mcnemar(np.r_[a, ~a], np.r_[~a, a])["p_value"] == 1.0

@@ -39,6 +39,9 @@ RUN_IDENTITY = ("backbone", "level", "seed", "epochs", "batch_size", "lr", "img_
                 "augment", "bn_reestimate", "bn", "data_fingerprint")
 
 
+EXIT_FAILURES = 3  # the sweep finished, but some runs failed (2: bad input, nothing ran)
+
+
 class SweepError(ValueError):
     """A sweep that cannot start as configured; the message names the option and the fix."""
 
@@ -127,7 +130,7 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
     from train.levels import LevelError, parse_schedule
     from train.model import build_base, resolve_weights
 
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+    if config.epochs < 1 or config.batch_size < 1 or not (0 < config.lr < float("inf")):
         raise SweepError(f"--epochs {config.epochs}, --batch-size {config.batch_size}, --lr {config.lr}: expected positive values")
     if config.cache_features not in CACHE_MODES:
         raise SweepError(f"--cache-features {config.cache_features!r}: expected one of {', '.join(CACHE_MODES)}")
@@ -247,6 +250,15 @@ def _write_floors(data: str, out: Path, fingerprint: str, log: Callable[[str], N
         f"({time.perf_counter() - t0:.0f}s)")
 
 
+def failed_runs(out: Path, run_ids: list[str]) -> list[str]:
+    """The runs among ``run_ids`` with no successful line in ``results.jsonl`` (a later
+    success supersedes an earlier failure)."""
+    wanted = set(run_ids)
+    succeeded = {r.get("run_id") for r in read_jsonl(out / "results.jsonl")
+                 if isinstance(r, dict) and r.get("run_id") in wanted and "error" not in r}
+    return [run_id for run_id in run_ids if run_id not in succeeded]
+
+
 def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     """Run (this shard of) a sweep; returns the output folder.
 
@@ -256,8 +268,8 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     the_plan = plan(config, log)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"sweep-shard{config.shard[0]}of{config.shard[1]}.json",
-               {**asdict(config), "runs": [r.run_id for r in the_plan.runs]})
+    shard_file = out / f"sweep-shard{config.shard[0]}of{config.shard[1]}.json"
+    write_json(shard_file, {**asdict(config), "runs": [r.run_id for r in the_plan.runs]})
     for note in the_plan.notes:
         log(f"note: {note}")
     for run in the_plan.runs:
@@ -269,6 +281,11 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     if the_plan.todo:
         with _precision(config.precision):
             _execute(the_plan, out, log)
+    failed = failed_runs(out, [r.run_id for r in the_plan.runs])
+    write_json(shard_file, {**asdict(config), "runs": [r.run_id for r in the_plan.runs], "failed": failed})
+    if failed:
+        log(f"{len(failed)} of {len(the_plan.runs)} runs failed: {', '.join(failed[:10])}"
+            f"{' ...' if len(failed) > 10 else ''} (errors in {out / 'results.jsonl'}; rerun to retry them)")
     try:
         from train.summary import write_summary
 
@@ -480,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished epochs are saved; rerun the same command to resume", file=sys.stderr)
         return 130
     print(f"results: {out / 'results.jsonl'}; summary: {out / 'summary.md'}")
+    config = from_args(args)
+    shard = json.loads((out / f"sweep-shard{config.shard[0]}of{config.shard[1]}.json").read_text())
+    if shard.get("failed"):
+        print(f"finished with failures: {len(shard['failed'])} of {len(shard['runs'])} runs failed", file=sys.stderr)
+        return EXIT_FAILURES
     return 0
 
 
