@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from device.atomic import write_bytes, write_json
-from device.baseline import FEATURES, SIZE_RADIUS, STATS, LogisticRegression, features, image_stats  # noqa: F401 (re-exported)
+from device.baseline import STATS, LogisticRegression, features, image_stats
 from device.dataset import LABELS, read_manifest
 from device.images import read_rgb, resize
 

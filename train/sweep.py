@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from device.atomic import append_jsonl, read_jsonl, write_json, write_text
+from device.atomic import append_jsonl, read_jsonl, write_json
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
@@ -223,13 +223,10 @@ def _ensure_results_line(out: Path, run: RunPlan) -> None:
     append_jsonl(results, metrics)
 
 
-BASELINE = "baseline.json"
-BASELINE_PREDICTIONS = "baseline_test_predictions.csv"
-
-
 def _write_floors(data: str, out: Path, fingerprint: str, log: Callable[[str], None]) -> None:
     """Score the majority class and the feature baseline on the test split, once per dataset."""
     from device.baseline import floors
+    from train.summary import BASELINE, BASELINE_PREDICTIONS
 
     path = out / BASELINE
     try:
