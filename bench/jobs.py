@@ -41,7 +41,7 @@ LINE_FIELDS = (
     "latency_ms_min", "latency_ms_max",
     "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "latency_ms_p90_ci_low", "latency_ms_p90_ci_high",
     "runs", "seconds_measured", "peak_rss_bytes", "idle_rss_bytes", "rss_increase_bytes",
-    "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1",
+    "data", "split", "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1",
 )
 LINE_FIELDS_TAIL = ("agreement", "images_sha256", "pred_indices", "label_indices",
                     "strict", "strict_valid", "timestamp", "notes")
@@ -325,6 +325,7 @@ def _measure(config: RunConfig, job: Job, static: dict, command: list[str], runs
                "reference": str(exports / reference) if reference else None, "warmup": config.warmup,
                "runs": runs, "min_secs": min_secs, "shuffle": config.shuffle, "seed": config.seed,
                "max_timed_inputs": config.max_timed_inputs}
+    line.update({"data": str(data), "split": config.split})  # what the accuracy is measured on
     result = run_worker(payload, command, config.job_timeout_s)
     notes = line["notes"] + list(result.pop("notes", []) or [])
     line.update({k: v for k, v in result.items() if v is not None or k not in line})

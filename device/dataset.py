@@ -29,7 +29,7 @@ MANIFEST = "manifest.csv"
 COLUMNS = ("path", "label", "split", "objid", "ra", "dec", "source")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # 600 real SDSS DR16 cutouts shipped with the package (provenance in its README.md)
-SAMPLE_DIR = Path(__file__).resolve().parent / "sdss_sample"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sdss-sample"
 # The default split: 70% trains (the study's share), 15% chooses (epochs, levels,
 # calibration), 15% is the test split that no choice reads.
 VAL_FRACTION = 0.15

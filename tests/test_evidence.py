@@ -181,3 +181,21 @@ def test_mcnemar_holds_for_thousands_of_discordant_pairs():
     assert result["b"] == 2_600 and result["c"] == 5_000
     assert 0.0 <= result["p_value"] < 1e-100
     assert mcnemar(np.r_[a, ~a], np.r_[~a, a])["p_value"] == 1.0
+
+
+def test_embedded_sample_is_small_real_and_split(tmp_path):
+    from device.dataset import SAMPLE_DIR
+    from train.data import copy_sample
+
+    size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file())
+    assert size <= 5 * 10 ** 6
+    out = copy_sample(tmp_path / "sample")
+    counts = read_manifest(out).counts()
+    assert {s: sum(c.values()) for s, c in counts.items()} == {"train": 420, "val": 90, "test": 90}
+    assert all(counts["test"][label] == 30 for label in LABELS)
+    readme = (out / "README.md").read_text()
+    assert "Provenance" in readme and "Sloan" in readme
+    assert copy_sample(out) == out  # a rerun keeps identical files
+    (out / "GALAXY" / sorted(p.name for p in (out / "GALAXY").iterdir())[0]).write_bytes(b"changed")
+    with pytest.raises(ValueError, match="differs from the embedded sample"):
+        copy_sample(out)
