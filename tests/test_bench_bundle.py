@@ -40,7 +40,7 @@ def test_bundle_round_trip_with_tensorflow_blocked(exports_dir, tmp_path):
 
     out = tmp_path / "pi.tar.gz"
     result = subprocess.run([sys.executable, "-m", "bench.cli", "bundle", "--exports", str(exports),
-                             "--data", str(data), "--out", str(out), "--max-images", "6"],
+                             "--data", str(data), "--out", str(out), "--max-images", "6", "--split", "val"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.glob(".pi.tar.gz.*"))  # no temporary left behind

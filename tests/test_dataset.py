@@ -61,7 +61,7 @@ def test_open_dataset_on_shared_sdss_indexes_in_memory(shared_sdss):
     ds = open_dataset(shared_sdss)
     assert ds.origin == "labels.csv" and ds.notes
     counts = ds.counts()
-    assert counts["val"] == {"GALAXY": 300, "QSO": 300, "STAR": 300}
+    assert counts["val"] == counts["test"] == {"GALAXY": 150, "QSO": 150, "STAR": 150}
     assert all(r.source == "labels.csv:dev" for r in ds.records)
     assert open_dataset(shared_sdss).records == ds.records
 

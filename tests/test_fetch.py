@@ -74,7 +74,7 @@ def test_faults_are_retried_until_every_object_is_valid(tmp_path):
     manifest = read_manifest(tmp_path)
     assert {r.source for r in manifest.records} == {"skyserver-dr16"}
     assert {r.objid for r in manifest.records} == {o["objid"] for o in objs}
-    assert {r.split for r in manifest.records} == {"train", "val"}
+    assert {r.split for r in manifest.records} == {"train", "val", "test"}
 
 
 def test_4xx_is_not_retried_and_a_later_success_clears_the_failure(tmp_path):

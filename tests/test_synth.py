@@ -54,8 +54,9 @@ def test_images_manifest_and_split(small):
     for label in LABELS:
         rows = [r for r in dataset.records if r.label == label]
         assert len(rows) == summary.counts[label]
-        # stratified: each class keeps its 30% share of val, rounded per class
-        assert sum(r.split == "val" for r in rows) == int(round(len(rows) * 0.3))
+        # stratified: each class keeps its 15% shares of val and test, rounded per class
+        assert sum(r.split == "val" for r in rows) == int(round(len(rows) * 0.15))
+        assert sum(r.split == "test" for r in rows) == int(round(len(rows) * 0.15))
         assert all(r.source == "synth" and r.path.startswith(f"{label}/synth-") for r in rows)
         assert all(r.objid == Path(r.path).stem for r in rows)
     for record in dataset.records:
