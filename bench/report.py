@@ -465,7 +465,7 @@ def _study_section(runs: Path | None) -> list[str]:
         return lines + ["No successful run.", ""]
     baseline = [s for stats in levels.values() for s in stats if s.level == 0]
     if baseline:
-        lines += ["### Baseline (level 0, head only)", ""]
+        lines += ["### Level 0 (head only)", ""]
         lines += summary._table(["Backbone", "Family", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
                                 [[s.backbone, _family(s.backbone), summary._accuracy_cell(s),
                                   summary._spread(s.f1_mean, s.f1_std, ".3f"), summary._params(s.trainable_params),

@@ -132,7 +132,7 @@ def section(text: str, heading: str) -> str:
 
 def test_sections_and_tables(report):
     result, text = report
-    for heading in ("## 1. The study's tables", "### Baseline (level 0, head only)", "### Best level per backbone",
+    for heading in ("## 1. The study's tables", "### Level 0 (head only)", "### Best level per backbone",
                     "## 2. Exported models", "## 3. Devices", "### Lines with an error (left out)",
                     "## 4. Accuracy against latency and size", "## 5. Verdict", "### Decision rule"):
         assert heading in text, heading
