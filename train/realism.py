@@ -8,7 +8,7 @@ A multinomial logistic regression on a handful of these features, trained on a s
 70% and tested on 30%, says how separable the classes are from such simple cues; a
 simulation far more separable than the sky is too easy.
 
-    python -m train.realism --synth DIR --real /work/shared/data/sdss-dr16-128 [--n 600]
+    python -m train.realism --synth DIR --real DIR [--n 600]
 """
 from __future__ import annotations
 

@@ -219,17 +219,7 @@ def test_vs_features(root: Path, run: dict) -> dict | None:
     ``b`` counts test images the run got right and the baseline wrong; ``None`` when either
     predictions file is missing or they share no image.
     """
-    try:
-        a = correct_by_path(Path(root) / str(run.get("run_dir", "")) / TEST_PREDICTIONS)
-        b = correct_by_path(Path(root) / BASELINE_PREDICTIONS)
-    except PredictionsError:
-        return None
-    common = sorted(set(a) & set(b))
-    if not run.get("run_dir") or not common:
-        return None
-    result = mcnemar([a[p] for p in common], [b[p] for p in common])
-    result.update(same_images=set(a) == set(b), n_a=len(a), n_b=len(b))
-    return result
+    return _paired(_correct(_run_file(root, run, TEST_PREDICTIONS)), _correct(Path(root) / BASELINE_PREDICTIONS))
 
 
 def describe_weights(weights: str | None) -> str:
@@ -257,8 +247,11 @@ def paired_test(root: Path, run_a: dict, run_b: dict) -> dict | None:
         same paths), ``n_a`` and ``n_b`` (images in each file); ``None`` when a file is
         missing or the runs share no image.
     """
-    a = _read_predictions(root, run_a)
-    b = _read_predictions(root, run_b)
+    return _paired(_correct(_run_file(root, run_a, PREDICTIONS)), _correct(_run_file(root, run_b, PREDICTIONS)))
+
+
+def _paired(a: dict[str, bool] | None, b: dict[str, bool] | None) -> dict | None:
+    """McNemar on the images two prediction files share, with how far they overlap."""
     if a is None or b is None:
         return None
     common = sorted(set(a) & set(b))
@@ -366,12 +359,18 @@ def _std(values: np.ndarray) -> float:
     return float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
 
 
-def _read_predictions(root: Path, run: dict) -> dict[str, bool] | None:
-    path = root / str(run.get("run_dir", "")) / PREDICTIONS
-    if not run.get("run_dir") or not path.is_file():
+def _run_file(root: Path, run: dict, name: str) -> Path | None:
+    return Path(root) / str(run["run_dir"]) / name if run.get("run_dir") else None
+
+
+def _correct(path: Path | None) -> dict[str, bool] | None:
+    """``{image path: prediction right}`` of a predictions file; None when absent or unreadable."""
+    if path is None:
         return None
-    with path.open(newline="", encoding="utf-8") as fh:
-        return {row["path"]: int(row["pred_index"]) == int(row["label_index"]) for row in csv.DictReader(fh)}
+    try:
+        return correct_by_path(path)
+    except PredictionsError:
+        return None
 
 
 def _read_history(path: Path) -> dict[str, np.ndarray] | None:

@@ -247,6 +247,11 @@ def _write_floors(data: str, out: Path, fingerprint: str, log: Callable[[str], N
         f"({time.perf_counter() - t0:.0f}s)")
 
 
+def shard_file(out: Path, shard: tuple[int, int]) -> Path:
+    """The record of one shard: its config, its runs and (once it ends) the failed ones."""
+    return out / f"sweep-shard{shard[0]}of{shard[1]}.json"
+
+
 def failed_runs(out: Path, run_ids: list[str]) -> list[str]:
     """The runs among ``run_ids`` with no successful line in ``results.jsonl`` (a later
     success supersedes an earlier failure)."""
@@ -265,8 +270,8 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     the_plan = plan(config, log)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    shard_file = out / f"sweep-shard{config.shard[0]}of{config.shard[1]}.json"
-    write_json(shard_file, {**asdict(config), "runs": [r.run_id for r in the_plan.runs]})
+    shard_record = shard_file(out, config.shard)
+    write_json(shard_record, {**asdict(config), "runs": [r.run_id for r in the_plan.runs]})
     for note in the_plan.notes:
         log(f"note: {note}")
     for run in the_plan.runs:
@@ -279,7 +284,7 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
         with _precision(config.precision):
             _execute(the_plan, out, log)
     failed = failed_runs(out, [r.run_id for r in the_plan.runs])
-    write_json(shard_file, {**asdict(config), "runs": [r.run_id for r in the_plan.runs], "failed": failed})
+    write_json(shard_record, {**asdict(config), "runs": [r.run_id for r in the_plan.runs], "failed": failed})
     if failed:
         log(f"{len(failed)} of {len(the_plan.runs)} runs failed: {', '.join(failed[:10])}"
             f"{' ...' if len(failed) > 10 else ''} (errors in {out / 'results.jsonl'}; rerun to retry them)")
@@ -486,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     from train.model import WeightsError
 
     try:
-        out = run_sweep(from_args(args))
+        config = from_args(args)
+        out = run_sweep(config)
     except (SweepError, WeightsError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -494,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished epochs are saved; rerun the same command to resume", file=sys.stderr)
         return 130
     print(f"results: {out / 'results.jsonl'}; summary: {out / 'summary.md'}")
-    config = from_args(args)
-    shard = json.loads((out / f"sweep-shard{config.shard[0]}of{config.shard[1]}.json").read_text())
+    shard = json.loads(shard_file(out, config.shard).read_text())
     if shard.get("failed"):
         print(f"finished with failures: {len(shard['failed'])} of {len(shard['runs'])} runs failed", file=sys.stderr)
         return EXIT_FAILURES
