@@ -46,7 +46,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="dataset folder (default: the artifact's data, else EXPORTS/data)")
     p.add_argument("--split", default="test",
                    help="images scored for accuracy (default test: never used for any choice; val is optimistic)")
-    p.add_argument("--runtime", type=_names, default=("litert", "onnxruntime"), help="litert,onnxruntime")
+    p.add_argument("--runtime", type=_names, default=("litert", "onnxruntime"), help="litert,onnxruntime (default); tensorflow: TensorFlow's TFLite interpreter, only when named")
     p.add_argument("--threads", type=_ints, default=(1,), help="comma-separated, e.g. 1,4")
     p.add_argument("--mode", type=_names, default=("kernel",), help="kernel, e2e or kernel,e2e")
     p.add_argument("--warmup", type=int, default=20)

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from bench import fingerprint
 from device.atomic import append_jsonl, read_jsonl, write_text
+from device.runtime import RUNTIMES, RUNTIMES_OF_SUFFIX
 
-RUNTIME_OF_FORMAT = {"tflite": "litert", "onnx": "onnxruntime"}
+# runtimes able to run each format (tensorflow, TensorFlow's TFLite interpreter, only when named)
+RUNTIMES_OF_FORMAT = {suffix.lstrip("."): able for suffix, able in RUNTIMES_OF_SUFFIX.items()}
 MODES = ("kernel", "e2e")
 INT8_VARIANTS = ("int8", "qat", "dynamic")
 LABELS_DEFAULT = ("GALAXY", "QSO", "STAR")
@@ -87,9 +89,9 @@ class RunConfig:
         unknown = [m for m in self.modes if m not in MODES]
         if unknown:
             raise ValueError(f"unknown mode(s) {unknown}; expected {', '.join(MODES)}")
-        bad = [r for r in self.runtimes if r not in RUNTIME_OF_FORMAT.values()]
+        bad = [r for r in self.runtimes if r not in RUNTIMES]
         if bad:
-            raise ValueError(f"unknown runtime(s) {bad}; expected {', '.join(RUNTIME_OF_FORMAT.values())}")
+            raise ValueError(f"unknown runtime(s) {bad}; expected {', '.join(RUNTIMES)}")
         if any(t < 1 for t in self.threads):
             raise ValueError(f"threads must be >= 1, got {list(self.threads)}")
         if self.cooldown_temp_c is not None and self.cooldown_secs is not None:
@@ -151,21 +153,20 @@ def plan_jobs(config: RunConfig, artifacts: list[dict]) -> tuple[list[Job], list
             notes.append(f"skipped {aid}: export failed ({artifact['error']})")
             continue
         fmt = str(artifact.get("format") or Path(str(artifact.get("file", ""))).suffix.lstrip(".")).lower()
-        runtime = RUNTIME_OF_FORMAT.get(fmt)
-        if runtime is None:
+        able = RUNTIMES_OF_FORMAT.get(fmt)
+        if able is None:
             notes.append(f"skipped {aid}: unknown format {fmt!r}")
             continue
-        if runtime not in config.runtimes:
-            continue
-        for threads in config.threads:
-            for mode in config.modes:
-                jobs.append(Job(artifact=artifact, runtime=runtime, threads=threads, mode=mode))
+        for runtime in (r for r in config.runtimes if r in able):
+            for threads in config.threads:
+                for mode in config.modes:
+                    jobs.append(Job(artifact=artifact, runtime=runtime, threads=threads, mode=mode))
     return jobs, notes
 
 
 def runtime_package_info(runtime: str) -> tuple[str | None, str | None]:
     """(package, version) that would run ``runtime``, from installed metadata (no import)."""
-    candidates = ("ai-edge-litert", "tflite-runtime", "tensorflow") if runtime == "litert" else ("onnxruntime",)
+    candidates = {"litert": ("ai-edge-litert", "tflite-runtime"), "tensorflow": ("tensorflow",)}.get(runtime, ("onnxruntime",))
     for package in candidates:
         try:
             return package, metadata.version(package)

@@ -117,7 +117,8 @@ def time_kernel(set_input, call, inputs, runs: int, min_secs: float = 0.0, order
 
 def _import_runtime(runtime: str) -> None:
     """Import the runtime's library so ``idle_rss_bytes`` counts it and not the model."""
-    modules = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter") if runtime == "litert" else ("onnxruntime",)
+    modules = {"litert": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
+               "tensorflow": ("tensorflow.lite.python.interpreter",)}.get(runtime, ("onnxruntime",))
     for module in modules:
         try:
             importlib.import_module(module)

@@ -6,7 +6,8 @@ quantization parameters say how pixels map for full-integer models); the backbon
 preprocessing is inside the graph; class probabilities out, in label order.
 
 TFLite models run on LiteRT (``ai-edge-litert``, with its default XNNPACK delegate), falling
-back to ``tflite-runtime`` and then to TensorFlow's interpreter if either is installed. ONNX
+back to ``tflite-runtime``. TensorFlow's own TFLite interpreter runs them only when a caller
+names the runtime ``tensorflow``: nothing on the device side imports TensorFlow unasked. ONNX
 models run on ONNX Runtime's CPU provider.
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("litert", "onnxruntime")
+RUNTIMES = ("litert", "onnxruntime", "tensorflow")
+# runtimes that can run each model format; the first is the one used unless another is named
+RUNTIMES_OF_SUFFIX = {".tflite": ("litert", "tensorflow"), ".onnx": ("onnxruntime",)}
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -38,18 +41,31 @@ class Quantization:
     zero_point: int = 0
 
 
-def _litert_interpreter_class():
-    """(Interpreter class, package name, version) of the first TFLite interpreter found."""
-    for module, package in (("ai_edge_litert.interpreter", "ai-edge-litert"),
-                            ("tflite_runtime.interpreter", "tflite-runtime"),
-                            ("tensorflow.lite.python.interpreter", "tensorflow")):
+# TFLite interpreters per runtime name, in order of preference: (module, package)
+_TFLITE_INTERPRETERS = {
+    "litert": (("ai_edge_litert.interpreter", "ai-edge-litert"), ("tflite_runtime.interpreter", "tflite-runtime")),
+    "tensorflow": (("tensorflow.lite.python.interpreter", "tensorflow"),),
+}
+
+
+def _litert_interpreter_class(runtime: str = "litert"):
+    """(Interpreter class, package name, version) of the first TFLite interpreter of ``runtime``.
+
+    ``litert`` tries ai-edge-litert, then tflite-runtime; TensorFlow is only ever imported
+    for ``runtime="tensorflow"``.
+    """
+    for module, package in _TFLITE_INTERPRETERS[runtime]:
         try:
             mod = importlib.import_module(module)
         except ImportError:
             continue
         top = importlib.import_module(module.split(".")[0])
         return mod.Interpreter, package, getattr(top, "__version__", "unknown")
-    raise RuntimeUnavailable("no TFLite interpreter installed: pip install 'skyedge[device]' (ai-edge-litert)")
+    if runtime == "tensorflow":
+        raise RuntimeUnavailable("runtime tensorflow: TensorFlow is not installed; use runtime litert "
+                                 "(pip install 'skyedge[device]')")
+    raise RuntimeUnavailable("no TFLite interpreter installed: pip install 'skyedge[device]' (ai-edge-litert); "
+                             "TensorFlow's interpreter runs only when named (runtime tensorflow)")
 
 
 def quantize_input(images: np.ndarray, dtype: np.dtype, quant: Quantization) -> np.ndarray:
@@ -119,12 +135,11 @@ class LoadedModel(abc.ABC):
 
 
 class LiteRTModel(LoadedModel):
-    """A ``.tflite`` model on LiteRT (or its fallbacks)."""
+    """A ``.tflite`` model on LiteRT (or tflite-runtime), or on TensorFlow's interpreter when named."""
 
-    runtime = "litert"
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        interpreter_class, self.package, self.version = _litert_interpreter_class()
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, runtime: str = "litert"):
+        self.runtime = runtime
+        interpreter_class, self.package, self.version = _litert_interpreter_class(runtime)
         self.threads = threads
         try:
             self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
@@ -181,13 +196,11 @@ class OnnxModel(LoadedModel):
 
 
 def runtime_for(path: str | os.PathLike) -> str:
-    """The runtime that runs a model file, from its suffix."""
+    """The default runtime of a model file, from its suffix."""
     suffix = Path(path).suffix.lower()
-    if suffix == ".tflite":
-        return "litert"
-    if suffix == ".onnx":
-        return "onnxruntime"
-    raise ValueError(f"{path}: unknown model format {suffix!r}; expected .tflite or .onnx")
+    if suffix not in RUNTIMES_OF_SUFFIX:
+        raise ValueError(f"{path}: unknown model format {suffix!r}; expected .tflite or .onnx")
+    return RUNTIMES_OF_SUFFIX[suffix][0]
 
 
 def load(path: str | os.PathLike, runtime: str | None = None, threads: int | None = None) -> LoadedModel:
@@ -198,12 +211,12 @@ def load(path: str | os.PathLike, runtime: str | None = None, threads: int | Non
         RuntimeUnavailable: the runtime is not installed.
         ModelLoadError: the file is missing, truncated or not a model.
     """
-    expected = runtime_for(path)
-    runtime = runtime or expected
+    runtime = runtime or runtime_for(path)
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
-    if runtime != expected:
-        raise ValueError(f"{path}: a {Path(path).suffix} model cannot run on {runtime}; it needs {expected}")
+    able = RUNTIMES_OF_SUFFIX[Path(path).suffix.lower()]
+    if runtime not in able:
+        raise ValueError(f"{path}: a {Path(path).suffix} model cannot run on {runtime}; it needs {' or '.join(able)}")
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: no such model file")
-    return LiteRTModel(path, threads) if runtime == "litert" else OnnxModel(path, threads)
+    return OnnxModel(path, threads) if runtime == "onnxruntime" else LiteRTModel(path, threads, runtime)
