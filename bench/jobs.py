@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench import fingerprint
-from device.atomic import append_jsonl, read_jsonl, write_text
+from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
 from device.runtime import RUNTIMES, RUNTIMES_OF_SUFFIX
 
 # runtimes able to run each format (tensorflow, TensorFlow's TFLite interpreter, only when named)
@@ -352,43 +352,42 @@ def annotate_int8(out: str | os.PathLike) -> int:
     threads and mode by ``latency_ms_p50`` (kernel mode) or ``e2e_inference_ms_p50`` (e2e).
     Slower means at least ``SLOWER_MARGIN`` times the fp32 p50 and, where both lines have
     bootstrap intervals of p50, the quantized interval entirely above the fp32 one: a tie
-    within noise is not noted. Rewrites ``out`` atomically only when a note is added
-    (idempotent).
+    within noise is not noted. Rewrites ``out`` atomically, under its lock and keeping every
+    line it cannot parse, only when a note is added (idempotent).
 
     Returns:
         The number of lines that got a note.
     """
-    lines = read_jsonl(out)
+    def update(lines: list[dict]) -> int:
+        def group(line):
+            return tuple(line.get(k) for k in ("device_name", "backbone", "level", "seed", "format",
+                                               "runtime", "threads", "mode"))
 
-    def group(line):
-        return tuple(line.get(k) for k in ("device_name", "backbone", "level", "seed", "format",
-                                           "runtime", "threads", "mode"))
+        def speed(line):  # kernel: the timed invoke; e2e: the model's share of the pipeline
+            return line.get("e2e_inference_ms_p50" if line.get("mode") == "e2e" else "latency_ms_p50")
 
-    def speed(line):  # kernel: the timed invoke; e2e: the model's share of the pipeline
-        return line.get("e2e_inference_ms_p50" if line.get("mode") == "e2e" else "latency_ms_p50")
+        fp32 = {group(line): line for line in lines
+                if line.get("variant") == "fp32" and not line.get("error") and speed(line)}
+        changed = 0
+        for line in lines:
+            variant = str(line.get("variant") or "")
+            if line.get("error") or not (variant in INT8_VARIANTS or variant.startswith("int8")):
+                continue
+            base = fp32.get(group(line))
+            if base is None or not speed(line) or speed(line) < SLOWER_MARGIN * speed(base):
+                continue
+            low, high = line.get("latency_ms_p50_ci_low"), base.get("latency_ms_p50_ci_high")
+            if line.get("mode") != "e2e" and low is not None and high is not None and low <= high:
+                continue
+            cause = _int8_cause(str(line.get("runtime")), variant)
+            ratio = speed(line) / speed(base)
+            mine = f"{variant} {INT8_NOTE} {base['artifact_id']} ({ratio:.2f}x p50): likely {cause}"
+            theirs = f"{variant} variant {line['artifact_id']} is {ratio:.2f}x slower than this fp32 (p50): likely {cause}"
+            for target, note in ((line, mine), (base, theirs)):
+                notes = target.setdefault("notes", [])
+                if note not in notes:
+                    notes.append(note)
+                    changed += 1
+        return changed
 
-    fp32 = {group(line): line for line in lines
-            if line.get("variant") == "fp32" and not line.get("error") and speed(line)}
-    changed = 0
-    for line in lines:
-        variant = str(line.get("variant") or "")
-        if line.get("error") or not (variant in INT8_VARIANTS or variant.startswith("int8")):
-            continue
-        base = fp32.get(group(line))
-        if base is None or not speed(line) or speed(line) < SLOWER_MARGIN * speed(base):
-            continue
-        low, high = line.get("latency_ms_p50_ci_low"), base.get("latency_ms_p50_ci_high")
-        if line.get("mode") != "e2e" and low is not None and high is not None and low <= high:
-            continue
-        cause = _int8_cause(str(line.get("runtime")), variant)
-        ratio = speed(line) / speed(base)
-        mine = f"{variant} {INT8_NOTE} {base['artifact_id']} ({ratio:.2f}x p50): likely {cause}"
-        theirs = f"{variant} variant {line['artifact_id']} is {ratio:.2f}x slower than this fp32 (p50): likely {cause}"
-        for target, note in ((line, mine), (base, theirs)):
-            notes = target.setdefault("notes", [])
-            if note not in notes:
-                notes.append(note)
-                changed += 1
-    if changed:
-        write_text(out, "".join(json.dumps(line) + "\n" for line in lines))
-    return changed
+    return rewrite_jsonl(out, update)

@@ -185,11 +185,13 @@ def is_emulated(line: dict) -> bool:
     return any(EMULATED.search(text) for text in texts)
 
 
-def load_results(paths) -> tuple[dict[str, list[dict]], list[dict]]:
+def load_results(paths, log: Callable[[str], None] | None = None) -> tuple[dict[str, list[dict]], list[dict]]:
     """Read result files and group their lines by device.
 
     Args:
         paths: ``bench run`` JSON-lines files.
+        log: told of each line that is not JSON (a crash's fragment): file, line number;
+            such lines are left in the file and not counted.
 
     Returns:
         ``(by_device, errors)``: lines without an error by ``device_name`` (in file order),
@@ -204,7 +206,11 @@ def load_results(paths) -> tuple[dict[str, list[dict]], list[dict]]:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: no such results file")
-        for line in read_jsonl(path):
+        def bad(number: int, _text: str, path=path) -> None:
+            if log is not None:
+                log(f"warning: {path} line {number}: not a JSON line (a write cut short?); left as is, not counted")
+
+        for line in read_jsonl(path, on_bad_line=bad):
             if not isinstance(line, dict):
                 continue
             line = {**line, "_source": str(path)}
@@ -679,11 +685,14 @@ def _plot(points: list[Point], front: list[Point], cost, xlabel: str, title: str
     decades = math.log10(max(cost(p) for p in shown) / min(cost(p) for p in shown)) if shown else 3.0
     ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label) if decades < 2.0 else NullFormatter())
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy on the validation images (%)")
+    splits = {str(p.line.get("split") or "validation") for p in shown}
+    split = splits.pop() if len(splits) == 1 else None
+    ax.set_ylabel(f"accuracy on the {'validation' if split == 'val' else split} images (%)" if split else "accuracy (%)")
     ax.set_title(title, pad=18 if inside else 6)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=len(handles),
-              fontsize="small", frameon=False)
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=len(handles),
+                  fontsize="small", frameon=False)
     fig.text(0.99, 0.01, "error bars: Wilson 95% interval of accuracy", ha="right", va="bottom", fontsize=7,
              color="dimgray")
     fig.tight_layout()
@@ -811,7 +820,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    by_device, errors = load_results(config.results)
+    by_device, errors = load_results(config.results, log)
     verdicts = {device: decide(device, lines, config.budgets_ms, config.alpha, config.min_images)
                 for device, lines in by_device.items()}
 
@@ -854,7 +863,9 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         elif v.points:
             md += ["No latency plot: every line of this device ran under emulation, where latency is not "
                    "meaningful.", ""]
-        if v.points:
+        if not any(p.size_bytes for p in v.points):
+            md += ["No size plot: no line of this device records its model's file size.", ""]
+        else:
             path = out / f"accuracy_vs_size_{slug}.png"
             write_bytes(path, _plot(v.points, v.size_front, lambda p: p.size_bytes / MB if p.size_bytes else None,
                                     "model file size (MB, log scale)", f"{device}: accuracy against model size"))

@@ -6,6 +6,7 @@ through here, so a job killed at any moment leaves either the old file or the ne
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -76,8 +77,24 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (its hidden ``.NAME.lock`` beside it) for the block.
+
+    Every append to and rewrite of a JSON-lines file takes it, so a rewrite (read, change,
+    replace) never drops a line another process appended meanwhile.
+    """
+    path = Path(path)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line to ``path`` and flush it to disk.
+    """Append one JSON line to ``path`` and flush it to disk (under ``locked(path)``).
 
     The line is written with a single ``write`` call on a file opened in append mode, so
     concurrent writers (sweep shards on a shared folder) do not interleave lines, and a
@@ -86,15 +103,48 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     so the fragment stays as it was and the record is not glued onto it.
     """
     line = (json.dumps(record) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with locked(path):
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def rewrite_jsonl(path: str | os.PathLike, update) -> int:
+    """Change the records of a JSON-lines file in place, keeping every line it cannot read.
+
+    Under ``locked(path)``: reads every line as bytes, calls ``update(records)`` with the
+    parsed dicts (to change them in place; it returns how many it changed), and when that is
+    non-zero replaces the file atomically. A line that is not valid UTF-8 JSON is written
+    back byte for byte, in its place; no line is ever dropped.
+
+    Returns:
+        What ``update`` returned.
+    """
+    path = Path(path)
+    with locked(path):
+        if not path.exists():
+            return 0
+        raw = path.read_bytes().split(b"\n")
+        if raw and raw[-1] == b"":
+            raw.pop()
+        parsed: list = []
+        for chunk in raw:
+            try:
+                record = json.loads(chunk.decode("utf-8")) if chunk.strip() else None
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            parsed.append(record if isinstance(record, dict) else None)
+        changed = update([r for r in parsed if r is not None])
+        if changed:
+            out = [json.dumps(r).encode("utf-8") if r is not None else chunk for r, chunk in zip(parsed, raw)]
+            write_bytes(path, b"\n".join(out) + b"\n")
+        return changed
 
 
 def read_jsonl(path: str | os.PathLike, on_bad_line=None) -> list[dict]:

@@ -95,3 +95,64 @@ print("ok")
     assert lines and {line["runtime"] for line in lines} == {"tensorflow"}
     assert {line["runtime_package"] for line in lines} == {"tensorflow"}
     assert all(line["format"] == "tflite" and not line.get("error") and line["latency_ms_p50"] for line in lines)
+
+
+# 3. bench run's int8 notes rewrite dropped lines it could not parse, and raced with appends.
+
+def _pair_lines() -> list[dict]:
+    base = {"device_name": "pi", "backbone": "b", "level": 1, "seed": 0, "format": "onnx",
+            "runtime": "onnxruntime", "threads": 1, "mode": "kernel", "notes": []}
+    return [{**base, "artifact_id": "f", "variant": "fp32", "latency_ms_p50": 1.0},
+            {**base, "artifact_id": "q", "variant": "int8", "latency_ms_p50": 2.0}]
+
+
+def test_int8_notes_keep_every_line_they_cannot_read(tmp_path):
+    from bench.jobs import annotate_int8
+
+    out = tmp_path / "r.jsonl"
+    fp32, int8 = (json.dumps(line).encode() for line in _pair_lines())
+    fragment, latin1 = b'{"device_name": "pi", "artifact_id": "cut sh', b'{"device_name": "caf\xe9"}'
+    out.write_bytes(b"\n".join([fp32, fragment, int8, latin1]) + b"\n")
+    assert annotate_int8(out) == 2
+    raw = out.read_bytes().split(b"\n")
+    assert len(raw) == 5 and raw[-1] == b""  # 4 lines, none lost
+    assert raw[1] == fragment and raw[3] == latin1  # kept byte for byte, in place
+    assert "slower" in " ".join(json.loads(raw[0])["notes"]) and json.loads(raw[2])["notes"]
+
+
+def test_rewrite_never_loses_a_concurrent_append(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text("".join(json.dumps(line) + "\n" for line in _pair_lines()))
+    appender = subprocess.Popen([sys.executable, "-c", f"""
+from device.atomic import append_jsonl
+for i in range(300):
+    append_jsonl({str(out)!r}, {{"artifact_id": f"a{{i}}", "variant": "extra"}})
+"""], cwd=REPO)
+    from device.atomic import rewrite_jsonl
+
+    def touch(records):  # a rewrite that always changes something, as often as possible
+        records[0]["notes"] = records[0].get("notes", []) + ["x"]
+        return 1
+
+    rewrites = 0
+    while appender.poll() is None:
+        rewrite_jsonl(out, touch)
+        rewrites += 1
+    assert appender.returncode == 0 and rewrites > 1
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["artifact_id"] for r in got if r.get("variant") == "extra") == sorted(f"a{i}" for i in range(300))
+
+
+# 14. a results file with non-UTF-8 bytes or a cut line: the report names the file and goes on.
+
+def test_report_reads_non_utf8_and_cut_lines_and_names_them(tmp_path):
+    results = tmp_path / "r.jsonl"
+    good = {"device_name": "pi\xe9", "artifact_id": "a", "backbone": "mobilenetv2", "variant": "fp32",
+            "latency_ms_p50": 1.0, "accuracy": 0.5}
+    results.write_bytes(json.dumps(good).encode() + b"\n" + b'{"device_name": "pi\xff\xfe"}\n{"cut')
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "report", "--results", str(results),
+                           "--out", str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"{results} line 3: not a JSON line" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "report" / "report.md").is_file()
