@@ -24,7 +24,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from PIL import Image
+
 from bench.jobs import BenchError, load_manifest
+from device.checksum import sha256_file
 from device.atomic import atomic_open, write_json, write_text
 from device.dataset import LABELS, Dataset, Record, open_dataset, write_manifest
 
@@ -56,6 +59,10 @@ class BundleConfig:
     split: str = "test"
     seed: int = 0
     wheels: tuple[Path, ...] = ()
+
+    def __post_init__(self):
+        if self.max_images is not None and self.max_images < 1:
+            raise BenchError(f"max_images must be >= 1 (or None for all), got {self.max_images}")
 
 
 def subset(records: list[Record], max_images: int | None, seed: int = 0) -> list[Record]:
@@ -105,6 +112,18 @@ class _Matcher:
         return hits[0] if len(hits) == 1 else None
 
 
+def _image_problem(path: Path) -> str | None:
+    """Why the image at ``path`` cannot go into a bundle (None when it decodes)."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"not a readable image ({exc})"
+    return None
+
+
 def _read_reference(path: Path) -> tuple[list[str], list[dict]]:
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
@@ -132,6 +151,9 @@ def make_bundle(config: BundleConfig) -> dict:
             notes.append(f"left out {aid}: export failed ({artifact['error']})")
         elif not _clean_relative(file) or not (exports / file).is_file():
             notes.append(f"left out {aid}: model file {file!r} not found inside {exports}")
+        elif artifact.get("sha256") and sha256_file(exports / file) != artifact["sha256"]:
+            notes.append(f"left out {aid}: {exports / file} does not match the sha256 in the manifest "
+                         f"(changed or damaged since export)")
         else:
             usable.append(artifact)
     if not usable:
@@ -140,7 +162,16 @@ def make_bundle(config: BundleConfig) -> dict:
     split = dataset.split(config.split)
     if not split:
         raise BenchError(f"{config.data}: no images in split {config.split!r}")
-    chosen = subset(split, config.max_images, config.seed)
+    readable = []
+    for record in split:
+        problem = _image_problem(dataset.resolve(record))
+        if problem:
+            notes.append(f"left out image {record.path}: {problem}")
+        else:
+            readable.append(record)
+    if not readable:
+        raise BenchError(f"{config.data}: no readable image in split {config.split!r}")
+    chosen = subset(readable, config.max_images, config.seed)
 
     # new, clean relative path of every chosen image
     new_path: dict[str, str] = {}

@@ -33,7 +33,31 @@ def comma_separated(cast, noun: str):
     return parse
 
 
-_ints = comma_separated(int, "integers")
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_ints = comma_separated(_positive_int, "integers >= 1")
+
+EXIT_BAD_INPUT = 2  # nothing ran: a bad option or input; the message names it
+EXIT_FAILURES = 3   # finished, but some jobs failed (their lines carry an error)
+EXIT_INTERRUPTED = 130  # Ctrl-C: every finished line kept; rerun with --resume
+
+
+def at_least(low: float, cast=int):
+    """An argparse type: a number ``>= low`` (``--runs 0`` or ``--warmup -1`` are refused)."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= low:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"expected a number >= {low:g}, got {text}")
+        return value
+    return parse
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -49,20 +73,20 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", type=_names, default=("litert", "onnxruntime"), help="litert,onnxruntime (default); tensorflow: TensorFlow's TFLite interpreter, only when named")
     p.add_argument("--threads", type=_ints, default=(1,), help="comma-separated, e.g. 1,4")
     p.add_argument("--mode", type=_names, default=("kernel",), help="kernel, e2e or kernel,e2e")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--runs", type=int, default=200, help="minimum timed runs")
-    p.add_argument("--min-secs", type=float, default=5.0, help="minimum timed seconds")
+    p.add_argument("--warmup", type=at_least(0), default=20, help="untimed calls first (default 20)")
+    p.add_argument("--runs", type=at_least(1), default=200, help="minimum timed runs (default 200)")
+    p.add_argument("--min-secs", type=at_least(0, float), default=5.0, help="minimum timed seconds (default 5)")
     p.add_argument("--strict", action="store_true", help="MLPerf single-stream minimum: >= 1024 runs and >= 60 s")
     p.add_argument("--shuffle", action="store_true", help="cycle the images in a seeded random order")
     p.add_argument("--seed", type=int, default=0)
     cool = p.add_mutually_exclusive_group()
     cool.add_argument("--cooldown-temp", type=float, help="before each job wait until below this many C")
     cool.add_argument("--cooldown-secs", type=float, help="before each job sleep this long")
-    p.add_argument("--cooldown-timeout", type=float, default=600.0)
+    p.add_argument("--cooldown-timeout", type=at_least(0, float), default=600.0)
     p.add_argument("--device-name", help="name of this device in the records (default: host name)")
     p.add_argument("--resume", action="store_true", help="skip jobs already in --out")
     p.add_argument("--select", help="glob on artifact id or model file name")
-    p.add_argument("--job-timeout", type=float, default=3600.0, help="seconds before a worker is killed")
+    p.add_argument("--job-timeout", type=at_least(1, float), default=3600.0, help="seconds before a worker is killed")
 
 
 def _cmd_run(args) -> int:
@@ -74,8 +98,17 @@ def _cmd_run(args) -> int:
                        seed=args.seed, cooldown_temp_c=args.cooldown_temp, cooldown_secs=args.cooldown_secs,
                        cooldown_timeout_s=args.cooldown_timeout, device_name=args.device_name,
                        resume=args.resume, select=args.select, job_timeout_s=args.job_timeout)
-    summary = run_benchmarks(config, progress=lambda line: print(line, flush=True))
+    try:
+        summary = run_benchmarks(config, progress=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished job's line is in {args.out}; rerun the same command with "
+              f"--resume to run the rest", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"{summary['written']} line(s) ({summary['errors']} with error) appended to {summary['out']}")
+    if summary["errors"]:
+        print(f"{summary['errors']} of {summary['written']} job(s) failed (exit status {EXIT_FAILURES}); "
+              f"their lines carry the error", file=sys.stderr)
+        return EXIT_FAILURES
     return 0
 
 
@@ -100,7 +133,7 @@ def _add_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exports", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="dataset the reference predictions were made on")
     p.add_argument("--out", required=True, type=Path, help="FILE.tar.gz")
-    p.add_argument("--max-images", type=int, help="images of --split to include (stratified; default all)")
+    p.add_argument("--max-images", type=at_least(1), help="images of --split to include (stratified; default all)")
     p.add_argument("--split", default="test", help="split shipped for on-device accuracy (default test)")
     p.add_argument("--wheel", type=Path, action="append", default=[],
                    help="a skyedge wheel or sdist to ship in the bundle (repeatable)")
@@ -126,8 +159,8 @@ def _add_android(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--threads", type=_ints, default=(1,))
     p.add_argument("--delegate", choices=("xnnpack", "gpu", "nnapi", "none"), default="xnnpack")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--runs", type=at_least(1), default=50)
+    p.add_argument("--warmup", type=at_least(0), default=5)
     p.add_argument("--serial", help="adb device serial (adb -s)")
     p.add_argument("--select", help="glob on artifact id or model file name")
     p.add_argument("--device-name", help="name in the records (default: the phone's model)")
@@ -190,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][1](args)
     except (BenchError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ class RunConfig:
             raise ValueError(f"unknown runtime(s) {bad}; expected {', '.join(RUNTIMES)}")
         if any(t < 1 for t in self.threads):
             raise ValueError(f"threads must be >= 1, got {list(self.threads)}")
+        if self.runs < 1 or self.warmup < 0 or not self.min_secs >= 0:
+            raise ValueError(f"runs must be >= 1, warmup and min_secs >= 0; got runs={self.runs}, "
+                             f"warmup={self.warmup}, min_secs={self.min_secs}")
         if self.cooldown_temp_c is not None and self.cooldown_secs is not None:
             raise ValueError("give --cooldown-temp or --cooldown-secs, not both")
 
@@ -283,6 +286,8 @@ def run_benchmarks(config: RunConfig, progress=None) -> dict:
         line = _measure(config, job, static, command, runs, min_secs)
         line["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         line = complete_line(line, tuple(artifact.get("labels") or LABELS_DEFAULT))
+        if "error" not in line and line.get("latency_ms_p50") is None:  # never a line with neither
+            line["error"] = "the worker returned no latency"
         append_jsonl(config.out, line)
         written += 1
         errors += "error" in line

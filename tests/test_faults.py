@@ -156,3 +156,87 @@ def test_report_reads_non_utf8_and_cut_lines_and_names_them(tmp_path):
     assert f"{results} line 3: not a JSON line" in done.stderr
     assert "Traceback" not in done.stderr
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+# 8, 15, 13. bench run: counts checked up front, failed jobs give exit 3, Ctrl-C stops cleanly.
+
+def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("option,value", [("--runs", "0"), ("--warmup", "-1"), ("--min-secs", "nan"),
+                                          ("--threads", "0"), ("--job-timeout", "0")])
+def test_bench_run_refuses_bad_counts_before_writing(exports_dir, tmp_path, option, value):
+    out = tmp_path / "r.jsonl"
+    done = bench("run", "--models", str(exports_dir), "--out", str(out), option, value)
+    assert done.returncode == 2, done.stderr
+    assert option in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_bench_run_exit_3_when_a_job_fails(exports_dir, tmp_path):
+    exports = copy_exports(exports_dir, tmp_path / "exports")
+    damaged = exports / "models" / "tiny-int8.tflite"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    out = tmp_path / "r.jsonl"
+    done = bench("run", "--models", str(exports), "--out", str(out), "--runtime", "litert", *QUICK)
+    assert done.returncode == 3, done.stderr
+    assert "1 of 2 job(s) failed" in done.stderr
+    lines = read_lines(out)
+    assert [bool(line.get("error")) for line in lines] == [False, True]
+    assert all(line.get("error") or line["latency_ms_p50"] for line in lines)
+
+
+def test_bench_run_ctrl_c_keeps_lines_and_says_how_to_resume(exports_dir, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--models", str(exports_dir), "--out",
+                             str(out), "--warmup", "1", "--runs", "5", "--min-secs", "3", "--split", "val"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out.exists() and out.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    kept = read_lines(out)
+    assert 1 <= len(kept) < 3 and all(line["latency_ms_p50"] for line in kept)
+    done = bench("run", "--models", str(exports_dir), "--out", str(out), "--resume", *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert len(read_lines(out)) == 3
+
+
+# 7. bench bundle: no damaged model, no empty image, no negative count.
+
+def test_bundle_checks_what_goes_in(exports_dir, tmp_path):
+    import shutil
+    import tarfile
+
+    exports = copy_exports(exports_dir, tmp_path / "exports")
+    data = tmp_path / "data"
+    shutil.copytree(json.loads((exports / "manifest.json").read_text())["artifacts"][0]["data"], data)
+    rows = (data / "manifest.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    empty = [r.split(",")[header.index("path")] for r in rows[1:] if r.split(",")[header.index("split")] == "val"][0]
+    (data / empty).write_bytes(b"")
+    model = exports / "models" / "tiny-fp32.onnx"
+    model.write_bytes(model.read_bytes() + b"changed")
+
+    done = bench("bundle", "--exports", str(exports), "--data", str(data), "--out", str(tmp_path / "b.tar.gz"),
+                 "--max-images", "-3", "--split", "val")
+    assert done.returncode == 2 and "--max-images" in done.stderr and not (tmp_path / "b.tar.gz").exists()
+
+    done = bench("bundle", "--exports", str(exports), "--data", str(data), "--out", str(tmp_path / "b.tar.gz"),
+                 "--split", "val")
+    assert done.returncode == 0, done.stderr
+    assert f"left out image {empty}: empty file" in done.stdout
+    assert "does not match the sha256" in done.stdout
+    with tarfile.open(tmp_path / "b.tar.gz") as tar:
+        names = tar.getnames()
+    assert not any(n.endswith("tiny-fp32.onnx") for n in names)
+    assert not any(n.endswith(empty) for n in names)
+    assert any(n.endswith("tiny-fp32.tflite") for n in names)
