@@ -70,6 +70,8 @@ def read_rgb(source: str | os.PathLike | bytes) -> np.ndarray:
             img.load()
             rgb = _to_rgb(img)
             arr = np.array(rgb, dtype=np.uint8)
+    except Image.DecompressionBombError as exc:  # a header claiming far more pixels than a cutout
+        raise ImageError(f"{name}: refused, its header claims too many pixels ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: not a readable JPEG/PNG image ({exc})") from exc
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -103,6 +105,15 @@ def is_jpeg(data: bytes) -> bool:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header only."""
-    with Image.open(Path(path)) as img:
-        return img.size
+    """(width, height) of an image file, read from its header only.
+
+    Raises:
+        ImageError: missing, not an image, or a header claiming a decompression bomb's size.
+    """
+    try:
+        with Image.open(Path(path)) as img:
+            return img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused, its header claims too many pixels ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from exc

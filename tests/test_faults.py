@@ -240,3 +240,40 @@ def test_bundle_checks_what_goes_in(exports_dir, tmp_path):
     assert not any(n.endswith("tiny-fp32.onnx") for n in names)
     assert not any(n.endswith(empty) for n in names)
     assert any(n.endswith("tiny-fp32.tflite") for n in names)
+
+
+# 10. A PNG whose header claims 20,000 x 20,000 pixels stopped `train.data stats` and the sweep.
+
+def bomb_png(path: Path, side: int = 20000) -> Path:
+    """A 60-byte PNG whose header claims side x side pixels (PIL refuses it as a bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00"))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_skipped_with_a_warning(class_tree):
+    from device.dataset import open_dataset
+
+    bomb = bomb_png(class_tree / "STAR" / "star-bomb.png")
+    done = subprocess.run([sys.executable, "-m", "train.data", "stats", str(class_tree)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                                            "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr
+    assert "unreadable: 1" in done.stdout and "star-bomb.png" in done.stdout and "too many pixels" in done.stdout
+
+    dataset = open_dataset(class_tree)
+    seen = []
+    images, labels, kept, skipped = (None, None, [], [])
+    for split in ("train", "val", "test"):
+        images, labels, records, bad = dataset.load_arrays(split, 32, on_skip=lambda p, why: seen.append(p))
+        kept += records
+        skipped += bad
+    assert [Path(p).name for p, _ in skipped] == ["star-bomb.png"] and seen == [str(bomb)]
+    assert len(kept) == 24  # every other image still loads

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from device.dataset import LABELS, SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, index_tree, \
     open_dataset, stratified_split, write_manifest
-from device.images import image_size
+from device.images import ImageError, image_size
 
 
 def parse_mix(text: str) -> tuple[float, float, float]:
@@ -72,7 +72,7 @@ def describe(root: Path) -> str:
     for record in dataset.records:
         try:
             sizes[image_size(dataset.resolve(record))] += 1
-        except OSError as exc:
+        except ImageError as exc:
             unreadable.append(f"{record.path} ({exc})")
     lines.append("image sizes: " + ", ".join(f"{w}x{h}: {c}" for (w, h), c in sizes.most_common()))
     if unreadable:
