@@ -161,12 +161,55 @@ def read_manifest(root: str | os.PathLike, check_files: bool = True) -> Dataset:
         if not record.path:
             raise DatasetError(f"{where}: empty path")
         records.append(record)
-    dataset = Dataset(root=root, records=records)
+    records, notes = drop_leaks(records, where=str(path))
+    dataset = Dataset(root=root, records=records, notes=notes)
     if check_files:
         for line, record in enumerate(records, start=2):
             if not dataset.resolve(record).is_file():
                 raise DatasetError(f"{path}:{line}: names missing file {record.path}")
     return dataset
+
+
+# when one image is listed twice, the copy in the most protected split stays
+_PROTECTION = {"test": 3, "val": 2, "train": 1, "": 0}
+
+
+def drop_leaks(records: list[Record], where: str = "manifest") -> tuple[list[Record], list[str]]:
+    """Records with no image listed twice, and a note for each kind of repeat dropped.
+
+    An image listed twice (the same path, or the same ``objid`` from a catalogue) would leak
+    between splits: trained on and then scored. The copy in the most protected split stays
+    (test, then val, then train); the others are dropped. Class-folder records, whose
+    ``objid`` is only the file name, are matched by path alone.
+    """
+    best: dict[tuple[str, str], Record] = {}
+    for record in records:
+        keys = [("path", os.path.normpath(record.path))]
+        if record.objid and record.source != "folder":
+            keys.append(("objid", record.objid))
+        for key in keys:
+            held = best.get(key)
+            if held is None or _PROTECTION[record.split] > _PROTECTION[held.split]:
+                best[key] = record
+    kept, dropped = [], {"path": [], "objid": []}
+    for record in records:
+        keys = [("path", os.path.normpath(record.path))]
+        if record.objid and record.source != "folder":
+            keys.append(("objid", record.objid))
+        loser = next((kind for kind, value in keys if best[(kind, value)] is not record), None)
+        if loser is None:
+            kept.append(record)
+        else:
+            dropped[loser].append(record)
+    notes = []
+    for kind, records_dropped in dropped.items():
+        if records_dropped:
+            splits = sorted({r.split or "(none)" for r in records_dropped})
+            examples = ", ".join(r.path for r in records_dropped[:3])
+            notes.append(f"{where}: {len(records_dropped)} row(s) repeat an image already listed "
+                         f"(same {kind}); dropped the copies in {'/'.join(splits)}, kept the one in the most "
+                         f"protected split (test > val > train), e.g. {examples}")
+    return kept, notes
 
 
 def write_manifest(root: str | os.PathLike, records: list[Record]) -> Path:
@@ -274,8 +317,9 @@ def open_dataset(root: str | os.PathLike, seed: int = 0, val: float = VAL_FRACTI
     if (root / MANIFEST).is_file():
         return read_manifest(root)
     records, layout = index_tree(root)
-    dataset = Dataset(root=root, records=stratified_split(records, seed=seed, val=val, test=test), origin=layout)
-    dataset.notes.append(f"{root}: no {MANIFEST}; indexed {len(records)} images from {layout} with a "
+    split_records, notes = drop_leaks(stratified_split(records, seed=seed, val=val, test=test), where=str(root))
+    dataset = Dataset(root=root, records=split_records, origin=layout, notes=notes)
+    dataset.notes.insert(0, f"{root}: no {MANIFEST}; indexed {len(records)} images from {layout} with a "
                          f"stratified split (seed {seed}, val {val:g}, test {test:g})")
     return dataset
 

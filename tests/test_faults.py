@@ -277,3 +277,34 @@ def test_decompression_bomb_is_skipped_with_a_warning(class_tree):
         skipped += bad
     assert [Path(p).name for p, _ in skipped] == ["star-bomb.png"] and seen == [str(bomb)]
     assert len(kept) == 24  # every other image still loads
+
+
+# 4. The same image listed in train and in val (or test): leakage with no warning.
+
+def test_images_listed_twice_keep_only_the_protected_copy(tmp_path):
+    from device.dataset import Record, open_dataset, write_manifest
+    from conftest import make_image
+
+    records = []
+    for i, label in enumerate(("GALAXY", "QSO", "STAR") * 4):
+        path = f"img/{label}-{i}.jpg"
+        make_image(tmp_path / path, seed=i, label_index=i % 3)
+        records.append(Record(path=path, label=label, split=("train", "val", "test")[i // 4 % 3], objid=str(1000 + i)))
+    write_manifest(tmp_path, records + [
+        Record(path="img/GALAXY-0.jpg", label="GALAXY", split="val", objid="1000"),       # same path: train + val
+        Record(path="./img/QSO-1.jpg", label="QSO", split="test", objid="1001"),          # same path, spelt apart
+        Record(path="img/STAR-8-copy.jpg", label="STAR", split="train", objid="1008"),    # same objid as a test row
+    ])
+    make_image(tmp_path / "img/STAR-8-copy.jpg", seed=8, label_index=2)
+    dataset = open_dataset(tmp_path)
+    by_split = {s: {r.path for r in dataset.split(s)} for s in ("train", "val", "test")}
+    assert "img/GALAXY-0.jpg" in by_split["val"] and "img/GALAXY-0.jpg" not in by_split["train"]
+    assert not any(p.endswith("QSO-1.jpg") for p in by_split["train"])
+    objids = [r.objid for r in dataset.records]
+    assert len(objids) == len(set(objids)) == 12
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
+    assert any("same path" in n for n in dataset.notes) and any("same objid" in n for n in dataset.notes)
+
+    done = subprocess.run([sys.executable, "-m", "train.data", "stats", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "repeat an image already listed" in done.stdout, done.stderr
