@@ -308,3 +308,27 @@ def test_images_listed_twice_keep_only_the_protected_copy(tmp_path):
     done = subprocess.run([sys.executable, "-m", "train.data", "stats", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "repeat an image already listed" in done.stdout, done.stderr
+
+
+# 1. A failed fetch into an existing dataset folder rewrote its manifest.csv from 60 rows to 0.
+
+def test_failed_fetch_never_shrinks_a_manifest(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from skyserver import SkyServer, position_key
+    from device.dataset import read_manifest
+    from train.fetch import FetchConfig, fetch
+
+    fast = dict(rate=1000.0, workers=4, timeout=0.3, retries=1, backoff=0.01, size=64)
+    out = tmp_path / "out"
+    catalog = tmp_path / "other.csv"
+    catalog.write_text("objid,ra,dec,class\n901,1.5,2.5,galaxy\n902,3.5,4.5,qso\n903,5.5,6.5,star\n")
+    with SkyServer(missing={position_key(1.5, 2.5), position_key(3.5, 4.5), position_key(5.5, 6.5)}) as server:
+        fetch(FetchConfig(out=out, base_url=server.base_url, n=12, **fast), log=lambda _: None)
+        before = {(r.path, r.split) for r in read_manifest(out).records}
+        assert len(before) == 12
+        lines = []
+        summary = fetch(FetchConfig(out=out, base_url=server.base_url, catalog=catalog, **fast), log=lines.append)
+    assert summary.failed == 3
+    after = {(r.path, r.split) for r in read_manifest(out).records}
+    assert after == before  # every row kept, each in its split
+    assert any("never shrinks a manifest" in line for line in lines)

@@ -18,7 +18,6 @@ import csv
 import io
 import os
 import tempfile
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from device.atomic import write_bytes, write_text
-from device.dataset import LABELS, TEST_FRACTION, VAL_FRACTION, DatasetError, Record, stratified_split, write_manifest
+from device.dataset import LABELS, MANIFEST, TEST_FRACTION, VAL_FRACTION, DatasetError, Record, read_manifest, \
+    stratified_split, write_manifest
 from device.images import ImageError, is_jpeg, read_rgb
 from train.polite_http import InvalidBody, PoliteClient, RequestFailed, Unreachable
 from train.sky_objects import (SkyObject, class_counts, format_objects, parse_sql_answer,
@@ -378,11 +378,28 @@ def _format_failures(failed: list[_Outcome]) -> str:
     return buf.getvalue()
 
 
+def _earlier_rows(out: Path, log: Callable[[str], None]) -> dict[str, Record]:
+    """Rows of an existing ``out/manifest.csv`` whose image is still there, by path.
+
+    They are kept, with their split, whatever this run fetches or fails to: a failed or
+    partial fetch never shrinks a manifest, and an image never moves between splits.
+    """
+    if not (out / MANIFEST).is_file():
+        return {}
+    try:
+        earlier = read_manifest(out, check_files=False)
+    except DatasetError as exc:
+        log(f"fetch: warning: the existing {out / MANIFEST} is unreadable ({exc}); writing a new one")
+        return {}
+    return {r.path: r for r in earlier.records if (out / r.path).is_file()}
+
+
 def fetch(config: FetchConfig, log: Callable[[str], None] = print) -> FetchSummary:
     """Download the cutouts of ``config`` and write the dataset folder.
 
     Objects whose cutout is already there and decodes are not downloaded again;
-    ``failures.csv`` and ``manifest.csv`` are rewritten at the end of each run.
+    ``failures.csv`` and ``manifest.csv`` are rewritten at the end of each run; rows of an
+    existing manifest stay, with their split (a fetch never shrinks a manifest).
 
     Args:
         config: what to fetch.
@@ -417,7 +434,16 @@ def fetch(config: FetchConfig, log: Callable[[str], None] = print) -> FetchSumma
     records = [Record(path=o.obj.relpath, label=o.obj.label, objid=o.obj.objid, ra=repr(o.obj.ra),
                       dec=repr(o.obj.dec), source=config.source)
                for o in outcomes if o.status != "failed"]
-    manifest = write_manifest(config.out, stratified_split(records, seed=config.seed, val=config.val, test=config.test))
+    kept = _earlier_rows(config.out, log)
+    new = [r for r in records if r.path not in kept]
+    if kept and len(new) < len(records):
+        log(f"fetch: {len(records) - len(new)} object(s) keep their split from the existing manifest")
+    others = len(set(kept) - {r.path for r in records})
+    if others:
+        log(f"fetch: kept {others} row(s) of the existing manifest that this fetch did not ask for "
+            f"(a fetch never shrinks a manifest)")
+    rows = list(kept.values()) + stratified_split(new, seed=config.seed, val=config.val, test=config.test)
+    manifest = write_manifest(config.out, sorted(rows, key=lambda r: r.path))
     summary = FetchSummary(requested=len(objects), downloaded=progress.counts["downloaded"],
                            present=progress.counts["present"], failed=len(failed), bytes=progress.size,
                            seconds=time.monotonic() - start, out=config.out, manifest=manifest,
