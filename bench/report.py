@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from bench.cli import comma_separated
-from device.atomic import read_jsonl, write_bytes, write_text
+from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
 from device.metrics import mcnemar, wilson_interval
 
 DEFAULT_BUDGETS_MS = (10.0, 50.0, 200.0, 1000.0)
@@ -818,7 +818,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
     Raises:
         ValueError: a results file is missing.
     """
-    out = Path(config.out)
+    out = check_output_folder(config.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     by_device, errors = load_results(config.results, log)
     verdicts = {device: decide(device, lines, config.budgets_ms, config.alpha, config.min_images)

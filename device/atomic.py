@@ -77,6 +77,24 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file or cannot be made or written.
+
+    Nothing is created. Raises ``ValueError`` with one line naming the option and the path.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path}: is a file; expected a folder (new or existing)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: {parent} is a file, so the folder cannot be made")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {parent} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def locked(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (its hidden ``.NAME.lock`` beside it) for the block.

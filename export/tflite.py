@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from device.atomic import write_bytes, write_text
+from device.atomic import check_output_folder, write_bytes, write_text
 from device.backbones import Backbone, get
 from device.checksum import sha256_file
 from device.dataset import LABELS, DatasetError, open_dataset
@@ -48,6 +48,15 @@ _VERSION_PACKAGES = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tfmot"
                      "ai_edge_litert": "ai-edge-litert"}
 
 
+CALIB_DEFAULT = 200
+EXIT_FAILURES = 3  # finished, but some artifacts failed (their manifest records carry the error)
+
+
+def calib_count(requested: int | None, available: int) -> int:
+    """Calibration images to use: ``requested``, or the default capped at what there is."""
+    return requested if requested is not None else min(CALIB_DEFAULT, available)
+
+
 class ExportError(ValueError):
     """An export that cannot start as asked; the message names the option or file and the fix."""
 
@@ -60,7 +69,7 @@ class ExportConfig:
     out: str
     select: str = "best"
     variants: tuple[str, ...] = TFLITE_VARIANTS
-    calib: int = 200
+    calib: int | None = None  # None: CALIB_DEFAULT, or every training image when there are fewer
     calib_seed: int = 0
     calib_method: str = "minmax"
     qat_epochs: int = 2
@@ -241,8 +250,8 @@ class Context:
 
     def calibration(self) -> Calibration:
         if self._calibration is None:
-            self._calibration = calibration_set(self.dataset, self.source.img_size, self.config.calib,
-                                                seed=self.config.calib_seed)
+            count = calib_count(self.config.calib, len(self.dataset.split("train")))
+            self._calibration = calibration_set(self.dataset, self.source.img_size, count, seed=self.config.calib_seed)
         return self._calibration
 
     def model(self):
@@ -303,10 +312,10 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
     return f"tf.lite.TFLiteConverter {tf.__version__}", extra
 
 
-def _settings(config: ExportConfig, fmt: str, variant: str) -> dict:
+def _settings(config: ExportConfig, fmt: str, variant: str, train_n: int) -> dict:
     settings: dict = {"format": fmt, "variant": variant, "contract": 1}
     if variant in ("int8", "qat"):
-        settings["calib"] = config.calib
+        settings["calib"] = calib_count(config.calib, train_n)
         settings["calib_seed"] = config.calib_seed
     if variant == "qat":
         settings["qat_epochs"] = config.qat_epochs
@@ -355,7 +364,15 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
             except DatasetError as exc:
                 raise ExportError(f"run {source.run_id}: {exc}") from None
         if any(v in ("int8", "qat") for v in variants):
-            check_calibration_size(config.calib, len(datasets[source.data].split("train")))
+            available = len(datasets[source.data].split("train"))
+            check_calibration_size(calib_count(config.calib, available), available)
+            if config.calib is None and available < CALIB_DEFAULT:
+                log(f"note: run {source.run_id}: calibrating int8 on all {available} training images "
+                    f"(fewer than the default {CALIB_DEFAULT})")
+    try:
+        check_output_folder(exports, "--out")
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     exports.mkdir(parents=True, exist_ok=True)
     (exports / fmt).mkdir(exist_ok=True)
     (exports / "reference").mkdir(exist_ok=True)
@@ -374,7 +391,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
             done += 1
             artifact_id = f"{source.stem}-{variant}-{fmt}"
             rel_file = f"{fmt}/{source.stem}-{variant}.{fmt}"
-            settings = _settings(config, fmt, variant)
+            settings = _settings(config, fmt, variant, len(ctx.dataset.split("train")))
             key = manifest.source_key(source.checkpoint_sha256, settings)
             previous = manifest.read(exports).get(artifact_id)
             if manifest.is_current(exports, previous, key):
@@ -409,8 +426,9 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
                 record["file"] = rel_file if path.is_file() else None
                 failures.append(f"{artifact_id}: {record['error']}")
             record["seconds"] = round(time.perf_counter() - t0, 3)
-            manifest.merge(exports, [record])
-            manifest.write_sidecar(exports, record)
+            kept = _keep_good_record(exports, previous, record)
+            manifest.merge(exports, [kept])
+            manifest.write_sidecar(exports, kept)
             written.append(record)
             if "error" in record:
                 status = f"error: {record['error']}"
@@ -424,6 +442,22 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
     if failures and config.strict:
         raise StrictFailure("; ".join(failures))
     return written
+
+
+def _keep_good_record(exports: Path, previous: dict | None, record: dict) -> dict:
+    """The record to store: never a failure in place of an earlier good artifact.
+
+    When this attempt failed but an earlier export of the same artifact succeeded and its
+    file is still there unchanged, the good record stays, with this failure beside it
+    (``last_failure``); otherwise the new record as it is.
+    """
+    if "error" not in record or not previous or previous.get("error") or not previous.get("file"):
+        return record
+    path = exports / previous["file"]
+    if not path.is_file() or sha256_file(path) != previous.get("sha256"):
+        return record
+    failure = {k: record[k] for k in ("error", "seconds", "source_key", "checkpoint_sha256") if k in record}
+    return {**previous, "last_failure": failure}
 
 
 class StrictFailure(RuntimeError):
@@ -448,7 +482,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", required=True, help="train.sweep output folder")
     p.add_argument("--out", required=True, help="exports folder (shared by both formats)")
     p.add_argument("--select", default="best", help=SELECT_HELP)
-    p.add_argument("--calib", type=int, default=200, help="training images for int8 calibration (default 200)")
+    p.add_argument("--calib", type=int, default=None,
+                   help=f"training images for int8 calibration (default {CALIB_DEFAULT}, or all when fewer)")
     p.add_argument("--calib-seed", type=int, default=0,
                    help="seed of the random draw of calibration images from the training split (default 0)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads for verification (default: runtime's)")
@@ -461,7 +496,8 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
     """The command line of one exporter: parse, build the config, export, report.
 
     Returns:
-        0 on success, 1 on a ``--strict`` failure, 2 on bad input.
+        0 on success, 1 on a ``--strict`` failure, 2 on bad input, 3 when some artifacts
+        failed, 130 on Ctrl-C.
     """
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
@@ -481,8 +517,16 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
     except StrictFailure as exc:
         print(f"error: --strict: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: finished artifacts are in {Path(args.out) / manifest.MANIFEST}; rerun the same "
+              f"command to make the rest (unchanged ones are skipped)", file=sys.stderr)
+        return 130
     failed = [r for r in records if "error" in r]
     print(f"manifest: {Path(config.out) / manifest.MANIFEST} ({len(records) - len(failed)} artifacts ok, {len(failed)} failed)")
+    if failed:
+        print(f"finished with failures: {len(failed)} of {len(records)} artifact(s) failed (exit status "
+              f"{EXIT_FAILURES}); their manifest records carry the error", file=sys.stderr)
+        return EXIT_FAILURES
     return 0
 
 

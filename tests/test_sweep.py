@@ -203,3 +203,57 @@ def test_cache_spills_beyond_budget_to_memory_mapped_files(tmp_path):
     np.testing.assert_allclose(top_model(built.model, b.boundary).predict_on_batch(fb[0]), expected, atol=1e-5)
     disk.close()
     assert not (tmp_path / "d").exists()
+
+
+def test_killed_run_with_damaged_best_weights_recovers_in_one_rerun(tiny_data, tmp_path):
+    # fault #12: after a kill and a damaged best.h5 the rerun said "restarting this run" and then
+    # failed at the first step (the optimizer's slots were bound to the deleted checkpoint)
+    config = _config(tiny_data, tmp_path / "k", levels="7", epochs=3)
+    out = run_sweep(config, log=lambda m: None)
+    run = out / "runs" / "mobilenetv2" / "L007-s0"
+    (run / "metrics.json").unlink()  # as if killed before the run was recorded
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    rows[0]["val_accuracy"] = "1.0"  # the best epoch is 1, whose weights are now damaged
+    with open(run / "history.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "best.json").write_text(json.dumps({"epoch": 1, "val_accuracy": 1.0}))
+    (run / "best.h5").write_bytes(b"\x00" * 100)
+    messages = []
+    run_sweep(config, log=messages.append)
+    assert any("restarting this run" in m for m in messages)
+    assert (run / "metrics.json").is_file() and len(list(csv.DictReader(open(run / "history.csv")))) == 3
+
+
+def test_finished_run_with_damaged_best_weights_is_trained_again(tiny_data, tmp_path):
+    # fault #6: a finished run whose best.h5 was damaged counted as finished until export
+    config = _config(tiny_data, tmp_path / "d", levels="0", epochs=1)
+    out = run_sweep(config, log=lambda m: None)
+    run = out / "runs" / "mobilenetv2" / "L000-s0"
+    recorded = json.loads((run / "metrics.json").read_text())["checkpoint_sha256"]
+    assert len(recorded) == 64
+    data = bytearray((run / "best.h5").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(255 - b for b in data[len(data) // 2:len(data) // 2 + 64])
+    (run / "best.h5").write_bytes(bytes(data))
+    messages = []
+    run_sweep(config, log=messages.append)
+    assert any("differs from the sha256 recorded" in m for m in messages)
+    from device.checksum import sha256_file
+    assert json.loads((run / "metrics.json").read_text())["checkpoint_sha256"] == sha256_file(run / "best.h5")
+    lines = [r for r in read_jsonl(out / "results.jsonl") if r["run_id"] == "mobilenetv2-L000-s0"]
+    assert len(lines) == 2 and lines[-1]["checkpoint_sha256"] == sha256_file(run / "best.h5")
+
+
+def test_out_that_is_a_file_is_refused_in_one_line(tiny_data, tmp_path):
+    # fault #11
+    (tmp_path / "taken").write_text("a file")
+    result = subprocess.run([sys.executable, "-m", "train.sweep", "--data", str(tiny_data), "--out",
+                             str(tmp_path / "taken"), "--weights", "none", "--img-size", "32"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: --out {tmp_path / 'taken'}: is a file; expected a folder (new or existing)"
+    result = subprocess.run([sys.executable, "-m", "train.sweep", "--data", str(tiny_data), "--out",
+                             str(tmp_path / "taken" / "sub"), "--weights", "none", "--img-size", "32"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "is a file, so the folder cannot be made" in result.stderr

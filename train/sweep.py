@@ -22,7 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from device.atomic import append_jsonl, read_jsonl, write_json
+from device.atomic import append_jsonl, check_output_folder, read_jsonl, write_json
+from device.checksum import sha256_file
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
@@ -145,6 +146,10 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
     if config.cache_features == "on" and config.augment != "none":
         raise SweepError("--cache-features on with --augment d4: augmented images change the frozen "
                          "features every epoch; use --cache-features auto or off")
+    try:
+        check_output_folder(config.out, "--out")
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
     index, count = config.shard
     if not 0 <= index < count:
         raise SweepError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
@@ -203,8 +208,23 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
                                  f"use another --out or remove that folder")
         if not (run_dir / "metrics.json").is_file():
             todo.append(run)
+        elif _damaged_checkpoint(run_dir):
+            notes.append(f"{run.run_id}: best.h5 is missing or differs from the sha256 recorded when the run "
+                         f"finished; training it again")
+            todo.append(run)
     return Plan(config=config, runs=mine, todo=todo, layer_names=layer_names,
                 data_fingerprint=fingerprint, notes=notes)
+
+
+def _damaged_checkpoint(run_dir: Path) -> bool:
+    """True when a finished run's ``best.h5`` is gone or not the file its metrics recorded."""
+    try:
+        recorded = json.loads((run_dir / "metrics.json").read_text()).get("checkpoint_sha256")
+    except (OSError, ValueError):
+        return True
+    if not recorded:  # runs from before the hash was recorded
+        return not (run_dir / "best.h5").is_file()
+    return not (run_dir / "best.h5").is_file() or sha256_file(run_dir / "best.h5") != recorded
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -411,6 +431,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
                         "train_images_per_s": round(result.images_trained / result.train_seconds, 1) if result.train_seconds else None,
                         "resumed_from_epoch": result.resumed_from,
                         "precision": config.precision, "jit": config.jit, "strategy": config.strategy,
+                        "checkpoint_sha256": sha256_file(run_dir / "best.h5"),
                     })
                     write_json(run_dir / "metrics.json", record)
                 except Exception as exc:  # one failed run must not stop the sweep

@@ -230,6 +230,17 @@ def _h5_readable(path: Path) -> bool:
         return False
 
 
+def _checkpoint_readable(prefix: str) -> bool:
+    """True when every tensor of the checkpoint at ``prefix`` can be read back."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception:  # a damaged file fails in many ways (DataLossError, OpError, ...)
+        return False
+    return True
+
+
 def _resume(run_dir: Path, full, ckpt, initial_weights, log):
     """Restore the last good epoch from ``run_dir``.
 
@@ -246,10 +257,11 @@ def _resume(run_dir: Path, full, ckpt, initial_weights, log):
         return [], manager
     saved = {int(Path(p).name.rsplit("-", 1)[1]): p for p in manager.checkpoints}
     for epoch in sorted((e for e in saved if e <= len(history)), reverse=True):
-        try:
-            ckpt.restore(saved[epoch]).assert_existing_objects_matched()
-        except Exception as exc:  # a damaged file fails in many ways (OpError, IndexError, ...)
-            log(f"  checkpoint of epoch {epoch} unreadable ({type(exc).__name__}); trying an earlier one")
+        # Read the files first and restore only once resuming is decided: a restore binds
+        # variables created later (the optimizer's slots) to this checkpoint, and a restart
+        # deletes it, which would then fail at the first training step.
+        if not _checkpoint_readable(saved[epoch]):
+            log(f"  checkpoint of epoch {epoch} unreadable; trying an earlier one")
             continue
         kept = history[:epoch]
         best_row = max(kept, key=lambda r: (r["val_accuracy"], -r["epoch"]))
@@ -258,15 +270,19 @@ def _resume(run_dir: Path, full, ckpt, initial_weights, log):
             ok = int(meta["epoch"]) == best_row["epoch"] and _h5_readable(run_dir / "best.h5")
         except (OSError, ValueError, KeyError):
             ok = False
-        if not ok and best_row["epoch"] == epoch:
+        if not ok and best_row["epoch"] != epoch:
+            log(f"  best weights of epoch {best_row['epoch']} missing or stale; restarting this run")
+            break
+        try:
+            ckpt.restore(saved[epoch]).assert_existing_objects_matched()
+        except Exception as exc:  # a damaged file fails in many ways (OpError, IndexError, ...)
+            log(f"  checkpoint of epoch {epoch} unreadable ({type(exc).__name__}); trying an earlier one")
+            continue
+        if not ok:
             _save_weights_atomic(full, run_dir / "best.h5")
             write_json(run_dir / "best.json", {"epoch": epoch, "val_accuracy": best_row["val_accuracy"]})
-            ok = True
-        if ok:
-            log(f"  resuming after epoch {epoch}")
-            return kept, manager
-        log(f"  best weights of epoch {best_row['epoch']} missing or stale; restarting this run")
-        break
+        log(f"  resuming after epoch {epoch}")
+        return kept, manager
     else:
         log("  no usable checkpoint; restarting this run")
     full.set_weights(initial_weights)
