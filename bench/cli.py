@@ -1,7 +1,8 @@
 """``bench``: the on-device benchmark command line.
 
 Subcommands: ``run`` (measure exported models), ``overhead`` (check the timed loop's cost),
-``bundle`` (pack models and a validation subset for a device), ``android`` (drive TFLite's
+``bundle`` (pack models and a validation subset for a device), ``floors`` (the majority class
+and the feature baseline on the images a run scores), ``android`` (drive TFLite's
 ``benchmark_model`` on a phone over adb). Each subcommand is an entry of ``COMMANDS``: a
 function adding its arguments and a function running it, so adding one is a few lines.
 Modules listed in ``EXTERNAL`` (``report`` -> ``bench.report``) own their arguments: when
@@ -151,6 +152,36 @@ def _cmd_bundle(args) -> int:
     return 0
 
 
+def _add_floors(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, help="dataset whose images the models are scored on")
+    p.add_argument("--split", default="test", help="split of --data to score (default test)")
+    p.add_argument("--train", type=Path,
+                   help="dataset whose training split fits the floors (default --data; give the models' "
+                        "training set when --data is a separate evaluation set such as a holdout)")
+    p.add_argument("--out", required=True, type=Path, help="floors JSON file for `bench report --floors`")
+
+
+def _cmd_floors(args) -> int:
+    from device.atomic import write_json
+    from device.baseline import floors
+    from device.dataset import open_dataset
+
+    dataset = open_dataset(args.data)
+    train = open_dataset(args.train) if args.train else dataset
+    for note in dataset.notes + (train.notes if args.train else []):
+        print(f"note: {note}")
+    result = floors(dataset, args.split, train=train)
+    record = {**result.record(), "data": str(args.data), "train_data": str(args.train or args.data),
+              **result.paired()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, record)
+    print(f"floors on {record['n']} {args.split} images of {args.data}: majority class ({record['majority_class']}) "
+          f"{100 * record['majority_accuracy']:.1f}%, feature logistic regression "
+          f"{100 * record['features_accuracy']:.1f}% [{100 * record['features_accuracy_ci_low']:.1f}, "
+          f"{100 * record['features_accuracy_ci_high']:.1f}]; wrote {args.out}")
+    return 0
+
+
 def _add_android(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", required=True, type=Path)
     p.add_argument("--adb", required=True, help="path to adb")
@@ -189,6 +220,7 @@ COMMANDS = {
     "run": (_add_run, _cmd_run, "measure exported models (one subprocess per job)"),
     "overhead": (_add_overhead, _cmd_overhead, "compare the timed loop with a bare invoke() loop"),
     "bundle": (_add_bundle, _cmd_bundle, "pack models and a validation subset for a device"),
+    "floors": (_add_floors, _cmd_floors, "score the majority class and the feature baseline on a dataset's images"),
     "android": (_add_android, _cmd_android, "benchmark .tflite models on a phone with benchmark_model"),
 }
 

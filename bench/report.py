@@ -84,6 +84,8 @@ class ReportConfig:
         budgets_ms: p50 latency budgets, in ms.
         alpha: significance level of the paired test.
         min_images: fewer paired images than this makes the verdict inconclusive.
+        floors: ``bench floors`` files: the floors on the images the results were scored on,
+            each model paired with them by McNemar's test.
     """
 
     results: tuple[Path, ...]
@@ -93,6 +95,7 @@ class ReportConfig:
     budgets_ms: tuple[float, ...] = DEFAULT_BUDGETS_MS
     alpha: float = DEFAULT_ALPHA
     min_images: int = DEFAULT_MIN_IMAGES
+    floors: tuple[Path, ...] = ()
 
     def __post_init__(self):
         if not self.results:
@@ -803,6 +806,66 @@ def _evidence_section(runs: str | os.PathLike | None, by_device: dict[str, list[
     return lines + [""]
 
 
+def read_floors_file(path: str | os.PathLike) -> dict:
+    """A ``bench floors`` file, checked for the fields the pairing needs.
+
+    Raises:
+        ValueError: missing, not JSON, or without the per-image lists; the message names it.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"--floors {path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError:
+        raise ValueError(f"--floors {path}: not JSON; expected a file written by `bench floors`") from None
+    need = ("images_sha256", "label_indices", "features_pred_indices", "features_accuracy", "majority_accuracy")
+    if not isinstance(record, dict) or any(k not in record for k in need):
+        raise ValueError(f"--floors {path}: expected a file written by `bench floors` (with {', '.join(need)})")
+    return {**record, "_source": str(path)}
+
+
+def _floors_section(paths, verdicts: dict, alpha: float) -> list[str]:
+    """Each model against the floors scored on the very same images (McNemar, exact)."""
+    if not paths:
+        return []
+    files = [read_floors_file(p) for p in paths]
+    by_images = {f["images_sha256"]: f for f in files}
+    lines = ["## Against the floors on the same images", ""]
+    for f in files:
+        lines.append(f"- `{f['_source']}`: {f.get('n')} `{f.get('split')}` images of `{f.get('data')}`; floors fitted "
+                     f"on the training split of `{f.get('train_data')}`: always {f.get('majority_class')} "
+                     f"{_pct(f['majority_accuracy'])}, logistic regression on image features "
+                     f"{_pct(f['features_accuracy'])} [{_pct(f.get('features_accuracy_ci_low'))}, "
+                     f"{_pct(f.get('features_accuracy_ci_high'))}].")
+    rows, unmatched = [], 0
+    for device, v in verdicts.items():
+        for point in sorted(v.points, key=lambda p: -p.accuracy):
+            floor = by_images.get(point.line.get("images_sha256"))
+            pred, truth = point.line.get("pred_indices"), point.line.get("label_indices")
+            if floor is None or not pred or truth != floor["label_indices"]:
+                unmatched += 1
+                continue
+            truth = np.asarray(truth)
+            test = mcnemar(np.asarray(pred) == truth, np.asarray(floor["features_pred_indices"]) == truth)
+            beats = test["accuracy_diff"] > 0 and test["p_value"] < alpha
+            rows.append([device, point.label, point.family, _pct(point.accuracy), _pct(floor["features_accuracy"]),
+                         f"{100 * test['accuracy_diff']:+.1f}", f"{test['b']} / {test['c']}", f"{test['p_value']:.2g}",
+                         "yes" if beats else "no"])
+    lines += [""]
+    if rows:
+        lines += [f"McNemar's exact test of each model against the feature baseline on the same images (b: model "
+                  f"right and baseline wrong; c: the reverse). Beats it: higher accuracy and p < {alpha:g}.", ""]
+        lines += _table(["Device", "Model", "Family", "Accuracy", "Feature floor", "Difference (points)", "b / c",
+                         "McNemar p", "Beats it"], rows)
+    if unmatched:
+        lines += [f"{unmatched} model line(s) were scored on other images than any floors file, or carry no "
+                  f"per-image predictions; they are not paired.", ""]
+    return lines
+
+
 # --- entry points -------------------------------------------------------------------------
 
 def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> dict:
@@ -832,6 +895,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
           f"{len(errors)} line(s) with an error (listed, left out).", "",
           ]
     md += _evidence_section(config.runs, by_device)
+    md += _floors_section(config.floors, verdicts, config.alpha)
     md += ["## Verdicts at a glance", ""]
     md += [f"- {d}: **{v.verdict}**" for d, v in verdicts.items()] or ["- no device has a usable line"]
     md += [""]
@@ -908,6 +972,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of McNemar's test")
     parser.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES,
                         help="fewer paired images make the verdict inconclusive")
+    parser.add_argument("--floors", type=Path, nargs="+", default=(),
+                        help="`bench floors` file(s): each model is tested against the feature baseline on the same images")
     args = parser.parse_args(argv)
     if importlib.util.find_spec("matplotlib") is None:
         print("error: bench report draws its figures with matplotlib, which is not installed: "
@@ -915,7 +981,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = ReportConfig(results=tuple(args.results), out=args.out, runs=args.runs, exports=args.exports,
-                              budgets_ms=args.budgets, alpha=args.alpha, min_images=args.min_images)
+                              budgets_ms=args.budgets, alpha=args.alpha, min_images=args.min_images,
+                              floors=tuple(args.floors))
         result = write_report(config, log=lambda line: print(line, file=sys.stderr))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

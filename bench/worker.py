@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import functools
 import gc
-import hashlib
 import importlib
 import json
 import os
@@ -31,6 +30,7 @@ import numpy as np
 from bench import fingerprint, memory
 from bench.latency import latency_stats
 from device.checksum import sha256_file
+from device.predictions import images_sha256
 
 DEFAULTS = {"threads": None, "mode": "kernel", "split": "test", "reference": None, "warmup": 20,
             "runs": 200, "min_secs": 5.0, "shuffle": False, "seed": 0, "max_timed_inputs": 64}
@@ -40,11 +40,6 @@ STRICT_MIN_SECONDS = 60.0
 
 class JobError(RuntimeError):
     """A job that cannot be measured as asked; the message says why."""
-
-
-def images_sha256(paths) -> str:
-    """SHA-256 of the sorted, newline-joined relative image paths: names an image set."""
-    return hashlib.sha256("\n".join(sorted(paths)).encode("utf-8")).hexdigest()
 
 
 def kernel_of(model) -> tuple:

@@ -111,6 +111,22 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def try_lock(path: str | os.PathLike) -> int | None:
+    """Take an exclusive lock on the file ``path`` without waiting.
+
+    Returns:
+        A file descriptor holding the lock (close it to release; a process that dies
+        releases it too), or ``None`` when another process holds it.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line to ``path`` and flush it to disk (under ``locked(path)``).
 

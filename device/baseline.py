@@ -198,24 +198,42 @@ class Floors:
             out.update({f"{name}_{k}": m[k] for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1")})
         return out
 
+    def paired(self) -> dict:
+        """Per-image lists sorted by path, as ``bench run`` lines carry them, to pair with models.
 
-def floors(dataset, split: str = "test", size: int = BASELINE_SIZE) -> Floors:
-    """Fit both floors on ``dataset``'s training split and score them on ``split``.
+        ``images_sha256`` names the image set; ``label_indices``, ``features_pred_indices``
+        and ``majority_pred_index`` give the truth and the floors' answers.
+        """
+        from device.predictions import images_sha256
+
+        order = sorted(range(len(self.paths)), key=self.paths.__getitem__)
+        pred = self.feature_probs.argmax(axis=1)
+        return {"images_sha256": images_sha256(self.paths), "label_indices": [int(self.labels[i]) for i in order],
+                "features_pred_indices": [int(pred[i]) for i in order], "majority_pred_index": int(self.majority)}
+
+
+def floors(dataset, split: str = "test", size: int = BASELINE_SIZE, train=None) -> Floors:
+    """Fit both floors on a training split and score them on ``dataset``'s ``split``.
 
     Args:
         dataset: a ``device.dataset.Dataset``.
         split: the split to score (``test`` by default; never one used for choices).
         size: the side images are read at for the features.
+        train: the dataset whose training split fits the floors (default ``dataset``): the
+            models' own training set when ``dataset`` is a separate evaluation set.
 
     Raises:
         ValueError: an empty training split or an empty ``split``.
     """
     from device.dataset import LABELS
 
-    train_x, train_y, _, _ = dataset.load_arrays("train", size)
+    train = dataset if train is None else train
+    train_x, train_y, _, _ = train.load_arrays("train", size)
     x, y, records, _ = dataset.load_arrays(split, size)
-    if not len(train_y) or not len(y):
-        raise ValueError(f"{dataset.root}: floors need a training split and a non-empty {split} split")
+    if not len(train_y):
+        raise ValueError(f"{train.root}: floors need a training split to fit on")
+    if not len(y):
+        raise ValueError(f"{dataset.root}: no readable images in split {split!r}")
     model = LogisticRegression.fit(image_features(train_x), train_y, n_classes=len(LABELS))
     return Floors(split=split, paths=tuple(r.path for r in records), labels=y,
                   majority=majority_class(train_y), feature_probs=model.probabilities(image_features(x)))

@@ -290,8 +290,9 @@ def stratified_split(records: list[Record], seed: int = 0, val: float = VAL_FRAC
     Deterministic for a seed and a set of paths (records are ordered by path first), and
     each class keeps its share in every split (rounded to the nearest image).
     """
-    if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
-        raise DatasetError(f"split fractions val={val} test={test}: expected 0 <= val, test and val + test < 1")
+    if not (0.0 <= val <= 1.0 and 0.0 <= test <= 1.0 and val + test <= 1.0):
+        raise DatasetError(f"split fractions val={val} test={test}: expected 0 <= val, test and val + test <= 1 "
+                           f"(--test 1 makes an evaluation-only set, such as a holdout)")
     rng = np.random.default_rng(seed)
     out = []
     for label in LABELS:

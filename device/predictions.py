@@ -8,6 +8,7 @@ manifest names it, so files of different models join on it for paired tests.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from device.atomic import write_text
 from device.dataset import LABELS
 
 COLUMNS = ("path", "label", "label_index", *(f"prob_{label}" for label in LABELS), "pred_index")
+
+
+def images_sha256(paths) -> str:
+    """SHA-256 of the sorted, newline-joined relative image paths: names an image set.
+
+    ``bench run`` lines and floors files carry it with their per-image lists sorted by path,
+    so two results on the same images pair up index by index.
+    """
+    return hashlib.sha256("\n".join(sorted(paths)).encode("utf-8")).hexdigest()
 
 
 class PredictionsError(ValueError):

@@ -203,7 +203,8 @@ def select_runs(runs: str | os.PathLike, spec: str = "best") -> list[Source]:
 
     Raises:
         ExportError: missing folder, no finished run, a selection naming nothing, a run
-            without ``best.h5``, ``config.json`` or ``val_predictions.csv``.
+            without ``best.h5``, ``config.json`` or ``val_predictions.csv``, or a ``best.h5``
+            that is not the file the sweep recorded.
     """
     root = Path(runs)
     sources = []
@@ -221,6 +222,10 @@ def select_runs(runs: str | os.PathLike, spec: str = "best") -> list[Source]:
                         checkpoint=run_dir / "best.h5", predictions=run_dir / "val_predictions.csv",
                         data=_data_folder(config, run_dir), img_size=int(config["img_size"]))
         source.checkpoint_sha256 = sha256_file(source.checkpoint)
+        recorded = record.get("checkpoint_sha256")
+        if recorded and recorded != source.checkpoint_sha256:
+            raise ExportError(f"run {record['run_id']}: {source.checkpoint} differs from the sha256 recorded when "
+                              f"the run finished (damaged or replaced); rerun the sweep to train it again")
         sources.append(source)
     return sources
 

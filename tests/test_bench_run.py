@@ -286,3 +286,35 @@ def test_cooldown_waits_for_temperature():
     assert cooldown(55.0, read_temp=lambda: None).startswith("cooldown: no thermal sensor")
     assert describe_throttled("0x50005") == ["under-voltage now", "throttled now",
                                              "under-voltage has occurred", "throttling has occurred"]
+
+
+def test_floors_on_the_same_images_pair_with_every_model(exports_dir, tmp_path):
+    data = json.loads((exports_dir / "manifest.json").read_text())["artifacts"][0]["data"]
+    floors = tmp_path / "floors.json"
+    done = bench("floors", "--data", data, "--split", "val", "--out", str(floors))
+    assert done.returncode == 0, done.stderr
+    record = json.loads(floors.read_text())
+    assert record["split"] == "val" and record["n"] == len(record["label_indices"]) == len(record["features_pred_indices"])
+    out = tmp_path / "r.jsonl"
+    assert bench("run", "--models", str(exports_dir), "--out", str(out), "--mode", "kernel", *QUICK).returncode == 0
+    lines = read_lines(out)
+    assert {line["images_sha256"] for line in lines} == {record["images_sha256"]}
+    other = tmp_path / "train-floors.json"  # scored on other images: never paired
+    assert bench("floors", "--data", data, "--split", "train", "--out", str(other)).returncode == 0
+
+    done = bench("report", "--results", str(out), "--floors", str(floors), str(other), "--out", str(tmp_path / "rep"))
+    assert done.returncode == 0, done.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    section = md.split("## Against the floors on the same images", 1)[1].split("\n## ", 1)[0]
+    rows = [row for row in section.splitlines() if row.startswith("| ") and "McNemar" not in row and "---" not in row]
+    assert len(rows) == 3  # one per artifact, each paired with the val floors
+    from device.metrics import mcnemar
+    truth = np.asarray(record["label_indices"])
+    line = max(lines, key=lambda l: l["accuracy"])
+    expected = mcnemar(np.asarray(line["pred_indices"]) == truth, np.asarray(record["features_pred_indices"]) == truth)
+    assert f"{expected['b']} / {expected['c']}" in section
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    done = bench("report", "--results", str(out), "--floors", str(bad), "--out", str(tmp_path / "rep2"))
+    assert done.returncode == 2 and "expected a file written by `bench floors`" in done.stderr

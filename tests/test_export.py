@@ -432,3 +432,64 @@ def _has_batchnorm(backbone, size: int) -> bool:
 
     base = build_base(backbone, size, None)
     return any(isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers)
+
+
+def test_default_calibration_uses_every_training_image_when_fewer_than_200(exported, tmp_path):
+    # fault #16: the default --calib 200 failed on any dataset with fewer training images
+    from device.dataset import open_dataset
+
+    train_n = len(open_dataset(exported.data).split("train"))
+    assert train_n < 200
+    out = tmp_path / "x"
+    result = subprocess.run([sys.executable, "-m", "export.tflite", "--runs", str(exported.runs), "--out", str(out),
+                             "--variants", "int8", "--select", "mobilenetv2:0"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"calibrating int8 on all {train_n} training images" in result.stdout
+    record = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+    assert record["settings"]["calib"] == train_n and record["calib_n"] == train_n and "error" not in record
+
+
+def test_failed_reexport_keeps_the_good_record_and_exits_3(exported, tmp_path):
+    # fault #6: re-exporting replaced a good manifest record with an error record
+    out = tmp_path / "exports"
+    shutil.copytree(exported.out, out)
+    good = exported.tflite["fp32"]
+    saved = json.loads((out / "manifest.json").read_text())
+    for record in saved["artifacts"]:
+        if record["artifact_id"] == good["artifact_id"]:
+            record["source_key"] = "stale"  # forces a new attempt
+    (out / "manifest.json").write_text(json.dumps(saved))
+
+    def convert(ctx, variant, path):
+        raise RuntimeError("converter exploded")
+
+    config = ExportConfig(runs=str(exported.runs), out=str(out), variants=("fp32",), select="mobilenetv2:0")
+    records = export_runs(config, "tflite", ("fp32",), convert, log=lambda _: None)
+    assert records[0]["error"] == "RuntimeError: converter exploded"
+    kept = {r["artifact_id"]: r for r in json.loads((out / "manifest.json").read_text())["artifacts"]}[good["artifact_id"]]
+    assert "error" not in kept and kept["sha256"] == good["sha256"]
+    assert kept["last_failure"]["error"] == "RuntimeError: converter exploded"
+
+    # a run whose best.h5 differs from the recorded hash is refused before any conversion
+    runs = tmp_path / "runs"
+    shutil.copytree(exported.runs, runs)
+    best = runs / "runs" / "mobilenetv2" / "L000-s0" / "best.h5"
+    data = bytearray(best.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    best.write_bytes(bytes(data))
+    result = subprocess.run([sys.executable, "-m", "export.tflite", "--runs", str(runs), "--out", str(tmp_path / "y"),
+                             "--variants", "fp32", "--select", "mobilenetv2:0"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 2 and "differs from the sha256 recorded" in result.stderr.strip().splitlines()[-1]
+
+    # without a recorded hash (older sweeps) the damage shows at conversion: recorded, exit 3
+    lines = [json.loads(line) for line in (runs / "results.jsonl").read_text().splitlines()]
+    (runs / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in line.items() if k != "checkpoint_sha256"})
+                                                + "\n" for line in lines))
+    best.write_bytes(b"\x00" * 256)
+    result = subprocess.run([sys.executable, "-m", "export.tflite", "--runs", str(runs), "--out", str(tmp_path / "z"),
+                             "--variants", "fp32", "--select", "mobilenetv2:0"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "1 of 1 artifact(s) failed" in result.stderr

@@ -257,3 +257,21 @@ def test_out_that_is_a_file_is_refused_in_one_line(tiny_data, tmp_path):
                              str(tmp_path / "taken" / "sub"), "--weights", "none", "--img-size", "32"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "is a file, so the folder cannot be made" in result.stderr
+
+
+def test_two_sweeps_on_one_folder_train_each_run_once(tiny_data, tmp_path):
+    # fault #17: two sweeps started on one --out both trained every run (4 lines for 2 runs)
+    out = tmp_path / "shared"
+    command = [sys.executable, "-m", "train.sweep", "--data", str(tiny_data), "--out", str(out), "--weights", "none",
+               "--img-size", "32", "--levels", "0,3,7", "--epochs", "2", "--batch-size", "8"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    procs = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    lines = read_jsonl(out / "results.jsonl")
+    assert sorted(line["run_id"] for line in lines) == ["mobilenetv2-L000-s0", "mobilenetv2-L003-s0",
+                                                        "mobilenetv2-L007-s0"]
+    assert all("error" not in line for line in lines)
+    both = "\n".join(outputs)
+    assert "left to it" in both or "finished meanwhile" in both or "already finished" in both

@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, DatasetError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished epochs are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from device.atomic import append_jsonl, check_output_folder, read_jsonl, write_json
+from device.atomic import append_jsonl, check_output_folder, read_jsonl, try_lock, write_json
 from device.checksum import sha256_file
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
@@ -41,6 +42,7 @@ RUN_IDENTITY = ("backbone", "level", "seed", "epochs", "batch_size", "lr", "img_
 
 
 EXIT_FAILURES = 3  # the sweep finished, but some runs failed (2: bad input, nothing ran)
+RUN_LOCK = ".lock"  # in each run folder, held while a process trains that run
 
 
 class SweepError(ValueError):
@@ -300,10 +302,15 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     _write_floors(config.data, out, the_plan.data_fingerprint, log)
     done = len(the_plan.runs) - len(the_plan.todo)
     log(f"sweep: {len(the_plan.runs)} runs in this shard ({done} already finished), output {out}")
+    busy: list[str] = []
     if the_plan.todo:
         with _precision(config.precision):
-            _execute(the_plan, out, log)
-    failed = failed_runs(out, [r.run_id for r in the_plan.runs])
+            busy = _execute(the_plan, out, log)
+    failed = [r for r in failed_runs(out, [r.run_id for r in the_plan.runs]) if r not in busy]
+    if busy:
+        log(f"{len(busy)} run(s) were being trained by another process on {out} and were left to it: "
+            f"{', '.join(busy[:10])}{' ...' if len(busy) > 10 else ''}; rerun this command when it ends for a "
+            f"complete summary")
     write_json(shard_record, {**asdict(config), "runs": [r.run_id for r in the_plan.runs], "failed": failed})
     if failed:
         log(f"{len(failed)} of {len(the_plan.runs)} runs failed: {', '.join(failed[:10])}"
@@ -337,7 +344,8 @@ def head_init(shape: tuple[int, int], seed: int) -> list[np.ndarray]:
     return [kernel.astype(np.float32), np.zeros(fan_out, np.float32)]
 
 
-def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
+def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> list[str]:
+    """Train the plan's runs still to do; returns the ids of runs another process holds."""
     import tensorflow as tf
     import tf_keras as keras
 
@@ -348,6 +356,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
 
     config = the_plan.config
     dataset = open_dataset(config.data)
+    busy: list[str] = []
     skipped_all = []
     train_x, train_y, train_records, skipped = dataset.load_arrays("train", config.img_size)
     skipped_all += skipped
@@ -383,6 +392,17 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
                 t0 = time.perf_counter()
                 run_dir = out / run.rel_dir
                 run_dir.mkdir(parents=True, exist_ok=True)
+                # one process per run: a second sweep on the same folder takes the other runs
+                lock = try_lock(run_dir / RUN_LOCK)
+                if lock is None:
+                    busy.append(run.run_id)
+                    log(f"{run.run_id}: being trained by another process on {out}; left to it")
+                    continue
+                if (run_dir / "metrics.json").is_file() and not _damaged_checkpoint(run_dir):
+                    os.close(lock)
+                    _ensure_results_line(out, run)
+                    log(f"{run.run_id}: finished meanwhile by another process")
+                    continue
                 record = {"run_id": run.run_id, "run_dir": run.rel_dir, "backbone": backbone.name,
                           "level": run.level, "seed": run.seed}
                 try:
@@ -447,6 +467,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
                           + (f", test acc {100 * record['test_accuracy']:.1f}%" if "test_accuracy" in record else "")
                           + f", best epoch {record['best_epoch']}/{config.epochs}")
                 log(f"[{finished}/{total}] {run.run_id}: {status}, {record['wall_seconds']:.1f}s; sweep ETA {_fmt_eta(eta)}")
+                os.close(lock)
             if caches is not None:
                 for cache in caches:
                     if cache.arrays[0] is not cache.images:
@@ -455,6 +476,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> None:
             keras.backend.clear_session()
     finally:
         store.close()
+    return busy
 
 
 def parse_shard(text: str) -> tuple[int, int]:
