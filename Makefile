@@ -23,8 +23,9 @@ demo: $(VENV)/.installed
 	$(PY) -m export.onnx --runs $(DEMO)/sweep --out $(DEMO)/exports
 	$(VENV)/bin/bench run --models $(DEMO)/exports --threads 1 --runs 100 --min-secs 1 --resume \
 		--device-name this-machine --out $(DEMO)/bench/this-machine.jsonl
+	$(VENV)/bin/bench floors --data $(DEMO)/data --out $(DEMO)/bench/floors.json
 	$(VENV)/bin/bench report --runs $(DEMO)/sweep --exports $(DEMO)/exports \
-		--results $(DEMO)/bench/this-machine.jsonl --out $(DEMO)/report
+		--results $(DEMO)/bench/this-machine.jsonl --floors $(DEMO)/bench/floors.json --out $(DEMO)/report
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
