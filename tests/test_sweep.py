@@ -275,3 +275,9 @@ def test_two_sweeps_on_one_folder_train_each_run_once(tiny_data, tmp_path):
     assert all("error" not in line for line in lines)
     both = "\n".join(outputs)
     assert "left to it" in both or "finished meanwhile" in both or "already finished" in both
+
+
+def test_a_seed_named_twice_is_one_run(tiny_data, tmp_path):
+    the_plan = plan(_config(tiny_data, tmp_path / "s", levels="0,7", seeds=(0, 0, 1)), log=lambda m: None)
+    assert sorted(r.run_id for r in the_plan.runs) == ["mobilenetv2-L000-s0", "mobilenetv2-L000-s1",
+                                                       "mobilenetv2-L007-s0", "mobilenetv2-L007-s1"]

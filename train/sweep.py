@@ -189,7 +189,8 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
             levels = parse_schedule(config.levels, backbone, layer_names[backbone.name])
         except LevelError as exc:
             raise SweepError(f"{backbone.name}: {exc}") from None
-        runs += [RunPlan(backbone, level, seed) for level in levels for seed in config.seeds]
+        # a seed named twice (--seeds 0,0) is one run, not two trainings of the same run
+        runs += [RunPlan(backbone, level, seed) for level in levels for seed in dict.fromkeys(config.seeds)]
     mine = [run for i, run in enumerate(runs) if i % count == index]
     out = Path(config.out)
     todo = []
