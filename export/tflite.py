@@ -38,6 +38,7 @@ from device.backbones import Backbone, get
 from device.checksum import sha256_file
 from device.dataset import LABELS, DatasetError, open_dataset
 from export import manifest
+from train.console import VERBOSE_HELP, quiet_tensorflow
 from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
 from export.verify import align, read_reference, strict_failure, verify
 
@@ -507,8 +508,10 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
     p.add_argument("--variants", default=",".join(allowed), help=f"comma-separated: {','.join(allowed)} (default all)")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     extra_arguments(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     try:
         if args.calib_seed < 0:
             raise ExportError(f"--calib-seed {args.calib_seed}: expected a non-negative integer")

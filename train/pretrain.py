@@ -33,6 +33,8 @@ from typing import Callable
 
 import numpy as np
 
+from train.console import VERBOSE_HELP, quiet_tensorflow
+
 from device.atomic import write_json
 from device.backbones import get
 from device.dataset import DatasetError, class_weights, open_dataset
@@ -184,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cosine decays the learning rate to zero over all epochs (default cosine)")
     p.add_argument("--no-bn-refresh", dest="bn_refresh", action="store_false",
                    help="do not re-estimate BatchNorm statistics on training images before each validation")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     try:
         pretrain(args.data, args.backbone, args.out, epochs=args.epochs, img_size=args.img_size,
                  batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed,

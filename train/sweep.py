@@ -30,6 +30,7 @@ from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
 from device.predictions import write_predictions
 from device.preprocess import preprocess
+from train.console import VERBOSE_HELP, quiet_tensorflow
 from train.levels import BN_MODES
 
 CACHE_MODES = ("auto", "on", "off")
@@ -511,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn", default="frozen", choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (inference mode, fixed; default) or study "
                         "(trainable BatchNorm layers update their statistics with the backbone's momentum)")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("--bn-reestimate", default="auto", choices=("auto", "on", "off"),
                    help="re-estimate frozen BatchNorm statistics on training images (auto: with --weights none)")
     return p
@@ -532,6 +534,7 @@ def from_args(args: argparse.Namespace) -> SweepConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_tensorflow(args.verbose)
     from train.model import WeightsError
 
     try:

@@ -1,0 +1,40 @@
+"""A quiet console: TensorFlow's start-up chatter hidden unless asked for.
+
+TensorFlow prints oneDNN notes, CUDA-driver probes and absl banners on stderr when it is
+imported, and tf.function retracing warnings while a sweep runs; none of it is about the
+user's job. Each command's ``main`` calls ``quiet_tensorflow(args.verbose)`` before anything
+imports TensorFlow: the import's stderr is captured and shown only if the import fails, the
+C++ log level is set to errors only (unless the user set ``TF_CPP_MIN_LOG_LEVEL``), and
+TensorFlow's Python logger keeps errors only. ``--verbose`` leaves everything as TensorFlow
+prints it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+VERBOSE_HELP = "show TensorFlow's own start-up and warning messages (hidden by default)"
+
+
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Import TensorFlow and tf_keras with their start-up messages hidden (unless ``verbose``)."""
+    if verbose or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+            import tf_keras  # noqa: F401  (its import prints too)
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    tf.get_logger().setLevel("ERROR")
