@@ -72,22 +72,25 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test",
                    help="images scored for accuracy (default test: never used for any choice; val is optimistic)")
     p.add_argument("--runtime", type=_names, default=("litert", "onnxruntime"), help="litert,onnxruntime (default); tensorflow: TensorFlow's TFLite interpreter, only when named")
-    p.add_argument("--threads", type=_ints, default=(1,), help="comma-separated, e.g. 1,4")
-    p.add_argument("--mode", type=_names, default=("kernel",), help="kernel, e2e or kernel,e2e")
+    p.add_argument("--threads", type=_ints, default=(1,), help="comma-separated, e.g. 1,4 (default 1)")
+    p.add_argument("--mode", type=_names, default=("kernel",),
+                   help="kernel (the model call), e2e (decode + preprocess + call) or kernel,e2e (default kernel)")
     p.add_argument("--warmup", type=at_least(0), default=20, help="untimed calls first (default 20)")
     p.add_argument("--runs", type=at_least(1), default=200, help="minimum timed runs (default 200)")
     p.add_argument("--min-secs", type=at_least(0, float), default=5.0, help="minimum timed seconds (default 5)")
     p.add_argument("--strict", action="store_true", help="MLPerf single-stream minimum: >= 1024 runs and >= 60 s")
     p.add_argument("--shuffle", action="store_true", help="cycle the images in a seeded random order")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle's order (default 0)")
     cool = p.add_mutually_exclusive_group()
     cool.add_argument("--cooldown-temp", type=float, help="before each job wait until below this many C")
     cool.add_argument("--cooldown-secs", type=float, help="before each job sleep this long")
-    p.add_argument("--cooldown-timeout", type=at_least(0, float), default=600.0)
+    p.add_argument("--cooldown-timeout", type=at_least(0, float), default=600.0,
+                   help="seconds to wait for --cooldown-temp before measuring anyway, with a note (default 600)")
     p.add_argument("--device-name", help="name of this device in the records (default: host name)")
     p.add_argument("--resume", action="store_true", help="skip jobs already in --out")
     p.add_argument("--select", help="glob on artifact id or model file name")
-    p.add_argument("--job-timeout", type=at_least(1, float), default=3600.0, help="seconds before a worker is killed")
+    p.add_argument("--job-timeout", type=at_least(1, float), default=3600.0,
+                   help="seconds before a worker is killed (default 3600)")
 
 
 def _cmd_run(args) -> int:

@@ -1,6 +1,6 @@
 """The study's experiment: fine-tune every backbone at every trainable level, per seed.
 
-    python -m train.sweep --data DIR --backbones paper --levels paper --epochs 10 \
+    python -m train.sweep --data DIR --backbones paper --levels paper --epochs 10 \\
         --img-size 224 --seeds 0,1,2 --weights imagenet --out sweeps/paper
 
 Resumable (rerun the same command: finished runs are skipped, a killed run resumes from its
@@ -496,19 +496,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep output folder (shared by shards)")
     p.add_argument("--backbones", default="mobilenetv2", help="names and groups: paper, mobile, all (default mobilenetv2)")
     p.add_argument("--levels", default="paper", help="paper | blocks | 0,5,10 | step:N[:max] (default paper)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=10, help="epochs per run; the best by validation accuracy is kept (default 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per training step (default 32)")
     p.add_argument("--img-size", type=int, default=128, help="input side in pixels (default 128)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH (file or folder of Keras weight files)")
-    p.add_argument("--augment", default="none", choices=("none", "d4"), help="d4: the 8 rotations/flips")
-    p.add_argument("--cache-features", default="auto", choices=CACHE_MODES)
-    p.add_argument("--cache-budget-gb", type=float, default=4.0, help="feature cache kept in memory; beyond, memory-mapped files")
-    p.add_argument("--precision", default="float32", choices=PRECISIONS)
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (downloaded by Keras) | none (random) | PATH (a file or folder of Keras weight files) "
+                        "(default imagenet)")
+    p.add_argument("--augment", default="none", choices=("none", "d4"), help="d4: the 8 rotations/flips (default none)")
+    p.add_argument("--cache-features", default="auto", choices=CACHE_MODES,
+                   help="run the frozen layers once per image and train only the top (auto: when not augmenting; "
+                        "default auto)")
+    p.add_argument("--cache-budget-gb", type=float, default=4.0,
+                   help="feature cache kept in memory; beyond, memory-mapped files (default 4)")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                   help="mixed_float16 on GPUs with tensor cores (default float32)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
-    p.add_argument("--strategy", default="none", choices=STRATEGIES, help="mirrored: all GPUs of this machine")
-    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares")
+    p.add_argument("--strategy", default="none", choices=STRATEGIES, help="mirrored: all GPUs of this machine (default none)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares (default 0/1)")
     p.add_argument("--bn", default="frozen", choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (inference mode, fixed; default) or study "
                         "(trainable BatchNorm layers update their statistics with the backbone's momentum)")
