@@ -827,20 +827,16 @@ def read_floors_file(path: str | os.PathLike) -> dict:
     return {**record, "_source": str(path)}
 
 
-def _floors_section(paths, verdicts: dict, alpha: float) -> list[str]:
-    """Each model against the floors scored on the very same images (McNemar, exact)."""
-    if not paths:
-        return []
-    files = [read_floors_file(p) for p in paths]
+def floors_pairs(files: list[dict], verdicts: dict, alpha: float) -> tuple[list[dict], int]:
+    """Each model point paired with the floors file scored on its very images.
+
+    Returns:
+        ``(pairs, unmatched)``: one dict per paired point (device, artifact, accuracies,
+        McNemar b, c and p against the feature baseline, ``beats``), and how many points
+        had no floors file on their images or no per-image predictions.
+    """
     by_images = {f["images_sha256"]: f for f in files}
-    lines = ["## Against the floors on the same images", ""]
-    for f in files:
-        lines.append(f"- `{f['_source']}`: {f.get('n')} `{f.get('split')}` images of `{f.get('data')}`; floors fitted "
-                     f"on the training split of `{f.get('train_data')}`: always {f.get('majority_class')} "
-                     f"{_pct(f['majority_accuracy'])}, logistic regression on image features "
-                     f"{_pct(f['features_accuracy'])} [{_pct(f.get('features_accuracy_ci_low'))}, "
-                     f"{_pct(f.get('features_accuracy_ci_high'))}].")
-    rows, unmatched = [], 0
+    pairs, unmatched = [], 0
     for device, v in verdicts.items():
         for point in sorted(v.points, key=lambda p: -p.accuracy):
             floor = by_images.get(point.line.get("images_sha256"))
@@ -850,26 +846,100 @@ def _floors_section(paths, verdicts: dict, alpha: float) -> list[str]:
                 continue
             truth = np.asarray(truth)
             test = mcnemar(np.asarray(pred) == truth, np.asarray(floor["features_pred_indices"]) == truth)
-            beats = test["accuracy_diff"] > 0 and test["p_value"] < alpha
-            rows.append([device, point.label, point.family, _pct(point.accuracy), _pct(floor["features_accuracy"]),
-                         f"{100 * test['accuracy_diff']:+.1f}", f"{test['b']} / {test['c']}", f"{test['p_value']:.2g}",
-                         "yes" if beats else "no"])
+            pairs.append({"device": device, "artifact_id": point.artifact_id, "label": point.label,
+                          "family": point.family, "accuracy": point.accuracy, "floors": floor["_source"],
+                          "features_accuracy": floor["features_accuracy"],
+                          "majority_accuracy": floor["majority_accuracy"], "b": test["b"], "c": test["c"],
+                          "n": test["n"], "p_value": test["p_value"], "accuracy_diff": test["accuracy_diff"],
+                          "beats_features": bool(test["accuracy_diff"] > 0 and test["p_value"] < alpha)})
+    return pairs, unmatched
+
+
+def _floors_section(files: list[dict], pairs: list[dict], unmatched: int, alpha: float) -> list[str]:
+    """Each model against the floors scored on the very same images (McNemar, exact)."""
+    if not files:
+        return []
+    lines = ["## Against the floors on the same images", ""]
+    for f in files:
+        lines.append(f"- `{f['_source']}`: {f.get('n')} `{f.get('split')}` images of `{f.get('data')}`; floors fitted "
+                     f"on the training split of `{f.get('train_data')}`: always {f.get('majority_class')} "
+                     f"{_pct(f['majority_accuracy'])}, logistic regression on image features "
+                     f"{_pct(f['features_accuracy'])} [{_pct(f.get('features_accuracy_ci_low'))}, "
+                     f"{_pct(f.get('features_accuracy_ci_high'))}].")
     lines += [""]
-    if rows:
+    if pairs:
         lines += [f"McNemar's exact test of each model against the feature baseline on the same images (b: model "
                   f"right and baseline wrong; c: the reverse). Beats it: higher accuracy and p < {alpha:g}.", ""]
         lines += _table(["Device", "Model", "Family", "Accuracy", "Feature floor", "Difference (points)", "b / c",
-                         "McNemar p", "Beats it"], rows)
+                         "McNemar p", "Beats it"],
+                        [[q["device"], q["label"], q["family"], _pct(q["accuracy"]), _pct(q["features_accuracy"]),
+                          f"{100 * q['accuracy_diff']:+.1f}", f"{q['b']} / {q['c']}", f"{q['p_value']:.2g}",
+                          "yes" if q["beats_features"] else "no"] for q in pairs])
     if unmatched:
         lines += [f"{unmatched} model line(s) were scored on other images than any floors file, or carry no "
                   f"per-image predictions; they are not paired.", ""]
     return lines
 
 
+# --- machine-readable outputs ---------------------------------------------------------------
+
+DEVICES_CSV_COLUMNS = (
+    "device_name", "artifact_id", "backbone", "family", "variant", "format", "runtime", "runtime_version",
+    "threads", "mode", "emulated", "latency_ms_p50", "latency_ms_p50_ci_low", "latency_ms_p50_ci_high",
+    "latency_ms_p90", "latency_ms_p99", "peak_rss_bytes", "rss_increase_bytes", "size_bytes", "data", "split",
+    "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "agreement", "cpu_model", "arch",
+    "error",
+)
+
+
+def devices_csv(by_device: dict[str, list[dict]], errors: list[dict]) -> str:
+    """One row per results line (errors included), the columns of ``DEVICES_CSV_COLUMNS``."""
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(DEVICES_CSV_COLUMNS)
+    for line in [ln for lines in by_device.values() for ln in lines] + errors:
+        row = {**line, "family": _family(str(line.get("backbone"))), "emulated": is_emulated(line)}
+        writer.writerow(["" if row.get(k) is None else row.get(k) for k in DEVICES_CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def _point_record(p: Point | None) -> dict | None:
+    if p is None:
+        return None
+    return {"artifact_id": p.artifact_id, "backbone": p.backbone, "variant": p.variant, "format": p.format,
+            "mobile": p.mobile, "accuracy": p.accuracy, "accuracy_ci_low": p.ci_low, "accuracy_ci_high": p.ci_high,
+            "latency_ms_p50": p.p50_ms, "size_bytes": p.size_bytes, "runtime": p.line.get("runtime"),
+            "threads": p.line.get("threads"), "n_images": p.line.get("n_images"), "split": p.line.get("split")}
+
+
+def verdict_record(config: "ReportConfig", verdicts: dict, pairs: list[dict]) -> dict:
+    """Everything the verdict used, per device: the decision, its reasons and every number."""
+    return {
+        "format_version": 1,
+        "claim": "mobile networks may not always be ideal for deployment on a low-compute device, as they had "
+                 "consistently lower validation accuracies (Sabeesh & Bolla, 2022)",
+        "rule": DECISION_RULE, "alpha": config.alpha, "budgets_ms": list(config.budgets_ms),
+        "min_images": config.min_images, "results": [str(p) for p in config.results],
+        "devices": {d: {"verdict": v.verdict, "reasons": list(v.reasons), "mode": v.mode,
+                        "emulated_lines": v.emulated, "best_mobile": _point_record(v.best_mobile),
+                        "best_other": _point_record(v.best_other), "mcnemar_other_vs_mobile": v.test,
+                        "points": [_point_record(p) for p in v.points],
+                        "latency_front": [p.artifact_id for p in v.latency_front],
+                        "size_front": [p.artifact_id for p in v.size_front],
+                        "budgets": [{"budget_ms": b, "artifact_id": p.artifact_id if p else None} for b, p in v.budgets]}
+                    for d, v in verdicts.items()},
+        "against_floors": pairs,
+    }
+
+
 # --- entry points -------------------------------------------------------------------------
 
 def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> dict:
-    """Build ``report.md`` and its figures.
+    """Build ``report.md`` and its figures, ``verdict.json`` (the decision per device, its
+    reasons and every number it used, and each model against the floors) and ``devices.csv``
+    (one row per results line, errors included).
 
     Args:
         config: inputs, output folder and the decision rule's parameters.
@@ -895,7 +965,9 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
           f"{len(errors)} line(s) with an error (listed, left out).", "",
           ]
     md += _evidence_section(config.runs, by_device)
-    md += _floors_section(config.floors, verdicts, config.alpha)
+    floor_files = [read_floors_file(p) for p in config.floors]
+    pairs, unmatched = floors_pairs(floor_files, verdicts, config.alpha)
+    md += _floors_section(floor_files, pairs, unmatched, config.alpha)
     md += ["## Verdicts at a glance", ""]
     md += [f"- {d}: **{v.verdict}**" for d, v in verdicts.items()] or ["- no device has a usable line"]
     md += [""]
@@ -945,6 +1017,12 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
     if not verdicts:
         md += ["No device has a line without error; no verdict.", ""]
 
+    import json
+
+    write_text(out / "verdict.json", json.dumps(verdict_record(config, verdicts, pairs), indent=2) + "\n")
+    write_text(out / "devices.csv", devices_csv(by_device, errors))
+    log(f"wrote {out / 'verdict.json'}")
+    log(f"wrote {out / 'devices.csv'}")
     report = out / "report.md"
     write_text(report, "\n".join(md).rstrip() + "\n")
     for path in figures:

@@ -315,6 +315,19 @@ def test_floors_on_the_same_images_pair_with_every_model(exports_dir, tmp_path):
     expected = mcnemar(np.asarray(line["pred_indices"]) == truth, np.asarray(record["features_pred_indices"]) == truth)
     assert f"{expected['b']} / {expected['c']}" in section
 
+    # the same, machine-readable: verdict.json and devices.csv (#12 item 6)
+    verdict = json.loads((tmp_path / "rep" / "verdict.json").read_text())
+    assert verdict["format_version"] == 1 and set(verdict["devices"]) == {lines[0]["device_name"]}
+    device = verdict["devices"][lines[0]["device_name"]]
+    assert device["verdict"] in ("supported", "contradicted", "inconclusive") and device["reasons"]
+    assert len(device["points"]) == 3 and len(verdict["against_floors"]) == 3
+    best = next(q for q in verdict["against_floors"] if q["artifact_id"] == line["artifact_id"])
+    assert (best["b"], best["c"]) == (expected["b"], expected["c"])
+    with open(tmp_path / "rep" / "devices.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(lines) and {r["artifact_id"] for r in rows} == {l["artifact_id"] for l in lines}
+    assert all(float(r["latency_ms_p50"]) > 0 and r["error"] == "" for r in rows)
+
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     done = bench("report", "--results", str(out), "--floors", str(bad), "--out", str(tmp_path / "rep2"))
