@@ -8,7 +8,7 @@ function adding its arguments and a function running it, so adding one is a few 
 Modules listed in ``EXTERNAL`` (``report`` -> ``bench.report``) own their arguments: when
 the module is installed, ``bench NAME ARGS...`` calls its ``main(ARGS)``.
 
-Parsing stays here; each command builds a config and calls one library function (STYLE 5).
+Parsing stays here; each command builds a config and calls one library function, so every command can be driven from Python too.
 """
 from __future__ import annotations
 

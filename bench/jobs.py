@@ -2,7 +2,7 @@
 append one flat JSON line per job, resume, and flag int8 models slower than fp32.
 
 One job is one artifact x runtime x threads x mode. Each runs in ``python -m bench.worker``
-so memory high-water marks and runtime thread pools start fresh (STYLE 7); a worker that
+so memory high-water marks and runtime thread pools start fresh; a worker that
 crashes (a signal, a non-zero exit, a timeout) still gives a line, with ``error``.
 """
 from __future__ import annotations

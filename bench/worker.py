@@ -3,7 +3,7 @@
 The job is a JSON object (from the file named on the command line, or stdin); the result is
 one JSON object printed on the worker's original stdout. Anything the runtimes print goes to
 stderr, so the result line stays parseable. Running each job in a fresh process keeps
-memory high-water marks and thread pools from leaking between models (STYLE 7).
+memory high-water marks and thread pools from leaking between models.
 
 Job keys: ``artifact`` (the manifest record), ``model_path``, ``runtime``, ``threads``,
 ``mode`` (``kernel`` or ``e2e``), ``data``, ``split``, ``reference`` (CSV path or null),
