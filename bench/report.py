@@ -575,6 +575,14 @@ def _common_notes(lines: list[dict]) -> list[str]:
     return [n for n in sets[0] if all(n in other for other in sets[1:])] if len(sets) > 1 else []
 
 
+def _majority_share(labels) -> float | None:
+    """The accuracy of always answering the most common class of these labels."""
+    if not labels:
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=int))
+    return float(counts.max() / counts.sum())
+
+
 def _device_table(lines: list[dict]) -> list[str]:
     common = set(_common_notes(lines))
     rows = []
@@ -587,6 +595,10 @@ def _device_table(lines: list[dict]) -> list[str]:
         notes = [str(n) for n in ln.get("notes") or [] if str(n) not in common]
         if is_emulated(ln):
             notes.insert(0, "EMULATED: latency not meaningful")
+        share = _majority_share(ln.get("label_indices"))
+        if acc is not None and share is not None and a_low is not None and a_low <= share:
+            notes.insert(0, f"NOT ABOVE CHANCE: its interval reaches {_pct(share)}, the score of always answering "
+                            f"the most common class of these images")
         rows.append([str(ln.get("artifact_id")), _family(str(ln.get("backbone"))), str(ln.get("runtime")),
                      str(ln.get("threads")), str(ln.get("mode")), p50, _ms(_num(ln.get("latency_ms_p90"))),
                      _ms(_num(ln.get("latency_ms_p99"))), _mb(ln.get("peak_rss_bytes")),

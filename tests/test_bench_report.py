@@ -232,3 +232,22 @@ def test_cli_through_bench_main(tmp_path, capsys):
     assert "Latency budgets: 10, 50 ms" in text and "p < alpha (0.01)" in text
     assert main(["report", "--results", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r")]) == 2
     assert "missing.jsonl: no such results file" in capsys.readouterr().err
+
+
+def test_a_model_at_chance_is_flagged(tmp_path):
+    # #12 item 7: a model scoring the majority-class rate was not flagged
+    at_chance = np.zeros(N, bool)
+    at_chance[: int(N * 0.36)] = True  # about what always answering one class scores on balanced labels
+    good = np.ones(N, bool)
+    good[: N // 10] = False
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(l) + "\n" for l in (
+        line("pi5", "mobilenetv2", "fp32", 4.0, at_chance, 9_000_000),
+        line("pi5", "resnet50", "fp32", 20.0, good, 90_000_000))))
+    from bench.report import ReportConfig, write_report
+
+    write_report(ReportConfig(results=(results,), out=tmp_path / "rep"), log=lambda _: None)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    rows = [r for r in md.splitlines() if r.startswith("| mobilenetv2-l5-s0-fp32") or r.startswith("| resnet50-l5-s0-fp32")]
+    flagged = [r for r in rows if "NOT ABOVE CHANCE" in r]
+    assert len(flagged) == 1 and flagged[0].startswith("| mobilenetv2")
