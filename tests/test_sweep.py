@@ -284,3 +284,26 @@ def test_a_seed_named_twice_is_one_run(tiny_data, tmp_path):
     the_plan = plan(_config(tiny_data, tmp_path / "s", levels="0,7", seeds=(0, 0, 1)), log=lambda m: None)
     assert sorted(r.run_id for r in the_plan.runs) == ["mobilenetv2-L000-s0", "mobilenetv2-L000-s1",
                                                        "mobilenetv2-L007-s0", "mobilenetv2-L007-s1"]
+
+
+def test_shards_sharing_a_cache_root_never_remove_each_others_files(tiny_data, tmp_path):
+    # #11: every shard spilled to OUT/cache and every shard's close removed the whole folder
+    from train.cache import FeatureStore
+    from train.sweep import spill_dir
+
+    config = _config(tiny_data, tmp_path / "o", cache_dir=str(tmp_path / "scratch"))
+    first, second = spill_dir(config, tmp_path / "o"), spill_dir(config, tmp_path / "o")
+    assert first != second and first.parent == second.parent == tmp_path / "scratch"
+    a, b = FeatureStore(0, first), FeatureStore(0, second)
+    kept = b.allocate((4, 3), np.float32)
+    kept[:] = 1.0
+    a.allocate((4, 3), np.float32)
+    a.close()
+    assert not first.exists() and Path(kept.filename).is_file() and float(kept.sum()) == 12.0
+    b.close()
+    assert not second.exists()
+
+    # a whole sweep spilling every cache array to disk leaves nothing behind
+    run_sweep(_config(tiny_data, tmp_path / "o", levels="0,7", epochs=1, cache_budget_gb=0.0,
+                      cache_dir=str(tmp_path / "scratch")), log=lambda m: None)
+    assert list((tmp_path / "scratch").iterdir()) == []

@@ -15,8 +15,10 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -67,6 +69,7 @@ class SweepConfig:
     augment: str = "none"
     cache_features: str = "auto"
     cache_budget_gb: float = 4.0
+    cache_dir: str | None = None  # spill folder root; None: $TMPDIR when set, else OUT/cache
     precision: str = "float32"
     jit: bool = False
     strategy: str = "none"
@@ -346,6 +349,17 @@ def head_init(shape: tuple[int, int], seed: int) -> list[np.ndarray]:
     return [kernel.astype(np.float32), np.zeros(fan_out, np.float32)]
 
 
+def spill_dir(config: SweepConfig, out: Path) -> Path:
+    """This process's own folder for memory-mapped features, removed only by this process.
+
+    Under ``--cache-dir``, else ``$TMPDIR`` (node-local scratch on a cluster), else
+    ``OUT/cache``; named by host and process, so shards sharing a root never touch each
+    other's files.
+    """
+    root = Path(config.cache_dir or os.environ.get("TMPDIR") or out / "cache")
+    return root / f"skyedge-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> list[str]:
     """Train the plan's runs still to do; returns the ids of runs another process holds."""
     import tensorflow as tf
@@ -371,7 +385,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> list[str]
     weights_by_class = class_weights(train_y)
     strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
     use_cache = config.cache_features == "on" or (config.cache_features == "auto" and config.augment == "none")
-    store = FeatureStore(budget_bytes=int(config.cache_budget_gb * 2 ** 30), spill_dir=out / "cache")
+    store = FeatureStore(budget_bytes=int(config.cache_budget_gb * 2 ** 30), spill_dir=spill_dir(config, out))
     total, finished, t_sweep = len(the_plan.todo), 0, time.perf_counter()
     try:
         for backbone in dict.fromkeys(r.backbone for r in the_plan.todo):
@@ -510,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default auto)")
     p.add_argument("--cache-budget-gb", type=float, default=4.0,
                    help="feature cache kept in memory; beyond, memory-mapped files (default 4)")
+    p.add_argument("--cache-dir", help="where memory-mapped features go, in a folder of this process's own "
+                                       "(default $TMPDIR when set, else OUT/cache)")
     p.add_argument("--precision", default="float32", choices=PRECISIONS,
                    help="mixed_float16 on GPUs with tensor cores (default float32)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
@@ -533,7 +549,7 @@ def from_args(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(data=args.data, out=args.out, backbones=tuple(b for b in args.backbones.split(",") if b.strip()),
                        levels=args.levels, epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size,
                        lr=args.lr, seeds=seeds or (0,), weights=args.weights, augment=args.augment,
-                       cache_features=args.cache_features, cache_budget_gb=args.cache_budget_gb,
+                       cache_features=args.cache_features, cache_budget_gb=args.cache_budget_gb, cache_dir=args.cache_dir,
                        precision=args.precision, jit=args.jit, strategy=args.strategy, shard=args.shard,
                        bn_reestimate=args.bn_reestimate, bn=args.bn)
 
