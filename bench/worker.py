@@ -15,7 +15,6 @@ untimed pass over every image for accuracy and agreement; warmup; the timed loop
 """
 from __future__ import annotations
 
-import csv
 import functools
 import gc
 import importlib
@@ -30,7 +29,7 @@ import numpy as np
 from bench import fingerprint, memory
 from bench.latency import latency_stats
 from device.checksum import sha256_file
-from device.predictions import images_sha256
+from device.predictions import images_sha256, read_predictions
 
 DEFAULTS = {"threads": None, "mode": "kernel", "split": "test", "reference": None, "warmup": 20,
             "runs": 200, "min_secs": 5.0, "shuffle": False, "seed": 0, "max_timed_inputs": 64}
@@ -120,12 +119,6 @@ def _import_runtime(runtime: str) -> None:
             return
         except ImportError:
             continue
-
-
-def read_reference(path: str | os.PathLike) -> dict[str, int]:
-    """``{path: pred_index}`` from a reference-predictions CSV."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {row["path"]: int(row["pred_index"]) for row in csv.DictReader(fh)}
 
 
 def _e2e_loop(model, files: list[Path], size: tuple[int, int], runs: int, min_secs: float) -> dict:
@@ -246,7 +239,7 @@ def _run(job: dict, out: dict) -> None:
     out["label_indices"] = [int(y_true[i]) for i in by_path]
     out["agreement"] = None
     if job.get("reference") and Path(job["reference"]).is_file():
-        reference = read_reference(job["reference"])
+        reference = {p: pred for p, (_label, pred) in read_predictions(job["reference"]).items()}
         matched = [(int(y_pred[i]), reference[p]) for i, p in enumerate(paths) if p in reference]
         if matched:
             out["agreement"] = float(np.mean([a == b for a, b in matched]))

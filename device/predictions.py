@@ -76,6 +76,30 @@ def read_predictions(path: str | Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def read_probabilities(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(paths, label indices (N,), probabilities (N, C))`` of a predictions file, in file order.
+
+    Raises:
+        PredictionsError: missing file, an empty file, missing columns or values that are not numbers.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictionsError(f"{path}: cannot read predictions ({exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    columns = ["path", "label_index"] + [f"prob_{label}" for label in LABELS]
+    rows = list(reader)
+    if not rows or any(c not in (reader.fieldnames or []) for c in columns):
+        raise PredictionsError(f"{path}: expected a non-empty CSV with columns {','.join(columns)}")
+    try:
+        labels = np.array([int(r["label_index"]) for r in rows], dtype=np.int64)
+        probs = np.array([[float(r[f"prob_{label}"]) for label in LABELS] for r in rows], np.float32)
+    except (TypeError, ValueError):
+        raise PredictionsError(f"{path}: label_index and the prob_ columns must be numbers") from None
+    return [r["path"] for r in rows], labels, probs
+
+
 def correct_by_path(path: str | Path) -> dict[str, bool]:
     """``{image path: prediction right}`` of a predictions file (see ``read_predictions``)."""
     return {p: label == pred for p, (label, pred) in read_predictions(path).items()}

@@ -7,14 +7,12 @@ difference of any class probability.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from device.dataset import LABELS
+from device.predictions import read_probabilities
 from device.runtime import load
 
 # --strict thresholds of top-1 agreement with the Keras model, by variant
@@ -35,20 +33,13 @@ class Reference:
 
 
 def read_reference(path: str | os.PathLike) -> Reference:
-    """Read a run's ``val_predictions.csv``.
+    """Read a run's ``val_predictions.csv`` (through ``device.predictions``).
 
     Raises:
         ValueError: missing columns or an empty file (names the file).
     """
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    columns = ["path", "label_index"] + [f"prob_{label}" for label in LABELS]
-    if not rows or any(c not in rows[0] for c in columns):
-        raise ValueError(f"{path}: expected a non-empty CSV with columns {','.join(columns)}")
-    return Reference(paths=[r["path"] for r in rows],
-                     labels=np.array([int(r["label_index"]) for r in rows], dtype=np.int64),
-                     probs=np.array([[float(r[f"prob_{label}"]) for label in LABELS] for r in rows], np.float32))
+    paths, labels, probs = read_probabilities(path)
+    return Reference(paths=paths, labels=labels, probs=probs)
 
 
 @dataclass(frozen=True)

@@ -332,3 +332,17 @@ def test_failed_fetch_never_shrinks_a_manifest(tmp_path):
     after = {(r.path, r.split) for r in read_manifest(out).records}
     assert after == before  # every row kept, each in its split
     assert any("never shrinks a manifest" in line for line in lines)
+
+
+def test_predictions_format_round_trips_through_its_one_owner(tmp_path):
+    # #13 item 1: every stage reads predictions through device.predictions
+    from device.predictions import PredictionsError, read_predictions, read_probabilities, write_predictions
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    path = write_predictions(tmp_path / "p.csv", ["a.jpg", "b.jpg"], np.array([0, 1]), probs)
+    paths, labels, got = read_probabilities(path)
+    assert paths == ["a.jpg", "b.jpg"] and labels.tolist() == [0, 1] and np.allclose(got, probs, atol=1e-6)
+    assert read_predictions(path) == {"a.jpg": (0, 0), "b.jpg": (1, 2)}
+    (tmp_path / "bad.csv").write_text("path,label\na.jpg,GALAXY\n")
+    with pytest.raises(PredictionsError, match="bad.csv: expected a non-empty CSV with columns"):
+        read_probabilities(tmp_path / "bad.csv")
