@@ -307,3 +307,18 @@ def test_shards_sharing_a_cache_root_never_remove_each_others_files(tiny_data, t
     run_sweep(_config(tiny_data, tmp_path / "o", levels="0,7", epochs=1, cache_budget_gb=0.0,
                       cache_dir=str(tmp_path / "scratch")), log=lambda m: None)
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_shard_auto_reads_the_job_array():
+    import argparse
+
+    from train.sweep import parse_shard
+
+    assert parse_shard("auto", {}) == (0, 1)
+    assert parse_shard("auto", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4",
+                                "SLURM_ARRAY_TASK_MIN": "1"}) == (2, 4)
+    assert parse_shard("auto", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == (0, 2)
+    assert parse_shard("auto", {"JOB_COMPLETION_INDEX": "1", "SKYEDGE_SHARDS": "3"}) == (1, 3)
+    with pytest.raises(argparse.ArgumentTypeError, match="SKYEDGE_SHARDS"):
+        parse_shard("auto", {"JOB_COMPLETION_INDEX": "1"})
+    assert parse_shard("2/5") == (2, 5)

@@ -495,11 +495,31 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> list[str]
     return busy
 
 
-def parse_shard(text: str) -> tuple[int, int]:
+def parse_shard(text: str, environ=None) -> tuple[int, int]:
+    """``i/n``, or ``auto``: this task's share in a job array.
+
+    ``auto`` reads Slurm's ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` (the id
+    counted from ``SLURM_ARRAY_TASK_MIN``, so ``--array=1-4`` works as well as ``0-3``), or a
+    Kubernetes Indexed Job's ``JOB_COMPLETION_INDEX`` with ``SKYEDGE_SHARDS`` for the count;
+    outside an array it is ``0/1``.
+    """
+    env = os.environ if environ is None else environ
+    if text == "auto":
+        try:
+            if "SLURM_ARRAY_TASK_ID" in env:
+                first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+                return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+            if "JOB_COMPLETION_INDEX" in env:
+                return int(env["JOB_COMPLETION_INDEX"]), int(env["SKYEDGE_SHARDS"])
+        except (KeyError, ValueError):
+            raise argparse.ArgumentTypeError(
+                "--shard auto: SLURM_ARRAY_TASK_ID needs SLURM_ARRAY_TASK_COUNT, and JOB_COMPLETION_INDEX needs "
+                "SKYEDGE_SHARDS (the number of tasks), as integers") from None
+        return 0, 1
     try:
         i, n = (int(p) for p in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n such as 0/4") from None
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n such as 0/4, or auto") from None
     return i, n
 
 
@@ -530,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed_float16 on GPUs with tensor cores (default float32)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--strategy", default="none", choices=STRATEGIES, help="mirrored: all GPUs of this machine (default none)")
-    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares (default 0/1)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares; auto: from a Slurm array (SLURM_ARRAY_TASK_ID/COUNT) "
+                        "or an Indexed Job (default 0/1)")
     p.add_argument("--bn", default="frozen", choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (inference mode, fixed; default) or study "
                         "(trainable BatchNorm layers update their statistics with the backbone's momentum)")
