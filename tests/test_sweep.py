@@ -322,3 +322,17 @@ def test_shard_auto_reads_the_job_array():
     with pytest.raises(argparse.ArgumentTypeError, match="SKYEDGE_SHARDS"):
         parse_shard("auto", {"JOB_COMPLETION_INDEX": "1"})
     assert parse_shard("2/5") == (2, 5)
+
+
+def test_shards_leave_the_summary_to_one_final_step(tiny_data, tmp_path):
+    # #11 item 3: every shard rewrote summary.md when it exited, so the last writer could miss runs
+    out = tmp_path / "arr"
+    messages = []
+    for i in range(2):
+        run_sweep(_config(tiny_data, out, levels="0,7", epochs=1, shard=(i, 2)), log=messages.append)
+    assert not (out / "summary.md").exists()
+    assert any("python -m train.summary" in m for m in messages)
+    done = subprocess.run([sys.executable, "-m", "train.summary", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 successful runs" in (out / "summary.md").read_text()

@@ -70,6 +70,7 @@ class SweepConfig:
     cache_features: str = "auto"
     cache_budget_gb: float = 4.0
     cache_dir: str | None = None  # spill folder root; None: $TMPDIR when set, else OUT/cache
+    summary: bool = False  # a shard of several writes the summary only when asked (one job does it at the end)
     precision: str = "float32"
     jit: bool = False
     strategy: str = "none"
@@ -320,6 +321,10 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     if failed:
         log(f"{len(failed)} of {len(the_plan.runs)} runs failed: {', '.join(failed[:10])}"
             f"{' ...' if len(failed) > 10 else ''} (errors in {out / 'results.jsonl'}; rerun to retry them)")
+    if config.shard[1] > 1 and not config.summary:
+        log(f"shard {config.shard[0]}/{config.shard[1]}: no summary (other shards may still be running); after the "
+            f"last one: python -m train.summary {out}")
+        return out
     try:
         from train.summary import write_summary
 
@@ -555,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn", default="frozen", choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (inference mode, fixed; default) or study "
                         "(trainable BatchNorm layers update their statistics with the backbone's momentum)")
+    p.add_argument("--summary", action="store_true",
+                   help="write summary.md even as one shard of several (by default only an unsharded sweep does; "
+                        "run `python -m train.summary OUT` after the last shard)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("--bn-reestimate", default="auto", choices=("auto", "on", "off"),
                    help="re-estimate frozen BatchNorm statistics on training images (auto: with --weights none)")
@@ -572,7 +580,7 @@ def from_args(args: argparse.Namespace) -> SweepConfig:
                        lr=args.lr, seeds=seeds or (0,), weights=args.weights, augment=args.augment,
                        cache_features=args.cache_features, cache_budget_gb=args.cache_budget_gb, cache_dir=args.cache_dir,
                        precision=args.precision, jit=args.jit, strategy=args.strategy, shard=args.shard,
-                       bn_reestimate=args.bn_reestimate, bn=args.bn)
+                       bn_reestimate=args.bn_reestimate, bn=args.bn, summary=args.summary)
 
 
 def main(argv: list[str] | None = None) -> int:
