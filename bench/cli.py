@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 EXTERNAL = {"report": "bench.report"}
+EXTERNAL_HELP = {"report": "tables, plots and the verdict on the study's claim from bench run results "
+                           "(needs skyedge[report]; see `bench report --help`)"}
 
 
 def comma_separated(cast, noun: str):
@@ -222,7 +224,7 @@ def _cmd_android(args) -> int:
 COMMANDS = {
     "run": (_add_run, _cmd_run, "measure exported models (one subprocess per job)"),
     "overhead": (_add_overhead, _cmd_overhead, "compare the timed loop with a bare invoke() loop"),
-    "bundle": (_add_bundle, _cmd_bundle, "pack models and a validation subset for a device"),
+    "bundle": (_add_bundle, _cmd_bundle, "pack models and the test images for a device"),
     "floors": (_add_floors, _cmd_floors, "score the majority class and the feature baseline on a dataset's images"),
     "android": (_add_android, _cmd_android, "benchmark .tflite models on a phone with benchmark_model"),
 }
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub.add_parser(name, help=help_text))
     for name, module in EXTERNAL.items():
         if _available(module):
-            sub.add_parser(name, help=f"see `bench {name} --help`", add_help=False)
+            sub.add_parser(name, help=EXTERNAL_HELP.get(name, f"see `bench {name} --help`"), add_help=False)
     return parser
 
 
