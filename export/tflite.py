@@ -38,7 +38,7 @@ from device.backbones import Backbone, get
 from device.checksum import sha256_file
 from device.dataset import LABELS, DatasetError, open_dataset
 from export import manifest
-from train.console import VERBOSE_HELP, quiet_tensorflow
+from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
 from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
 from export.verify import align, read_reference, strict_failure, verify
 
@@ -314,7 +314,9 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         extra["calib_n"] = int(len(ctx.calibration().images))
     elif variant != "fp32":
         raise ValueError(f"unknown TFLite variant {variant!r}")
-    write_bytes(path, converter.convert())
+    with hidden_output():  # the converter's own notes ("fully_quantize: 0, ...")
+        data = converter.convert()
+    write_bytes(path, data)
     return f"tf.lite.TFLiteConverter {tf.__version__}", extra
 
 
@@ -335,7 +337,8 @@ def _settings(config: ExportConfig, fmt: str, variant: str, train_n: int) -> dic
 def _io_fields(path: Path) -> dict:
     from device.runtime import load
 
-    model = load(path)
+    with hidden_output():
+        model = load(path)
     return {"input_shape": [int(d) for d in model.input_shape], "input_dtype": model.input_dtype.name,
             "input_scale": float(model.input_quant.scale), "input_zero_point": int(model.input_quant.zero_point)}
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from device.predictions import read_probabilities
 from device.runtime import load
+from train.console import hidden_output
 
 # --strict thresholds of top-1 agreement with the Keras model, by variant
 STRICT_AGREEMENT = {"fp32": 0.995, "fp16": 0.995, "dynamic": 0.97, "int8": 0.97, "qat": 0.97}
@@ -90,7 +91,8 @@ def verify(path: str | os.PathLike, images: np.ndarray, reference: Reference, th
     Raises:
         device.runtime.ModelLoadError, RuntimeUnavailable: the artifact cannot be loaded.
     """
-    model = load(path, threads=threads)
+    with hidden_output():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" note
+        model = load(path, threads=threads)
     probs = model.predict_many(images)
     pred = probs.argmax(1)
     return Verification(

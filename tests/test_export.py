@@ -446,6 +446,8 @@ def test_default_calibration_uses_every_training_image_when_fewer_than_200(expor
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"calibrating int8 on all {train_n} training images" in result.stdout
+    for chatter in ("fully_quantize", "XNNPACK delegate", "oneDNN", "absl::InitializeLog"):  # a quiet console
+        assert chatter not in result.stdout + result.stderr, chatter
     record = json.loads((out / "manifest.json").read_text())["artifacts"][0]
     assert record["settings"]["calib"] == train_n and record["calib_n"] == train_n and "error" not in record
 

@@ -10,6 +10,7 @@ prints it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -17,8 +18,41 @@ import tempfile
 VERBOSE_HELP = "show TensorFlow's own start-up and warning messages (hidden by default)"
 
 
+_quiet = False  # set by quiet_tensorflow; read by hidden_output
+
+
+@contextlib.contextmanager
+def hidden_output():
+    """Hide what C++ code prints on stdout and stderr inside the block (the TFLite converter's
+    and interpreter's notes), when the command is quiet; shown after all if the block fails."""
+    if not _quiet:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", errors="replace"))
+            raise
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def quiet_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow and tf_keras with their start-up messages hidden (unless ``verbose``)."""
+    global _quiet
+    _quiet = not verbose
     if verbose or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
