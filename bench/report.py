@@ -51,7 +51,7 @@ MB = 1e6
 DECISION_RULE = """\
 Per device, each exported model is one point: its fastest measured configuration (runtime,
 threads) in kernel mode (e2e lines only where a device has no kernel line), with its accuracy
-on the validation images and its p50 latency. Lines with an error are left out; lines run
+on the images its bench run scored (the test split unless told otherwise) and its p50 latency. Lines with an error are left out; lines run
 under emulation keep their accuracy but their latency is not used.
 
 - **S** (significant mobile deficit): the most accurate non-mobile model is more accurate than
