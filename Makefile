@@ -13,8 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[all]"
 	touch $@
 
-# TensorFlow's C++ start-up chatter hides the demo's own progress lines
-demo: export TF_CPP_MIN_LOG_LEVEL ?= 2
+# every command hides TensorFlow's own chatter unless given --verbose
 demo: $(VENV)/.installed
 	$(PY) -m train.data sample --out $(DEMO)/data
 	$(PY) -m train.sweep --data $(DEMO)/data --backbones mobilenetv2,densenet121 --levels 0,10,30 \
