@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -242,9 +243,15 @@ def train_qat(model, images: np.ndarray, labels: np.ndarray, epochs: int = 2, lr
     sample_weight = np.array([weights.get(int(c), 0.0) for c in labels], np.float32)
     quantized.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy",
                       metrics=["accuracy"])
+    started = time.perf_counter()
+
+    def epoch_line(epoch: int, logs: dict) -> None:  # a line per epoch: QAT takes minutes on a CPU
+        log(f"  QAT epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.3f}, "
+            f"train acc {100 * logs.get('accuracy', float('nan')):.1f}%, {time.perf_counter() - started:.0f}s")
+
     history = quantized.fit(images.astype(np.float32), np.eye(n_classes, dtype=np.float32)[labels],
                             sample_weight=sample_weight, epochs=epochs, batch_size=batch_size, verbose=0,
-                            shuffle=True)
+                            shuffle=True, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=epoch_line)])
     pin_input_range(quantized)
     return QatResult(model=quantized, float_layers=kept_float, epochs=epochs,
                      train_accuracy=float(history.history["accuracy"][-1]))

@@ -259,6 +259,7 @@ def test_tflite_variants_export_and_verify(exported):
     assert (out / by["fp32"]["reference_predictions"]).is_file()
     progress = [line for line in exported.lines if line.startswith("[")]
     assert len(progress) == len(TFLITE) and all("agreement" in line for line in progress), exported.lines
+    assert any(line.startswith("  QAT epoch 1/1") for line in exported.lines)  # no silent QAT stretch
 
 
 def test_rerun_skips_unchanged_artifacts(exported):
