@@ -6,12 +6,16 @@ through here, so a job killed at any moment leaves either the old file or the ne
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; appends stay single writes, rewrites unlocked
+    fcntl = None
 
 
 def _umask() -> int:
@@ -103,6 +107,9 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
     replace) never drops a line another process appended meanwhile.
     """
     path = Path(path)
+    if fcntl is None:
+        yield
+        return
     fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -119,6 +126,8 @@ def try_lock(path: str | os.PathLike) -> int | None:
         releases it too), or ``None`` when another process holds it.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:
+        return fd
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
