@@ -52,6 +52,15 @@ def write_predictions(path: str | Path, paths, labels: np.ndarray, probs: np.nda
     return Path(path)
 
 
+def _reader(path: Path) -> csv.DictReader:
+    """A CSV reader over the whole predictions file, or ``PredictionsError`` naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictionsError(f"{path}: cannot read predictions ({exc})") from None
+    return csv.DictReader(io.StringIO(text))
+
+
 def read_predictions(path: str | Path) -> dict[str, tuple[int, int]]:
     """``{image path: (label_index, pred_index)}`` of a predictions file.
 
@@ -59,11 +68,7 @@ def read_predictions(path: str | Path) -> dict[str, tuple[int, int]]:
         PredictionsError: missing file, missing columns or a row that is not integers.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PredictionsError(f"{path}: cannot read predictions ({exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
+    reader = _reader(path)
     missing = [c for c in ("path", "label_index", "pred_index") if c not in (reader.fieldnames or [])]
     if missing:
         raise PredictionsError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
@@ -83,11 +88,7 @@ def read_probabilities(path: str | Path) -> tuple[list[str], np.ndarray, np.ndar
         PredictionsError: missing file, an empty file, missing columns or values that are not numbers.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PredictionsError(f"{path}: cannot read predictions ({exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
+    reader = _reader(path)
     columns = ["path", "label_index"] + [f"prob_{label}" for label in LABELS]
     rows = list(reader)
     if not rows or any(c not in (reader.fieldnames or []) for c in columns):
