@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import fingerprint
 from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
-from device.runtime import RUNTIMES, RUNTIMES_OF_SUFFIX
+from device.runtime import RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
 
 # runtimes able to run each format (tensorflow, TensorFlow's TFLite interpreter, only when named)
 RUNTIMES_OF_FORMAT = {suffix.lstrip("."): able for suffix, able in RUNTIMES_OF_SUFFIX.items()}
@@ -169,8 +169,7 @@ def plan_jobs(config: RunConfig, artifacts: list[dict]) -> tuple[list[Job], list
 
 def runtime_package_info(runtime: str) -> tuple[str | None, str | None]:
     """(package, version) that would run ``runtime``, from installed metadata (no import)."""
-    candidates = {"litert": ("ai-edge-litert", "tflite-runtime"), "tensorflow": ("tensorflow",)}.get(runtime, ("onnxruntime",))
-    for package in candidates:
+    for _module, package in RUNTIME_MODULES.get(runtime, ()):
         try:
             return package, metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -111,9 +111,9 @@ def time_kernel(set_input, call, inputs, runs: int, min_secs: float = 0.0, order
 
 def _import_runtime(runtime: str) -> None:
     """Import the runtime's library so ``idle_rss_bytes`` counts it and not the model."""
-    modules = {"litert": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
-               "tensorflow": ("tensorflow.lite.python.interpreter",)}.get(runtime, ("onnxruntime",))
-    for module in modules:
+    from device.runtime import RUNTIME_MODULES
+
+    for module, _package in RUNTIME_MODULES.get(runtime, ()):
         try:
             importlib.import_module(module)
             return

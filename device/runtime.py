@@ -41,10 +41,12 @@ class Quantization:
     zero_point: int = 0
 
 
-# TFLite interpreters per runtime name, in order of preference: (module, package)
-_TFLITE_INTERPRETERS = {
+# what each runtime name imports, in order of preference: (module, package). The one table
+# for loading models here, and for bench's package records and worker imports.
+RUNTIME_MODULES = {
     "litert": (("ai_edge_litert.interpreter", "ai-edge-litert"), ("tflite_runtime.interpreter", "tflite-runtime")),
     "tensorflow": (("tensorflow.lite.python.interpreter", "tensorflow"),),
+    "onnxruntime": (("onnxruntime", "onnxruntime"),),
 }
 
 
@@ -54,7 +56,7 @@ def _litert_interpreter_class(runtime: str = "litert"):
     ``litert`` tries ai-edge-litert, then tflite-runtime; TensorFlow is only ever imported
     for ``runtime="tensorflow"``.
     """
-    for module, package in _TFLITE_INTERPRETERS[runtime]:
+    for module, package in RUNTIME_MODULES[runtime]:
         try:
             mod = importlib.import_module(module)
         except ImportError:
