@@ -83,6 +83,71 @@ def test_shards_split_the_runs_without_overlap(tiny_data, tmp_path):
     assert sum(len(s) for s in ids) == 6
 
 
+def test_shards_hold_whole_backbones_balanced_by_planned_cost(tiny_data, tmp_path):
+    # #11 item 2: runs dealt in turn made every shard repeat every backbone's frozen pass
+    config = _config(tiny_data, tmp_path / "bb", backbones=("mobilenetv2", "mobilenetv3small", "densenet121"),
+                     levels="0,3,7", seeds=(0, 1))
+    shares = [plan(SweepConfig(**{**config.__dict__, "shard": (i, 3)}), log=lambda m: None) for i in range(3)]
+    backbones = [{r.backbone.name for r in p.runs} for p in shares]
+    assert all(len(b) == 1 for b in backbones) and set.union(*backbones) == set(config.backbones)
+    assert sorted(r.run_id for p in shares for r in p.runs) == sorted(r.run_id for r in plan(config, log=lambda m: None).runs)
+    assert all(any("% of the sweep's planned arithmetic" in n for n in p.notes) for p in shares)
+    # two backbones on two shards: the costly one alone, the cheap ones together
+    from train.shards import Group, assign
+
+    class _B:
+        def __init__(self, name):
+            self.name = name
+
+    class _R:
+        def __init__(self, name, level):
+            self.backbone, self.level, self.seed = _B(name), level, 0
+
+    macs = {"big": [10.0] * 10, "small": [1.0] * 10, "tiny": [1.0] * 5}
+    groups_ = [Group(n, (_R(n, 2),), c) for n, c in (("big", 100.0), ("small", 30.0), ("tiny", 20.0))]
+    placed = assign(groups_, 2, macs, 1, True)
+    assert [[g.name for g in s] for s in placed] == [["big"], ["small", "tiny"]]
+    # fewer backbones than shards: the costliest is halved, its levels dealt alternately
+    runs = tuple(_R("big", level) for level in (0, 2, 4, 6))
+    placed = assign([Group("big", runs, 1.0)], 2, macs, 1, True)
+    assert sorted(sorted(r.level for r in s[0].runs) for s in placed) == [[0, 4], [2, 6]]
+
+
+def test_three_shards_at_once_equal_one_process(tiny_data, tmp_path):
+    # #11 item 7: three shard processes into one folder, every feature spilled to one scratch root
+    scratch = tmp_path / "scratch"
+    common = ["--data", str(tiny_data), "--weights", "none", "--img-size", "32", "--levels", "0,7", "--epochs", "2",
+              "--batch-size", "8", "--backbones", "mobilenetv2,mobilenetv3small,densenet121", "--cache-budget-gb", "0",
+              "--cache-dir", str(scratch)]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    sharded, single = tmp_path / "sharded", tmp_path / "single"
+    procs = [subprocess.Popen([sys.executable, "-m", "train.sweep", *common, "--out", str(sharded), "--shard", f"{i}/3"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(3)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    done = subprocess.run([sys.executable, "-m", "train.sweep", *common, "--out", str(single)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    lines = read_jsonl(sharded / "results.jsonl")
+    ids = sorted(line["run_id"] for line in lines)
+    assert ids == sorted(line["run_id"] for line in read_jsonl(single / "results.jsonl")) and len(ids) == len(set(ids)) == 6
+    assert all("error" not in line for line in lines)
+    # one frozen pass per backbone, in the shard that holds it
+    records = [json.loads((sharded / f"sweep-shard{i}of3.json").read_text()) for i in range(3)]
+    assert sorted(b for r in records for b in r["frozen_passes"]) == ["densenet121", "mobilenetv2", "mobilenetv3small"]
+    assert all(n == 1 for r in records for n in r["frozen_passes"].values())
+    single_lines = {line["run_id"]: line for line in read_jsonl(single / "results.jsonl")}
+    for line in lines:
+        other = single_lines[line["run_id"]]
+        for key in ("val_accuracy", "test_accuracy", "best_epoch"):  # (h5 files embed Keras layer names)
+            assert line[key] == other[key], (line["run_id"], key)
+        a, b = _probs(sharded / line["run_dir"]), _probs(single / line["run_dir"])
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # every shard spilled under the shared root and removed only its own folder
+    assert scratch.is_dir() and list(scratch.iterdir()) == []
+
+
 def test_killed_sweep_resumes_to_the_same_results(tiny_data, tmp_path):
     out = tmp_path / "k"
     args = ["--data", str(tiny_data), "--out", str(out), "--backbones", "mobilenetv2", "--levels", "7",
@@ -319,6 +384,8 @@ def test_shard_auto_reads_the_job_array():
                                 "SLURM_ARRAY_TASK_MIN": "1"}) == (2, 4)
     assert parse_shard("auto", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == (0, 2)
     assert parse_shard("auto", {"JOB_COMPLETION_INDEX": "1", "SKYEDGE_SHARDS": "3"}) == (1, 3)
+    assert parse_shard("auto", {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "1", "SLURM_ARRAY_TASK_MIN": "1",
+                                "SKYEDGE_SHARDS": "3"}) == (1, 3)
     with pytest.raises(argparse.ArgumentTypeError, match="SKYEDGE_SHARDS"):
         parse_shard("auto", {"JOB_COMPLETION_INDEX": "1"})
     assert parse_shard("2/5") == (2, 5)

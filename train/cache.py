@@ -161,6 +161,7 @@ class LevelCache:
         self.images = images
         self.boundary: list = [base.input]
         self.arrays: list[np.ndarray] = [images]
+        self.passes_from_images = 0  # frozen passes that started from the images themselves
 
     def advance(self, level: int) -> list[np.ndarray]:
         """Boundary arrays for ``level``, computed from the current cache."""
@@ -168,6 +169,8 @@ class LevelCache:
         if len(target) == len(self.boundary) and all(a is b for a, b in zip(target, self.boundary)):
             return self.arrays
         front = replay(self.model, self.boundary, target)
+        if self.arrays[0] is self.images:
+            self.passes_from_images += 1
         arrays = run_frozen(front, self.arrays, self.store, self.batch_size)
         if self.arrays[0] is not self.images:
             self.store.release(self.arrays)

@@ -34,6 +34,7 @@ from device.predictions import write_predictions
 from device.preprocess import preprocess
 from train.console import VERBOSE_HELP, quiet_tensorflow
 from train.levels import BN_MODES
+from train.shards import assign, groups, layer_macs
 
 CACHE_MODES = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed_float16")
@@ -182,6 +183,7 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
     fingerprint = _fingerprint(dataset.records)
 
     layer_names: dict[str, list[str]] = {}
+    macs: dict[str, list[float]] = {}
     runs: list[RunPlan] = []
     for backbone in backbones:
         if config.img_size < backbone.min_size:
@@ -189,6 +191,7 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
         weights = resolve_weights(backbone, config.weights)
         base = build_base(backbone, config.img_size, weights)
         layer_names[backbone.name] = [l.name for l in base.layers]
+        macs[backbone.name] = layer_macs(base)
         del base
         try:
             levels = parse_schedule(config.levels, backbone, layer_names[backbone.name])
@@ -196,7 +199,15 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
             raise SweepError(f"{backbone.name}: {exc}") from None
         # a seed named twice (--seeds 0,0) is one run, not two trainings of the same run
         runs += [RunPlan(backbone, level, seed) for level in levels for seed in dict.fromkeys(config.seeds)]
-    mine = [run for i, run in enumerate(runs) if i % count == index]
+    cached = config.cache_features == "on" or (config.cache_features == "auto" and config.augment == "none")
+    shares = assign(groups(runs, macs, config.epochs, cached), count, macs, config.epochs, cached)
+    own = {id(run) for group in shares[index] for run in group.runs}
+    mine = [run for run in runs if id(run) in own]
+    if count > 1:
+        total = sum(g.cost for share in shares for g in share) or 1.0
+        notes.append(f"shard {index}/{count}: " + (", ".join(f"{g.name} ({len(g.runs)} runs)" for g in shares[index])
+                                                    or "no runs (more shards than runs)")
+                     + f"; {100 * sum(g.cost for g in shares[index]) / total:.0f}% of the sweep's planned arithmetic")
     out = Path(config.out)
     todo = []
     for run in mine:
@@ -309,15 +320,17 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     done = len(the_plan.runs) - len(the_plan.todo)
     log(f"sweep: {len(the_plan.runs)} runs in this shard ({done} already finished), output {out}")
     busy: list[str] = []
+    frozen_passes: dict[str, int] = {}
     if the_plan.todo:
         with _precision(config.precision):
-            busy = _execute(the_plan, out, log)
+            busy, frozen_passes = _execute(the_plan, out, log)
     failed = [r for r in failed_runs(out, [r.run_id for r in the_plan.runs]) if r not in busy]
     if busy:
         log(f"{len(busy)} run(s) were being trained by another process on {out} and were left to it: "
             f"{', '.join(busy[:10])}{' ...' if len(busy) > 10 else ''}; rerun this command when it ends for a "
             f"complete summary")
-    write_json(shard_record, {**asdict(config), "runs": [r.run_id for r in the_plan.runs], "failed": failed})
+    write_json(shard_record, {**asdict(config), "runs": [r.run_id for r in the_plan.runs], "failed": failed,
+                              "frozen_passes": frozen_passes})
     if failed:
         log(f"{len(failed)} of {len(the_plan.runs)} runs failed: {', '.join(failed[:10])}"
             f"{' ...' if len(failed) > 10 else ''} (errors in {out / 'results.jsonl'}; rerun to retry them)")
@@ -365,8 +378,13 @@ def spill_dir(config: SweepConfig, out: Path) -> Path:
     return root / f"skyedge-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> list[str]:
-    """Train the plan's runs still to do; returns the ids of runs another process holds."""
+def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[list[str], dict[str, int]]:
+    """Train the plan's runs still to do.
+
+    Returns the ids of runs another process holds, and per backbone how many times this
+    process ran its frozen layers over the training images (1 with caching: one pass shared
+    by every level).
+    """
     import tensorflow as tf
     import tf_keras as keras
 
@@ -378,6 +396,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> list[str]
     config = the_plan.config
     dataset = open_dataset(config.data)
     busy: list[str] = []
+    frozen_passes: dict[str, int] = {}
     skipped_all = []
     train_x, train_y, train_records, skipped = dataset.load_arrays("train", config.img_size)
     skipped_all += skipped
@@ -490,6 +509,9 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> list[str]
                 log(f"[{finished}/{total}] {run.run_id}: {status}, {record['wall_seconds']:.1f}s; sweep ETA {_fmt_eta(eta)}")
                 os.close(lock)
             if caches is not None:
+                frozen_passes[backbone.name] = caches[0].passes_from_images
+                log(f"{backbone.name}: {caches[0].passes_from_images} frozen pass(es) over the images shared by "
+                    f"{len(runs)} run(s)")
                 for cache in caches:
                     if cache.arrays[0] is not cache.images:
                         store.release(cache.arrays)
@@ -497,20 +519,25 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> list[str]
             keras.backend.clear_session()
     finally:
         store.close()
-    return busy
+    return busy, frozen_passes
 
 
 def parse_shard(text: str, environ=None) -> tuple[int, int]:
     """``i/n``, or ``auto``: this task's share in a job array.
 
     ``auto`` reads Slurm's ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` (the id
-    counted from ``SLURM_ARRAY_TASK_MIN``, so ``--array=1-4`` works as well as ``0-3``), or a
+    counted from ``SLURM_ARRAY_TASK_MIN``, so ``--array=1-4`` works as well as ``0-3``; with
+    ``SKYEDGE_SHARDS`` set, the id as it is out of that many, so one task of an array can be
+    submitted again alone), or a
     Kubernetes Indexed Job's ``JOB_COMPLETION_INDEX`` with ``SKYEDGE_SHARDS`` for the count;
     outside an array it is ``0/1``.
     """
     env = os.environ if environ is None else environ
     if text == "auto":
         try:
+            if "SLURM_ARRAY_TASK_ID" in env and "SKYEDGE_SHARDS" in env:
+                # a task submitted again on its own (--array=1) keeps its share of the whole array
+                return int(env["SLURM_ARRAY_TASK_ID"]), int(env["SKYEDGE_SHARDS"])
             if "SLURM_ARRAY_TASK_ID" in env:
                 first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
                 return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
