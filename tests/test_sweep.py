@@ -395,10 +395,15 @@ def test_shards_leave_the_summary_to_one_final_step(tiny_data, tmp_path):
     # #11 item 3: every shard rewrote summary.md when it exited, so the last writer could miss runs
     out = tmp_path / "arr"
     messages = []
-    for i in range(2):
-        run_sweep(_config(tiny_data, out, levels="0,7", epochs=1, shard=(i, 2)), log=messages.append)
+    run_sweep(_config(tiny_data, out, levels="0,7", epochs=1, shard=(0, 2)), log=messages.append)
     assert not (out / "summary.md").exists()
     assert any("python -m train.summary" in m for m in messages)
+    # the summary job names a shard that never ran and exits 3 (item 3: runs missing per shard)
+    early = subprocess.run([sys.executable, "-m", "train.summary", str(out)], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert early.returncode == 3 and "shard 1/2: never started" in early.stderr, early.stderr
+    assert "## Shards" in (out / "summary.md").read_text()
+    run_sweep(_config(tiny_data, out, levels="0,7", epochs=1, shard=(1, 2)), log=messages.append)
     done = subprocess.run([sys.executable, "-m", "train.summary", str(out)], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -41,6 +41,7 @@ TEST_PREDICTIONS = "test_predictions.csv"
 BASELINE = "baseline.json"
 BASELINE_PREDICTIONS = "baseline_test_predictions.csv"
 PLOTS = "plots"
+SHARD_RECORDS = "sweep-shard*of*.json"  # one per shard, written by train.sweep
 
 # The columns of summary.csv, in this order; scalar fields a record has beyond these are
 # appended in sorted order, so new record fields reach the CSV without a change here.
@@ -150,6 +151,34 @@ def load_runs(root: Path) -> tuple[list[dict], list[dict], int]:
     ok = sorted(successes.values(), key=_run_key)
     failed = [record for run_id, record in failures.items() if run_id not in successes]
     return ok, failed, superseded
+
+
+def shard_status(root: Path, runs: list[dict], failures: list[dict]) -> list[dict]:
+    """Each shard's planned runs that have no line in ``results.jsonl`` or only failed ones.
+
+    Reads the records the sweep writes per shard (``sweep-shard<i>of<n>.json``); returns one
+    dict per record, in shard order: ``shard`` ("i/n"), ``runs`` (count planned),
+    ``missing`` and ``failed`` (run ids). A shard of an array with no record at all (it never
+    started) is listed with ``runs`` None.
+    """
+    done = {r.get("run_id") for r in runs}
+    failed_ids = {f.get("run_id") for f in failures}
+    status = []
+    for path in sorted(Path(root).glob(SHARD_RECORDS)):
+        try:
+            record = json.loads(path.read_text())
+            planned = [str(r) for r in record["runs"]]
+            shard = f"{record['shard'][0]}/{record['shard'][1]}"
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue  # a record cut short is rewritten by its shard's next start
+        status.append({"shard": shard, "runs": len(planned),
+                       "missing": [r for r in planned if r not in done and r not in failed_ids],
+                       "failed": [r for r in planned if r in failed_ids and r not in done]})
+    seen = {s["shard"] for s in status}
+    for count in {int(s["shard"].split("/")[1]) for s in status}:
+        status += [{"shard": f"{i}/{count}", "runs": None, "missing": ["(this shard never started)"], "failed": []}
+                   for i in range(count) if f"{i}/{count}" not in seen]
+    return sorted(status, key=lambda s: tuple(int(p) for p in s["shard"].split("/"))[::-1])
 
 
 def aggregate(runs: list[dict]) -> dict[str, list[LevelStats]]:
@@ -459,6 +488,10 @@ def _epochs(stats: LevelStats) -> str:
     return _spread(stats.epochs_mean, stats.epochs_std, ".1f")
 
 
+def _ids(run_ids: list[str]) -> str:
+    return "none" if not run_ids else ", ".join(run_ids[:8]) + (f" and {len(run_ids) - 8} more" if len(run_ids) > 8 else "")
+
+
 def _params(value: int | None) -> str:
     return f"{value:,}" if value is not None else "n/a"
 
@@ -551,6 +584,13 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
                           str(f.get("seed", "")), _short(str(f.get("error", "")))] for f in failures])
     else:
         lines += ["No run failed.", ""]
+
+    shards = [s for s in shard_status(root, runs, failures) if int(s["shard"].split("/")[1]) > 1]
+    if shards:
+        lines += ["## Shards", ""]
+        lines += _table(["Shard", "Runs planned", "Missing (no line yet)", "Failed"],
+                        [[s["shard"], "?" if s["runs"] is None else str(s["runs"]), _ids(s["missing"]), _ids(s["failed"])]
+                         for s in shards])
 
     lines += ["## Reading these numbers", ""]
     lines += _reading_notes(best, overall)
@@ -740,7 +780,9 @@ def main(argv: list[str] | None = None) -> int:
         argv: arguments (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 when the folder has no usable results.
+        The exit status: 0 every planned run succeeded, 3 the summary is written but some
+        shard's runs are missing or failed (each named), 2 when the folder has no usable
+        results.
     """
     parser = argparse.ArgumentParser(prog="python -m train.summary",
                                      description="Rebuild summary.csv, summary.md and plots/ of a sweep folder.")
@@ -752,7 +794,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(paths["summary_md"])
-    return 0
+    runs, failures, _ = load_runs(args.root)
+    incomplete = [s for s in shard_status(args.root, runs, failures) if s["missing"] or s["failed"]]
+    for s in incomplete:
+        missing = "never started" if s["runs"] is None else f"{len(s['missing'])} run(s) missing ({_ids(s['missing'])})"
+        print(f"shard {s['shard']}: {missing}, {len(s['failed'])} failed ({_ids(s['failed'])}); "
+              f"run that shard again to finish", file=sys.stderr)
+    return 3 if incomplete else 0
 
 
 if __name__ == "__main__":
