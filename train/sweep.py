@@ -4,8 +4,9 @@
         --img-size 224 --seeds 0,1,2 --weights imagenet --out sweeps/paper
 
 Resumable (rerun the same command: finished runs are skipped, a killed run resumes from its
-last finished epoch) and shardable (``--shard i/n`` runs a deterministic share of the runs;
-shards write into one shared output folder without conflicts). Frozen features are cached
+last finished epoch) and shardable (``--shard i/n`` runs a deterministic share: whole
+backbones, balanced by planned cost, ``train.shards``; shards write into one shared output
+folder without conflicts). Frozen features are cached
 by default (``--cache-features auto``); see ``train.cache``.
 """
 from __future__ import annotations
@@ -268,19 +269,29 @@ def _write_floors(data: str, out: Path, fingerprint: str, log: Callable[[str], N
     from train.summary import BASELINE, BASELINE_PREDICTIONS
 
     path = out / BASELINE
-    try:
-        if json.loads(path.read_text()).get("data_fingerprint") == fingerprint:
-            return
-    except (OSError, ValueError):
-        pass
+
+    def current() -> bool:
+        try:
+            return json.loads(path.read_text()).get("data_fingerprint") == fingerprint
+        except (OSError, ValueError):
+            return False
+
     dataset = open_dataset(data)
-    if not dataset.split("test"):
+    if current() or not dataset.split("test"):
         return
-    t0 = time.perf_counter()
-    result = floors(dataset, "test")
-    write_predictions(out / BASELINE_PREDICTIONS, result.paths, result.labels, result.feature_probs)
-    record = {**result.record(), "data_fingerprint": fingerprint}
-    write_json(path, record)
+    lock = try_lock(out / ".baseline.lock")
+    if lock is None:  # another shard is scoring them; the summary reads its file
+        return
+    try:
+        if current():  # written by a shard that held the lock a moment ago
+            return
+        t0 = time.perf_counter()
+        result = floors(dataset, "test")
+        write_predictions(out / BASELINE_PREDICTIONS, result.paths, result.labels, result.feature_probs)
+        record = {**result.record(), "data_fingerprint": fingerprint}
+        write_json(path, record)
+    finally:
+        os.close(lock)
     log(f"floors on {record['n']} test images: majority class ({record['majority_class']}) "
         f"{100 * record['majority_accuracy']:.1f}%, feature logistic regression {100 * record['features_accuracy']:.1f}% "
         f"({time.perf_counter() - t0:.0f}s)")
@@ -582,8 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed_float16 on GPUs with tensor cores (default float32)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--strategy", default="none", choices=STRATEGIES, help="mirrored: all GPUs of this machine (default none)")
-    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares; auto: from a Slurm array (SLURM_ARRAY_TASK_ID/COUNT) "
-                        "or an Indexed Job (default 0/1)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares (whole backbones, balanced by planned arithmetic); "
+                        "auto: from a Slurm array (SLURM_ARRAY_TASK_ID/COUNT) or an Indexed Job (default 0/1)")
     p.add_argument("--bn", default="frozen", choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (inference mode, fixed; default) or study "
                         "(trainable BatchNorm layers update their statistics with the backbone's momentum)")
