@@ -450,9 +450,9 @@ def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha:
 # --- markdown -----------------------------------------------------------------------------
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    from train.summary import _table as summary_table  # the sweep report's own table writer
+    from train.summary import markdown_table  # the sweep report's own table writer
 
-    return summary_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _study_section(runs: Path | None) -> list[str]:
@@ -475,14 +475,14 @@ def _study_section(runs: Path | None) -> list[str]:
     baseline = [s for stats in levels.values() for s in stats if s.level == 0]
     if baseline:
         lines += ["### Level 0 (head only)", ""]
-        lines += summary._table(["Backbone", "Family", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
-                                [[s.backbone, _family(s.backbone), summary._accuracy_cell(s),
-                                  summary._spread(s.f1_mean, s.f1_std, ".3f"), summary._params(s.trainable_params),
-                                  summary._ratio(s.ptr)] for s in baseline])
+        lines += summary.markdown_table(["Backbone", "Family", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
+                                [[s.backbone, _family(s.backbone), summary.accuracy_cell(s),
+                                  summary.spread(s.f1_mean, s.f1_std, ".3f"), summary.params_text(s.trainable_params),
+                                  summary.ratio_text(s.ptr)] for s in baseline])
     best = {backbone: summary.best_level(stats) for backbone, stats in levels.items()}
-    overall = min(best.values(), key=lambda s: (-s.acc_mean, summary._params_key(s), s.backbone))
+    overall = summary.overall_best(best)
     lines += ["### Best level per backbone", ""]
-    lines += summary._best_section(Path(runs), best, overall)
+    lines += summary.best_section(Path(runs), best, overall)
     families = {b: _family(b) for b in best}
     lines += ["Families (registry `mobile` flag): "
               + "; ".join(f"{b}: {f}" for b, f in families.items()) + ".", ""]

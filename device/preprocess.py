@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 MODES = ("caffe", "tf", "torch", "none")
-_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def preprocess(images: np.ndarray, mode: str) -> np.ndarray:
@@ -39,9 +39,9 @@ def preprocess(images: np.ndarray, mode: str) -> np.ndarray:
     if x.ndim == 0 or x.shape[-1] != 3:
         raise ValueError(f"preprocess expects RGB images with 3 channels last, got shape {x.shape}")
     if mode == "caffe":
-        x = x[..., ::-1] - _CAFFE_BGR_MEAN
+        x = x[..., ::-1] - CAFFE_BGR_MEAN
     elif mode == "tf":
         x = x / np.float32(127.5) - np.float32(1.0)
     elif mode == "torch":
-        x = (x / np.float32(255.0) - _TORCH_MEAN) / _TORCH_STD
+        x = (x / np.float32(255.0) - TORCH_MEAN) / TORCH_STD
     return np.ascontiguousarray(x, dtype=np.float32)

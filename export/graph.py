@@ -18,7 +18,7 @@ import numpy as np
 import tf_keras as keras
 
 from device.backbones import Backbone
-from device.preprocess import _CAFFE_BGR_MEAN, _TORCH_MEAN, _TORCH_STD
+from device.preprocess import CAFFE_BGR_MEAN, TORCH_MEAN, TORCH_STD
 
 PREPROCESS_LAYER = "pixel_preprocess"
 INPUT_NAME = "image"
@@ -42,12 +42,12 @@ def preprocess_affine(mode: str) -> tuple[np.ndarray, np.ndarray] | None:
     if mode == "tf":
         return np.eye(3, dtype=np.float32) / np.float32(127.5), np.full(3, -1.0, np.float32)
     if mode == "torch":
-        scale = 1.0 / (255.0 * _TORCH_STD)
-        return np.diag(scale).astype(np.float32), (-_TORCH_MEAN / _TORCH_STD).astype(np.float32)
+        scale = 1.0 / (255.0 * TORCH_STD)
+        return np.diag(scale).astype(np.float32), (-TORCH_MEAN / TORCH_STD).astype(np.float32)
     if mode == "caffe":
         # output channel j (BGR) takes input channel 2 - j (RGB)
         swap = np.fliplr(np.eye(3, dtype=np.float32)).copy()
-        return swap, (-_CAFFE_BGR_MEAN).astype(np.float32)
+        return swap, (-CAFFE_BGR_MEAN).astype(np.float32)
     raise ValueError(f"unknown preprocess mode {mode!r}; expected caffe, tf, torch or none")
 
 

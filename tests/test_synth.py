@@ -123,11 +123,11 @@ def test_background_close_to_real_dev(tmp_path):
     """The sky in synthetic cutouts is as dark and as noisy as in real ones (within 40%)."""
     if not (REAL / "labels.csv").is_file():
         pytest.skip(f"{REAL} not available")
-    from train.realism import _balanced, image_stats, real_images
+    from train.realism import balanced_sample, image_stats, real_images
 
     synthesize(tmp_path / "s", n=18, size=128, seed=0, mix=(1 / 3, 1 / 3, 1 / 3), workers=1)
     synth = [image_stats(read_rgb(p)) for p in sorted((tmp_path / "s").rglob("*.jpg"))]
-    real = [image_stats(read_rgb(p)) for p, _ in _balanced(real_images(REAL), 60, seed=0)]
+    real = [image_stats(read_rgb(p)) for p, _ in balanced_sample(real_images(REAL), 60, seed=0)]
     for key in ("bg_G", "noise_R", "noise_G", "noise_B"):
         s = np.median([x[key] for x in synth])
         r = np.median([x[key] for x in real])

@@ -82,7 +82,7 @@ class SetStats:
     labels: np.ndarray
 
 
-def _balanced(paths_labels: list[tuple[Path, str]], n: int, seed: int) -> list[tuple[Path, str]]:
+def balanced_sample(paths_labels: list[tuple[Path, str]], n: int, seed: int) -> list[tuple[Path, str]]:
     """Up to ``n // 3`` images per class, drawn with a fixed seed."""
     rng = np.random.default_rng(seed)
     out = []
@@ -228,8 +228,8 @@ def compare(synth: str | Path, real: str | Path, n: int = 600, seed: int = 0,
     real, synth = Path(real), Path(synth)
     if not (real / "labels.csv").is_file():
         raise FileNotFoundError(f"{real}: no labels.csv; expected the shared SDSS DR16 folder")
-    sets = [measure("real", _balanced(real_images(real), n, seed)),
-            measure("synth", _balanced(synth_images(synth), n, seed))]
+    sets = [measure("real", balanced_sample(real_images(real), n, seed)),
+            measure("synth", balanced_sample(synth_images(synth), n, seed))]
     summary = summarise(sets, seed=seed)
     summary["table"] = markdown_table(summary)
     if figure is not None:

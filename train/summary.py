@@ -348,6 +348,11 @@ def _run_key(record: dict) -> tuple:
             _int(record.get("seed")) or 0, str(record.get("run_id", "")))
 
 
+def overall_best(best: dict[str, LevelStats]) -> LevelStats:
+    """The most accurate of the backbones' best levels; ties go to fewer trainable parameters."""
+    return min(best.values(), key=lambda s: (-s.acc_mean, _params_key(s), s.backbone))
+
+
 def _params_key(stats: LevelStats) -> float:
     return float(stats.trainable_params) if stats.trainable_params is not None else math.inf
 
@@ -432,7 +437,7 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}" if math.isfinite(value) else "n/a"
 
 
-def _accuracy_cell(stats: LevelStats) -> str:
+def accuracy_cell(stats: LevelStats) -> str:
     ci = f"[{_pct(stats.ci_low)}, {_pct(stats.ci_high)}]"
     if stats.n_seeds > 1:
         return f"{_pct(stats.acc_mean)} ± {_pct(stats.acc_std)}% {ci}"
@@ -472,7 +477,7 @@ def provenance(root: Path, runs: list[dict]) -> list[str]:
             f"- BatchNorm while fine-tuning: {', '.join(bn)}.", ""]
 
 
-def _spread(mean: float, std: float, fmt: str) -> str:
+def spread(mean: float, std: float, fmt: str) -> str:
     if not math.isfinite(mean):
         return "n/a"
     if math.isfinite(std):
@@ -485,18 +490,18 @@ def _epochs(stats: LevelStats) -> str:
     same = not math.isfinite(stats.epochs_std) or stats.epochs_std == 0  # one seed, or all equal
     if math.isfinite(stats.epochs_mean) and same and float(stats.epochs_mean).is_integer():
         return f"{stats.epochs_mean:.0f}"
-    return _spread(stats.epochs_mean, stats.epochs_std, ".1f")
+    return spread(stats.epochs_mean, stats.epochs_std, ".1f")
 
 
 def _ids(run_ids: list[str]) -> str:
     return "none" if not run_ids else ", ".join(run_ids[:8]) + (f" and {len(run_ids) - 8} more" if len(run_ids) > 8 else "")
 
 
-def _params(value: int | None) -> str:
+def params_text(value: int | None) -> str:
     return f"{value:,}" if value is not None else "n/a"
 
 
-def _ratio(value: float) -> str:
+def ratio_text(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "n/a"
 
 
@@ -504,7 +509,7 @@ def _p_value(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def cells(row):
         return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
     return [cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(r) for r in rows), ""]
@@ -527,7 +532,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     floors = read_floors(root)
     lines += ["## Floors (test images)", ""]
     if floors:
-        lines += _table(["Floor", "Test accuracy [95% CI]", "Macro-F1"],
+        lines += markdown_table(["Floor", "Test accuracy [95% CI]", "Macro-F1"],
                         [["majority class (" + str(floors.get("majority_class")) + ")",
                           _floor_cell(floors, "majority"), f"{_float(floors.get('majority_macro_f1')):.3f}"],
                          ["logistic regression on " + str(len(floors.get("features", []))) + " image features",
@@ -540,20 +545,20 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     lines += ["## Level 0 (head only)", ""]
     baseline = [s for stats in levels.values() for s in stats if s.level == 0]
     if baseline:
-        lines += _table(["Backbone", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
-                        [[s.backbone, _accuracy_cell(s), _spread(s.f1_mean, s.f1_std, ".3f"),
-                          _params(s.trainable_params), _ratio(s.ptr)] for s in baseline])
+        lines += markdown_table(["Backbone", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
+                        [[s.backbone, accuracy_cell(s), spread(s.f1_mean, s.f1_std, ".3f"),
+                          params_text(s.trainable_params), ratio_text(s.ptr)] for s in baseline])
     else:
         lines += ["No level-0 run succeeded.", ""]
 
     lines += ["## Accuracy per level", ""]
     for backbone, stats in levels.items():
         lines += [f"### {backbone}", ""]
-        lines += _table(["Level k", "LTR", "PTR", "Trainable params", "Val accuracy [95% CI]", "Macro-F1",
+        lines += markdown_table(["Level k", "LTR", "PTR", "Trainable params", "Val accuracy [95% CI]", "Macro-F1",
                          "Test accuracy [95% CI]", "Epochs", "Wall s", "Seeds"],
-                        [[str(s.level), _ratio(s.ltr), _ratio(s.ptr), _params(s.trainable_params),
-                          _accuracy_cell(s), _spread(s.f1_mean, s.f1_std, ".3f"), _test_cell(s),
-                          _epochs(s), _spread(s.wall_mean, s.wall_std, ".0f"),
+                        [[str(s.level), ratio_text(s.ltr), ratio_text(s.ptr), params_text(s.trainable_params),
+                          accuracy_cell(s), spread(s.f1_mean, s.f1_std, ".3f"), _test_cell(s),
+                          _epochs(s), spread(s.wall_mean, s.wall_std, ".0f"),
                           str(s.n_seeds)] for s in stats])
         if f"accuracy_vs_level_{backbone}" in plots:
             lines += [f"![{backbone}: accuracy against level]({PLOTS}/accuracy_vs_level_{backbone}.png)", ""]
@@ -562,15 +567,15 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     lines += ["## Best level per backbone", ""]
     overall = None
     if best:
-        overall = min(best.values(), key=lambda s: (-s.acc_mean, _params_key(s), s.backbone))
-        lines += _best_section(root, best, overall)
+        overall = overall_best(best)
+        lines += best_section(root, best, overall)
     else:
         lines += ["No successful run.", ""]
 
     lines += ["## Seeds", ""]
     seeded = [s for stats in levels.values() for s in stats if s.n_seeds > 1]
     if seeded:
-        lines += _table(["Backbone", "Level k", "Seeds", "Mean", "Std", "Min", "Max"],
+        lines += markdown_table(["Backbone", "Level k", "Seeds", "Mean", "Std", "Min", "Max"],
                         [[s.backbone, str(s.level), str(s.n_seeds), f"{_pct(s.acc_mean)}%",
                           f"{_pct(s.acc_std)} pts", f"{_pct(s.acc_min)}%", f"{_pct(s.acc_max)}%"]
                          for s in seeded])
@@ -579,7 +584,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
 
     lines += ["## Failures", ""]
     if failures:
-        lines += _table(["Run", "Backbone", "Level k", "Seed", "Error"],
+        lines += markdown_table(["Run", "Backbone", "Level k", "Seed", "Error"],
                         [[str(f.get("run_id", "")), str(f.get("backbone", "")), str(f.get("level", "")),
                           str(f.get("seed", "")), _short(str(f.get("error", "")))] for f in failures])
     else:
@@ -588,7 +593,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     shards = [s for s in shard_status(root, runs, failures) if int(s["shard"].split("/")[1]) > 1]
     if shards:
         lines += ["## Shards", ""]
-        lines += _table(["Shard", "Runs planned", "Missing (no line yet)", "Failed"],
+        lines += markdown_table(["Shard", "Runs planned", "Missing (no line yet)", "Failed"],
                         [[s["shard"], "?" if s["runs"] is None else str(s["runs"]), _ids(s["missing"]), _ids(s["failed"])]
                          for s in shards])
 
@@ -597,7 +602,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _best_section(root: Path, best: dict[str, LevelStats], overall: LevelStats) -> list[str]:
+def best_section(root: Path, best: dict[str, LevelStats], overall: LevelStats) -> list[str]:
     ref_run = overall.reference
     rows = []
     for backbone, s in best.items():
@@ -614,9 +619,9 @@ def _best_section(root: Path, best: dict[str, LevelStats], overall: LevelStats) 
         floor_test = test_vs_features(root, s.reference)
         floor_cell = ("n/a" if floor_test is None else
                       f"{_p_value(floor_test['p_value'])} (b={floor_test['b']}, c={floor_test['c']})")
-        rows.append([backbone, str(s.level), _ratio(s.ltr), _ratio(s.ptr), _accuracy_cell(s),
-                     _spread(s.f1_mean, s.f1_std, ".3f"), p_cell, pair_cell, _test_cell(s), floor_cell])
-    lines = _table(["Backbone", "Best level", "LTR", "PTR", "Val accuracy [95% CI]", "Macro-F1",
+        rows.append([backbone, str(s.level), ratio_text(s.ltr), ratio_text(s.ptr), accuracy_cell(s),
+                     spread(s.f1_mean, s.f1_std, ".3f"), p_cell, pair_cell, _test_cell(s), floor_cell])
+    lines = markdown_table(["Backbone", "Best level", "LTR", "PTR", "Val accuracy [95% CI]", "Macro-F1",
                     f"McNemar p vs {overall.backbone} (val)", "Paired on", "Test accuracy [95% CI]",
                     "McNemar p vs features (test)"], rows)
     lines += [f"Best backbone overall: {overall.backbone} at level {overall.level}. McNemar: exact two-sided "

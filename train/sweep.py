@@ -128,18 +128,8 @@ def _bn_reestimate(config: SweepConfig) -> bool:
     return config.bn_reestimate == "on" or (config.bn_reestimate == "auto" and config.weights == "none")
 
 
-def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
-    """Validate a sweep and list its runs, before any training.
-
-    Raises:
-        SweepError: bad option values, a level beyond a backbone's depth, an image size
-            below a backbone's minimum, a training split that is empty or has one class, a
-            run folder made with different settings.
-        WeightsError: ImageNet weights not available offline (names the file).
-    """
-    from train.levels import LevelError, parse_schedule
-    from train.model import build_base, resolve_weights
-
+def _check_options(config: SweepConfig) -> None:
+    """Refuse option values that cannot work, before anything is built or read."""
     if config.epochs < 1 or config.batch_size < 1 or not (0 < config.lr < float("inf")):
         raise SweepError(f"--epochs {config.epochs}, --batch-size {config.batch_size}, --lr {config.lr}: expected positive values")
     if config.cache_features not in CACHE_MODES:
@@ -162,10 +152,10 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
     index, count = config.shard
     if not 0 <= index < count:
         raise SweepError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
-    try:
-        backbones = resolve(list(config.backbones))
-    except KeyError as exc:
-        raise SweepError(f"--backbones: {exc.args[0]}") from None
+
+
+def _open_data(config: SweepConfig):
+    """The dataset and its notes, refused when a split the sweep needs is empty."""
     try:
         dataset = open_dataset(config.data)
     except DatasetError as exc:
@@ -181,6 +171,27 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
     if not dataset.split("test"):
         notes.append(f"{config.data}: no test split; runs are scored on the validation images that chose "
                      f"their epoch, which is optimistic (index the data again: `python -m train.data index`)")
+    return dataset, notes
+
+
+def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
+    """Validate a sweep and list its runs, before any training.
+
+    Raises:
+        SweepError: bad option values, a level beyond a backbone's depth, an image size
+            below a backbone's minimum, a training split that is empty or has one class, a
+            run folder made with different settings.
+        WeightsError: ImageNet weights not available offline (names the file).
+    """
+    from train.levels import LevelError, parse_schedule
+    from train.model import build_base, resolve_weights
+
+    _check_options(config)
+    try:
+        backbones = resolve(list(config.backbones))
+    except KeyError as exc:
+        raise SweepError(f"--backbones: {exc.args[0]}") from None
+    dataset, notes = _open_data(config)
     fingerprint = _fingerprint(dataset.records)
 
     layer_names: dict[str, list[str]] = {}
@@ -200,6 +211,7 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
             raise SweepError(f"{backbone.name}: {exc}") from None
         # a seed named twice (--seeds 0,0) is one run, not two trainings of the same run
         runs += [RunPlan(backbone, level, seed) for level in levels for seed in dict.fromkeys(config.seeds)]
+    index, count = config.shard
     cached = config.cache_features == "on" or (config.cache_features == "auto" and config.augment == "none")
     shares = assign(groups(runs, macs, config.epochs, cached), count, macs, config.epochs, cached)
     own = {id(run) for group in shares[index] for run in group.runs}
@@ -209,9 +221,16 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
         notes.append(f"shard {index}/{count}: " + (", ".join(f"{g.name} ({len(g.runs)} runs)" for g in shares[index])
                                                     or "no runs (more shards than runs)")
                      + f"; {100 * sum(g.cost for g in shares[index]) / total:.0f}% of the sweep's planned arithmetic")
+    todo = _still_to_do(config, mine, fingerprint, notes)
+    return Plan(config=config, runs=mine, todo=todo, layer_names=layer_names,
+                data_fingerprint=fingerprint, notes=notes)
+
+
+def _still_to_do(config: SweepConfig, runs: list[RunPlan], fingerprint: str, notes: list[str]) -> list[RunPlan]:
+    """The runs with no finished, intact result; refuses a run folder made with other settings."""
     out = Path(config.out)
     todo = []
-    for run in mine:
+    for run in runs:
         run_dir = out / run.rel_dir
         identity = _run_identity(config, run, fingerprint)
         saved = run_dir / "config.json"
@@ -232,8 +251,7 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
             notes.append(f"{run.run_id}: best.h5 is missing or differs from the sha256 recorded when the run "
                          f"finished; training it again")
             todo.append(run)
-    return Plan(config=config, runs=mine, todo=todo, layer_names=layer_names,
-                data_fingerprint=fingerprint, notes=notes)
+    return todo
 
 
 def _damaged_checkpoint(run_dir: Path) -> bool:
@@ -389,8 +407,42 @@ def spill_dir(config: SweepConfig, out: Path) -> Path:
     return root / f"skyedge-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+@dataclass
+class _Split:
+    """One split's images (raw, resized), labels and manifest records."""
+
+    x: np.ndarray
+    y: np.ndarray
+    records: list
+
+
+@dataclass
+class _Loaded:
+    """One backbone built for training: its model, inputs per split and level caches."""
+
+    backbone: Backbone
+    model: object
+    base: object
+    initial: list  # the weights every run starts from (before its own head init)
+    inputs: dict[str, np.ndarray]  # preprocessed images per split
+    caches: dict | None  # LevelCache per split, None when features are not cached
+    strategy: object
+
+
+def _load_splits(config: SweepConfig, log: Callable[[str], None]) -> dict[str, _Split]:
+    dataset = open_dataset(config.data)
+    splits, skipped_all = {}, []
+    for name in ("train", "val", "test"):
+        x, y, records, skipped = dataset.load_arrays(name, config.img_size)
+        splits[name] = _Split(x, y, records)
+        skipped_all += skipped
+    if skipped_all:
+        log(f"warning: skipped {len(skipped_all)} unreadable image(s): " + "; ".join(p for p, _ in skipped_all[:10]))
+    return splits
+
+
 def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[list[str], dict[str, int]]:
-    """Train the plan's runs still to do.
+    """Train the plan's runs still to do, backbone by backbone, deepest level first.
 
     Returns the ids of runs another process holds, and per backbone how many times this
     process ran its frozen layers over the training images (1 with caching: one pass shared
@@ -399,138 +451,175 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
     import tensorflow as tf
     import tf_keras as keras
 
-    from train.cache import FeatureStore, LevelCache, top_model
-    from train.levels import level_info, set_level
-    from train.model import build, reestimate_batchnorm, resolve_weights
-    from train.trainer import FitConfig, NonFiniteError, fit, predict
+    from train.cache import FeatureStore
 
     config = the_plan.config
-    dataset = open_dataset(config.data)
-    busy: list[str] = []
-    frozen_passes: dict[str, int] = {}
-    skipped_all = []
-    train_x, train_y, train_records, skipped = dataset.load_arrays("train", config.img_size)
-    skipped_all += skipped
-    val_x, val_y, val_records, skipped = dataset.load_arrays("val", config.img_size)
-    skipped_all += skipped
-    test_x, test_y, test_records, skipped = dataset.load_arrays("test", config.img_size)
-    skipped_all += skipped
-    if skipped_all:
-        log(f"warning: skipped {len(skipped_all)} unreadable image(s): " + "; ".join(p for p, _ in skipped_all[:10]))
-    weights_by_class = class_weights(train_y)
+    splits = _load_splits(config, log)
     strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
     use_cache = config.cache_features == "on" or (config.cache_features == "auto" and config.augment == "none")
     store = FeatureStore(budget_bytes=int(config.cache_budget_gb * 2 ** 30), spill_dir=spill_dir(config, out))
-    total, finished, t_sweep = len(the_plan.todo), 0, time.perf_counter()
+    busy: list[str] = []
+    frozen_passes: dict[str, int] = {}
+    progress = _Progress(len(the_plan.todo), config.epochs, log)
     try:
         for backbone in dict.fromkeys(r.backbone for r in the_plan.todo):
             runs = sorted((r for r in the_plan.todo if r.backbone == backbone), key=lambda r: (-r.level, r.seed))
-            with strategy.scope():
-                built = build(backbone, config.img_size, resolve_weights(backbone, config.weights), seed=0)
-            model, base = built.model, built.base
-            x_train = preprocess(train_x, backbone.preprocess)
-            x_val = preprocess(val_x, backbone.preprocess)
-            x_test = preprocess(test_x, backbone.preprocess)
-            if _bn_reestimate(config):
-                pick = np.random.default_rng(0).permutation(len(x_train))[:512]
-                count = reestimate_batchnorm(base, x_train[pick])
-                log(f"{backbone.name}: BatchNorm statistics re-estimated on {len(pick)} training images ({count} layers)")
-            initial = model.get_weights()
-            head = model.get_layer("head")
-            caches = (LevelCache(model, base, x_train, store), LevelCache(model, base, x_val, store),
-                      LevelCache(model, base, x_test, store) if len(test_y) else None) if use_cache else None
+            loaded = _load_backbone(config, backbone, splits, store if use_cache else None, strategy, log)
             for run in runs:
-                t0 = time.perf_counter()
-                run_dir = out / run.rel_dir
-                run_dir.mkdir(parents=True, exist_ok=True)
-                # one process per run: a second sweep on the same folder takes the other runs
-                lock = try_lock(run_dir / RUN_LOCK)
+                lock = _claim(out, run, log)
                 if lock is None:
                     busy.append(run.run_id)
-                    log(f"{run.run_id}: being trained by another process on {out}; left to it")
                     continue
-                if (run_dir / "metrics.json").is_file() and not _damaged_checkpoint(run_dir):
-                    os.close(lock)
-                    _ensure_results_line(out, run)
-                    log(f"{run.run_id}: finished meanwhile by another process")
-                    continue
-                record = {"run_id": run.run_id, "run_dir": run.rel_dir, "backbone": backbone.name,
-                          "level": run.level, "seed": run.seed}
                 try:
-                    model.set_weights(initial)
-                    head.set_weights(head_init(head.kernel.shape, run.seed))
-                    run_initial = model.get_weights()
-                    info = level_info(model, base, run.level, bn=config.bn)
-                    identity = _run_identity(config, run, the_plan.data_fingerprint)
-                    write_json(run_dir / "config.json", {
-                        **identity, **{k: v for k, v in asdict(config).items() if k not in identity},
-                        "data_resolved": str(Path(config.data).resolve()), "preprocess": backbone.preprocess, "keras_name": backbone.keras_name,
-                        "labels": list(LABELS), "class_weights": {LABELS[c]: w for c, w in weights_by_class.items()},
-                        "train_n": int(len(train_y)), "val_n": int(len(val_y)), "test_n": int(len(test_y)), **info})
-                    t_cache = time.perf_counter()
-                    if caches is not None:
-                        # caches must see the initial weights of the frozen layers
-                        train_in = caches[0].advance(run.level)
-                        val_in = caches[1].advance(run.level)
-                        test_in = caches[2].advance(run.level) if caches[2] is not None else []
-                        with strategy.scope():
-                            top = top_model(model, caches[0].boundary)
-                    else:
-                        train_in, val_in, test_in, top = [x_train], [x_val], [x_test], model
-                    cache_seconds = time.perf_counter() - t_cache
-                    set_level(model, base, run.level, bn=config.bn)
-                    with strategy.scope():
-                        result = fit(model, top, train_in, train_y, val_in, val_y, weights_by_class,
-                                     FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                                               seed=run.seed, jit=config.jit, augment=config.augment),
-                                     run_dir, run_initial, log)
-                    write_predictions(run_dir / "val_predictions.csv", val_records, val_y, result.val_probs)
-                    metrics = classification_metrics(val_y, result.val_probs.argmax(1))
-                    if len(test_y):
-                        # scored once, with the best epoch's weights; nothing above read these images
-                        test_probs = predict(top, test_in)
-                        if not np.isfinite(test_probs).all():
-                            raise NonFiniteError("test outputs are not finite")
-                        write_predictions(run_dir / "test_predictions.csv", test_records, test_y, test_probs)
-                        metrics.update(classification_metrics(test_y, test_probs.argmax(1), prefix="test_"))
-                    record.update({
-                        "img_size": config.img_size, "epochs": config.epochs, "epochs_run": len(result.history),
-                        "best_epoch": result.best_epoch, **metrics, **{k: v for k, v in info.items() if k != "level"},
-                        "weights": config.weights, "bn": config.bn, "cache_features": caches is not None,
-                        "cache_seconds": round(cache_seconds, 3), "train_seconds": round(result.train_seconds, 3),
-                        "wall_seconds": round(time.perf_counter() - t0, 3),
-                        "train_images_per_s": round(result.images_trained / result.train_seconds, 1) if result.train_seconds else None,
-                        "resumed_from_epoch": result.resumed_from,
-                        "precision": config.precision, "jit": config.jit, "strategy": config.strategy,
-                        "checkpoint_sha256": sha256_file(run_dir / "best.h5"),
-                    })
-                    write_json(run_dir / "metrics.json", record)
-                except Exception as exc:  # one failed run must not stop the sweep
-                    record["error"] = f"{type(exc).__name__}: {exc}"
-                    record["wall_seconds"] = round(time.perf_counter() - t0, 3)
-                append_jsonl(out / "results.jsonl", record)
-                finished += 1
-                elapsed = time.perf_counter() - t_sweep
-                eta = elapsed / finished * (total - finished)
-                status = (f"error: {record['error']}" if "error" in record else
-                          f"val acc {100 * record['val_accuracy']:.1f}% [{100 * record['val_accuracy_ci_low']:.1f}, "
-                          f"{100 * record['val_accuracy_ci_high']:.1f}]"
-                          + (f", test acc {100 * record['test_accuracy']:.1f}%" if "test_accuracy" in record else "")
-                          + f", best epoch {record['best_epoch']}/{config.epochs}")
-                log(f"[{finished}/{total}] {run.run_id}: {status}, {record['wall_seconds']:.1f}s; sweep ETA {_fmt_eta(eta)}")
-                os.close(lock)
-            if caches is not None:
-                frozen_passes[backbone.name] = caches[0].passes_from_images
-                log(f"{backbone.name}: {caches[0].passes_from_images} frozen pass(es) over the images shared by "
+                    if lock == _ALREADY_DONE:
+                        continue
+                    record = _train_run(the_plan, run, out, loaded, splits, log)
+                    append_jsonl(out / "results.jsonl", record)
+                    progress.done(run, record)
+                finally:
+                    if lock != _ALREADY_DONE:
+                        os.close(lock)
+            if loaded.caches is not None:
+                frozen_passes[backbone.name] = loaded.caches["train"].passes_from_images
+                log(f"{backbone.name}: {frozen_passes[backbone.name]} frozen pass(es) over the images shared by "
                     f"{len(runs)} run(s)")
-                for cache in caches:
+                for cache in loaded.caches.values():
                     if cache.arrays[0] is not cache.images:
                         store.release(cache.arrays)
-            del model, base, built
+            del loaded
             keras.backend.clear_session()
     finally:
         store.close()
     return busy, frozen_passes
+
+
+_ALREADY_DONE = -1  # _claim's answer for a run another process finished meanwhile
+
+
+def _claim(out: Path, run: RunPlan, log: Callable[[str], None]) -> int | None:
+    """Lock a run for this process: a file descriptor to close when done, ``None`` when
+    another process holds it, ``_ALREADY_DONE`` when it was finished meanwhile."""
+    run_dir = out / run.rel_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # one process per run: a second sweep on the same folder takes the other runs
+    lock = try_lock(run_dir / RUN_LOCK)
+    if lock is None:
+        log(f"{run.run_id}: being trained by another process on {out}; left to it")
+        return None
+    if (run_dir / "metrics.json").is_file() and not _damaged_checkpoint(run_dir):
+        os.close(lock)
+        _ensure_results_line(out, run)
+        log(f"{run.run_id}: finished meanwhile by another process")
+        return _ALREADY_DONE
+    return lock
+
+
+def _load_backbone(config: SweepConfig, backbone: Backbone, splits: dict[str, _Split], store, strategy,
+                   log: Callable[[str], None]) -> _Loaded:
+    """Build a backbone with its head, preprocess every split, set up its level caches."""
+    from train.cache import LevelCache
+    from train.model import build, reestimate_batchnorm, resolve_weights
+
+    with strategy.scope():
+        built = build(backbone, config.img_size, resolve_weights(backbone, config.weights), seed=0)
+    inputs = {name: preprocess(split.x, backbone.preprocess) for name, split in splits.items()}
+    if _bn_reestimate(config):
+        pick = np.random.default_rng(0).permutation(len(inputs["train"]))[:512]
+        count = reestimate_batchnorm(built.base, inputs["train"][pick])
+        log(f"{backbone.name}: BatchNorm statistics re-estimated on {len(pick)} training images ({count} layers)")
+    caches = None
+    if store is not None:
+        caches = {name: LevelCache(built.model, built.base, x, store) for name, x in inputs.items()
+                  if len(splits[name].y)}
+    return _Loaded(backbone, built.model, built.base, built.model.get_weights(), inputs, caches, strategy)
+
+
+def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits: dict[str, _Split],
+               log: Callable[[str], None]) -> dict:
+    """Train and score one run; its results line (with ``error`` when it failed)."""
+    from train.cache import top_model
+    from train.levels import level_info, set_level
+    from train.trainer import FitConfig, NonFiniteError, fit, predict
+
+    config, model, base, strategy = the_plan.config, loaded.model, loaded.base, loaded.strategy
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    t0 = time.perf_counter()
+    run_dir = out / run.rel_dir
+    record = {"run_id": run.run_id, "run_dir": run.rel_dir, "backbone": run.backbone.name,
+              "level": run.level, "seed": run.seed}
+    try:
+        weights_by_class = class_weights(train.y)
+        head = model.get_layer("head")
+        model.set_weights(loaded.initial)
+        head.set_weights(head_init(head.kernel.shape, run.seed))
+        run_initial = model.get_weights()
+        info = level_info(model, base, run.level, bn=config.bn)
+        identity = _run_identity(config, run, the_plan.data_fingerprint)
+        write_json(run_dir / "config.json", {
+            **identity, **{k: v for k, v in asdict(config).items() if k not in identity},
+            "data_resolved": str(Path(config.data).resolve()), "preprocess": run.backbone.preprocess,
+            "keras_name": run.backbone.keras_name, "labels": list(LABELS),
+            "class_weights": {LABELS[c]: w for c, w in weights_by_class.items()},
+            "train_n": int(len(train.y)), "val_n": int(len(val.y)), "test_n": int(len(test.y)), **info})
+        t_cache = time.perf_counter()
+        if loaded.caches is not None:
+            # caches must see the initial weights of the frozen layers
+            arrays = {name: cache.advance(run.level) for name, cache in loaded.caches.items()}
+            with strategy.scope():
+                top = top_model(model, loaded.caches["train"].boundary)
+        else:
+            arrays, top = {name: [x] for name, x in loaded.inputs.items()}, model
+        cache_seconds = time.perf_counter() - t_cache
+        set_level(model, base, run.level, bn=config.bn)
+        with strategy.scope():
+            result = fit(model, top, arrays["train"], train.y, arrays["val"], val.y, weights_by_class,
+                         FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                                   seed=run.seed, jit=config.jit, augment=config.augment),
+                         run_dir, run_initial, log)
+        write_predictions(run_dir / "val_predictions.csv", val.records, val.y, result.val_probs)
+        metrics = classification_metrics(val.y, result.val_probs.argmax(1))
+        if len(test.y):
+            # scored once, with the best epoch's weights; nothing above read these images
+            test_probs = predict(top, arrays["test"])
+            if not np.isfinite(test_probs).all():
+                raise NonFiniteError("test outputs are not finite")
+            write_predictions(run_dir / "test_predictions.csv", test.records, test.y, test_probs)
+            metrics.update(classification_metrics(test.y, test_probs.argmax(1), prefix="test_"))
+        record.update({
+            "img_size": config.img_size, "epochs": config.epochs, "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch, **metrics, **{k: v for k, v in info.items() if k != "level"},
+            "weights": config.weights, "bn": config.bn, "cache_features": loaded.caches is not None,
+            "cache_seconds": round(cache_seconds, 3), "train_seconds": round(result.train_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - t0, 3),
+            "train_images_per_s": round(result.images_trained / result.train_seconds, 1) if result.train_seconds else None,
+            "resumed_from_epoch": result.resumed_from,
+            "precision": config.precision, "jit": config.jit, "strategy": config.strategy,
+            "checkpoint_sha256": sha256_file(run_dir / "best.h5"),
+        })
+        write_json(run_dir / "metrics.json", record)
+    except Exception as exc:  # one failed run must not stop the sweep
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return record
+
+
+class _Progress:
+    """One line per finished run: its scores, its time and the sweep's ETA."""
+
+    def __init__(self, total: int, epochs: int, log: Callable[[str], None]):
+        self.total, self.epochs, self.log = total, epochs, log
+        self.finished, self.t0 = 0, time.perf_counter()
+
+    def done(self, run: RunPlan, record: dict) -> None:
+        self.finished += 1
+        eta = (time.perf_counter() - self.t0) / self.finished * (self.total - self.finished)
+        status = (f"error: {record['error']}" if "error" in record else
+                  f"val acc {100 * record['val_accuracy']:.1f}% [{100 * record['val_accuracy_ci_low']:.1f}, "
+                  f"{100 * record['val_accuracy_ci_high']:.1f}]"
+                  + (f", test acc {100 * record['test_accuracy']:.1f}%" if "test_accuracy" in record else "")
+                  + f", best epoch {record['best_epoch']}/{self.epochs}")
+        self.log(f"[{self.finished}/{self.total}] {run.run_id}: {status}, {record['wall_seconds']:.1f}s; "
+                 f"sweep ETA {_fmt_eta(eta)}")
 
 
 def parse_shard(text: str, environ=None) -> tuple[int, int]:
