@@ -130,7 +130,7 @@ def _finished_runs(runs_root: Path) -> list[dict]:
     return finished
 
 
-def select_runs(records: list[dict], spec: str) -> list[dict]:
+def pick_records(records: list[dict], spec: str) -> list[dict]:
     """The finished runs ``--select`` names: ``all``, ``best`` (one per backbone) or ``backbone:level[:seed]`` items."""
     spec = spec.strip()
     if spec == "all":
@@ -210,7 +210,7 @@ def select_runs(runs: str | os.PathLike, spec: str = "best") -> list[Source]:
     """
     root = Path(runs)
     sources = []
-    for record in select_runs(_finished_runs(root), spec):
+    for record in pick_records(_finished_runs(root), spec):
         run_dir = root / record["run_dir"]
         for name in ("config.json", "best.h5", "val_predictions.csv"):
             if not (run_dir / name).is_file():

@@ -197,7 +197,7 @@ def test_best_selection_picks_seed0_best_level(exported):
 
 
 def test_best_selection_breaks_ties_like_the_sweep_summary():
-    from export.tflite import select_runs
+    from export.tflite import pick_records
     from train.summary import aggregate, best_level
 
     def run(level, seed, acc, params):
@@ -208,11 +208,11 @@ def test_best_selection_breaks_ties_like_the_sweep_summary():
     # level 5 is more accurate at seed 0 but worse on the mean over seeds
     records = [run(2, 0, 0.6, 100), run(0, 0, 0.6, 100), run(5, 0, 0.7, 900), run(5, 1, 0.4, 900),
                run(0, 1, 0.6, 100), run(2, 1, 0.6, 100)]
-    picked = select_runs(records, "best")
+    picked = pick_records(records, "best")
     assert [(r["level"], r["seed"]) for r in picked] == [(0, 0)]
     assert best_level(aggregate(records)["mobilenetv2"]).level == 0
     # seed 0 missing at the best level: its lowest seed stands in, the backbone is not dropped
-    assert [(r["level"], r["seed"]) for r in select_runs(records[3:], "best")] == [(0, 1)]
+    assert [(r["level"], r["seed"]) for r in pick_records(records[3:], "best")] == [(0, 1)]
 
 
 def test_exported_models_vary_with_the_input(exported):
