@@ -105,14 +105,15 @@ def is_jpeg(data: bytes) -> bool:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header only.
+    """(height, width) of an image file, read from its header only: the order of
+    ``resize``'s size and of numpy's image shapes.
 
     Raises:
         ImageError: missing, not an image, or a header claiming a decompression bomb's size.
     """
     try:
         with Image.open(Path(path)) as img:
-            return img.size
+            return img.height, img.width
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: refused, its header claims too many pixels ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

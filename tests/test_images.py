@@ -65,5 +65,10 @@ def test_resize_new_array_and_documented_filter(tmp_path):
     same = resize(arr, 128)
     assert same is not arr and np.array_equal(same, arr)
     assert resize(arr, (32, 48)).shape == (32, 48, 3)
+    # image_size answers in resize's order, (height, width)
+    from device.images import image_size
+
+    Image.fromarray(resize(arr, (32, 48))).save(tmp_path / "wide.png")
+    assert image_size(tmp_path / "wide.png") == (32, 48)
     with pytest.raises(ValueError, match="uint8"):
         resize(arr.astype(np.float32), 32)

@@ -74,7 +74,7 @@ def describe(root: Path) -> str:
             sizes[image_size(dataset.resolve(record))] += 1
         except ImageError as exc:
             unreadable.append(f"{record.path} ({exc})")
-    lines.append("image sizes: " + ", ".join(f"{w}x{h}: {c}" for (w, h), c in sizes.most_common()))
+    lines.append("image sizes: " + ", ".join(f"{w}x{h}: {c}" for (h, w), c in sizes.most_common()))
     if unreadable:
         lines.append(f"unreadable: {len(unreadable)}: " + "; ".join(unreadable[:10]))
     return "\n".join(lines)
