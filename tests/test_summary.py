@@ -236,3 +236,23 @@ def test_cli_rebuilds_summary(sweep: Path, capsys):
     assert (sweep / "summary.md").is_file() and (sweep / "summary.csv").is_file()
     assert summary.main([str(sweep / "missing")]) == 2
     assert "results.jsonl" in capsys.readouterr().err
+
+
+def test_summary_without_matplotlib_writes_every_table_and_says_why_no_plots(sweep: Path, tmp_path: Path):
+    # #13 item 6: skyedge[train] without the report extra died in train.summary with a traceback
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "no-matplotlib"
+    shutil.copytree(sweep, copy)
+    shutil.rmtree(copy / "plots", ignore_errors=True)
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from train.summary import main\nsys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "matplotlib is not installed" in done.stderr
+    text = (copy / "summary.md").read_text()
+    assert "## Best level per backbone" in text and "## Accuracy per level" in text
+    assert not (copy / "plots").exists()

@@ -315,7 +315,12 @@ def write_summary(root: Path, log: Callable[[str], object] = print) -> dict[str,
     paths["summary_csv"] = csv_path
     log(f"wrote {csv_path} ({len(runs)} runs)")
 
-    if levels:
+    import importlib.util
+
+    if levels and importlib.util.find_spec("matplotlib") is None:
+        log("note: matplotlib is not installed, so the plots are left out (the tables are complete); "
+            "install the report extra for them: pip install 'skyedge[report]'")
+    elif levels:
         plots = root / PLOTS
         plots.mkdir(parents=True, exist_ok=True)
         for name, data in _plots(root, levels, log).items():
