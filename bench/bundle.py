@@ -27,8 +27,9 @@ import numpy as np
 from PIL import Image
 
 from bench.jobs import BenchError, load_manifest
+from device import exports_manifest
 from device.checksum import sha256_file
-from device.atomic import atomic_open, write_json, write_text
+from device.atomic import atomic_open, write_text
 from device.dataset import LABELS, Dataset, Record, open_dataset, write_manifest
 
 INSTALL_MD = """# SkyEdge benchmark bundle
@@ -212,9 +213,8 @@ def make_bundle(config: BundleConfig) -> dict:
             record["data"] = "data"
             record["bundle_val_n"] = len(chosen)
             out_artifacts.append(record)
-        write_json(stage / "manifest.json", {"format_version": 1, "artifacts": out_artifacts,
-                                             "bundle": {"split": config.split, "images": len(chosen),
-                                                        "source_data": str(config.data)}})
+        exports_manifest.write(stage, out_artifacts, bundle={"split": config.split, "images": len(chosen),
+                                                              "source_data": str(config.data)})
         setup = Path(__file__).resolve().parents[1] / "device" / "setup_pi.sh"
         if setup.is_file():
             shutil.copy2(setup, stage / "setup_pi.sh")

@@ -18,6 +18,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
+
 EXTERNAL = {"report": "bench.report"}
 EXTERNAL_HELP = {"report": "tables, plots and the verdict on the study's claim from bench run results "
                            "(needs skyedge[report]; see `bench report --help`)"}
@@ -80,7 +82,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=at_least(0), default=20, help="untimed calls first (default 20)")
     p.add_argument("--runs", type=at_least(1), default=200, help="minimum timed runs (default 200)")
     p.add_argument("--min-secs", type=at_least(0, float), default=5.0, help="minimum timed seconds (default 5)")
-    p.add_argument("--strict", action="store_true", help="MLPerf single-stream minimum: >= 1024 runs and >= 60 s")
+    p.add_argument("--strict", action="store_true", help=f"MLPerf single-stream minimum: >= {STRICT_MIN_QUERIES} runs and >= {STRICT_MIN_SECONDS:.0f} s")
     p.add_argument("--shuffle", action="store_true", help="cycle the images in a seeded random order")
     p.add_argument("--seed", type=int, default=0, help="seed of --shuffle's order (default 0)")
     cool = p.add_mutually_exclusive_group()

@@ -20,14 +20,15 @@ from importlib import metadata
 from pathlib import Path
 
 from bench import fingerprint
+from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
 from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
 from device.runtime import RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
+from device.dataset import LABELS, SPLITS
 
 # runtimes able to run each format (tensorflow, TensorFlow's TFLite interpreter, only when named)
 RUNTIMES_OF_FORMAT = {suffix.lstrip("."): able for suffix, able in RUNTIMES_OF_SUFFIX.items()}
 MODES = ("kernel", "e2e")
 INT8_VARIANTS = ("int8", "qat", "dynamic")
-LABELS_DEFAULT = ("GALAXY", "QSO", "STAR")
 INT8_NOTE = "slower than fp32"
 # a quantized line counts as slower only by a clear margin, beyond both p50 intervals
 SLOWER_MARGIN = 1.05
@@ -99,6 +100,11 @@ class RunConfig:
                              f"warmup={self.warmup}, min_secs={self.min_secs}")
         if self.cooldown_temp_c is not None and self.cooldown_secs is not None:
             raise ValueError("give --cooldown-temp or --cooldown-secs, not both")
+        if self.split not in SPLITS:
+            raise ValueError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
+        if self.data is not None and not (Path(self.data) / "manifest.csv").is_file():
+            raise ValueError(f"--data {self.data}: no manifest.csv there; expected a dataset folder "
+                             f"(`python -m train.data index` makes one)")
 
 
 @dataclass
@@ -122,22 +128,18 @@ def job_key(line: dict) -> tuple:
 
 
 def load_manifest(exports: str | os.PathLike) -> list[dict]:
-    """The artifact records of ``EXPORTS/manifest.json``.
+    """The artifact records of ``EXPORTS/manifest.json`` (``device.exports_manifest``).
 
     Raises:
-        BenchError: missing, unreadable or without an ``artifacts`` list.
+        BenchError: missing, unreadable, of another format version, or without an
+            ``artifacts`` list (the message names the file).
     """
-    path = Path(exports) / "manifest.json"
-    if not path.is_file():
-        raise BenchError(f"{path}: no such file; expected the manifest written by the export step")
+    from device import exports_manifest
+
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return exports_manifest.read_artifacts(exports)
     except (OSError, ValueError) as exc:
-        raise BenchError(f"{path}: not readable JSON ({exc})") from exc
-    artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
-    if not isinstance(artifacts, list):
-        raise BenchError(f"{path}: no 'artifacts' list")
-    return artifacts
+        raise BenchError(str(exc)) from None
 
 
 def plan_jobs(config: RunConfig, artifacts: list[dict]) -> tuple[list[Job], list[str]]:
@@ -177,7 +179,7 @@ def runtime_package_info(runtime: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def complete_line(record: dict, labels=LABELS_DEFAULT) -> dict:
+def complete_line(record: dict, labels=LABELS) -> dict:
     """``record`` with every line field present (None where absent), in the fixed order."""
     keys = list(LINE_FIELDS) + [f"recall_{label}" for label in labels] + list(LINE_FIELDS_TAIL)
     line = {key: record.get(key) for key in keys}
@@ -271,8 +273,8 @@ def run_benchmarks(config: RunConfig, progress=None) -> dict:
         if skipped:
             say(f"resume: {skipped} job(s) already in {config.out}")
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-    runs = max(config.runs, 1024) if config.strict else config.runs
-    min_secs = max(config.min_secs, 60.0) if config.strict else config.min_secs
+    runs = max(config.runs, STRICT_MIN_QUERIES) if config.strict else config.runs
+    min_secs = max(config.min_secs, STRICT_MIN_SECONDS) if config.strict else config.min_secs
     command = list(config.worker_command or (sys.executable, "-m", "bench.worker", "-"))
     written = errors = 0
     started = time.perf_counter()
@@ -284,7 +286,7 @@ def run_benchmarks(config: RunConfig, progress=None) -> dict:
         job_started = time.perf_counter()
         line = _measure(config, job, static, command, runs, min_secs)
         line["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        line = complete_line(line, tuple(artifact.get("labels") or LABELS_DEFAULT))
+        line = complete_line(line, tuple(artifact.get("labels") or LABELS))
         if "error" not in line and line.get("latency_ms_p50") is None:  # never a line with neither
             line["error"] = "the worker returned no latency"
         append_jsonl(config.out, line)

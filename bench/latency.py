@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# MLPerf single-stream's minimum for a valid latency figure (bench run --strict)
+STRICT_MIN_QUERIES = 1024
+STRICT_MIN_SECONDS = 60.0
+
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 # resample in blocks of at most this many draws so long runs stay small on a Raspberry Pi

@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from bench import fingerprint, memory
-from bench.latency import latency_stats
+from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS, latency_stats
 from device.checksum import sha256_file
 from device.predictions import images_sha256, read_predictions
 
 DEFAULTS = {"threads": None, "mode": "kernel", "split": "test", "reference": None, "warmup": 20,
             "runs": 200, "min_secs": 5.0, "shuffle": False, "seed": 0, "max_timed_inputs": 64}
-STRICT_MIN_QUERIES = 1024
-STRICT_MIN_SECONDS = 60.0
 
 
 class JobError(RuntimeError):

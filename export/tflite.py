@@ -37,7 +37,7 @@ from device.atomic import check_output_folder, write_bytes, write_text
 from device.backbones import Backbone, get
 from device.checksum import sha256_file
 from device.dataset import LABELS, DatasetError, open_dataset
-from export import manifest
+from device import exports_manifest as manifest
 from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
 from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
 from export.verify import align, read_reference, strict_failure, verify

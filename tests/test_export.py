@@ -30,7 +30,7 @@ from device.backbones import BACKBONES, get
 from device.checksum import sha256_file
 from device.dataset import write_manifest, index_tree, stratified_split
 from device.preprocess import MODES, preprocess
-from export import manifest
+from device import exports_manifest as manifest
 from export.graph import preprocess_affine
 from export.quantize import CalibrationError, calibration_set, check_calibration_size, pinned
 from export.tflite import ExportConfig, ExportError, export_runs, select_runs

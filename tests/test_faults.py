@@ -346,3 +346,26 @@ def test_predictions_format_round_trips_through_its_one_owner(tmp_path):
     (tmp_path / "bad.csv").write_text("path,label\na.jpg,GALAXY\n")
     with pytest.raises(PredictionsError, match="bad.csv: expected a non-empty CSV with columns"):
         read_probabilities(tmp_path / "bad.csv")
+
+
+def test_exports_manifest_round_trips_through_its_one_owner(tmp_path):
+    # #13 item 1: export wrote the manifest, bench read it without checking its version, bundle wrote one by hand
+    from bench.jobs import BenchError, load_manifest
+    from device import exports_manifest
+
+    records = [{"artifact_id": "a-fp32", "file": "models/a.tflite", "format": "tflite"},
+               {"artifact_id": "a-int8", "file": "models/a-int8.tflite", "format": "tflite"}]
+    path = exports_manifest.write(tmp_path / "e", records, bundle={"images": 3})
+    assert exports_manifest.read_artifacts(tmp_path / "e") == records == load_manifest(tmp_path / "e")
+    assert set(exports_manifest.read(tmp_path / "e")) == {"a-fp32", "a-int8"}
+    assert json.loads(path.read_text())["bundle"] == {"images": 3}
+    exports_manifest.merge(tmp_path / "e", [{"artifact_id": "a-fp32", "file": "models/a.tflite", "format": "tflite",
+                                             "sha256": "x"}])
+    assert exports_manifest.read(tmp_path / "e")["a-fp32"]["sha256"] == "x"
+    path.write_text(json.dumps({"format_version": 2, "artifacts": records}))
+    with pytest.raises(ValueError, match="format_version 2, expected 1"):
+        exports_manifest.read_artifacts(tmp_path / "e")
+    with pytest.raises(BenchError, match=r"manifest.json: format_version 2, expected 1"):
+        load_manifest(tmp_path / "e")
+    with pytest.raises(BenchError, match="no such file"):
+        load_manifest(tmp_path / "missing")

@@ -20,6 +20,7 @@ from pathlib import Path
 from device.dataset import LABELS, SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, index_tree, \
     open_dataset, stratified_split, write_manifest
 from device.images import ImageError, image_size
+from train.sky_objects import STUDY_MIX
 
 
 def parse_mix(text: str) -> tuple[float, float, float]:
@@ -27,7 +28,7 @@ def parse_mix(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--mix {text!r}: expected three numbers G,Q,S such as 0.44,0.062,0.498")
+        raise argparse.ArgumentTypeError(f"--mix {text!r}: expected three numbers G,Q,S such as {','.join(map(str, STUDY_MIX))}")
     if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1.0) > 0.01:
         raise argparse.ArgumentTypeError(f"--mix {text!r}: expected three non-negative fractions G,Q,S summing to 1")
     return parts  # type: ignore[return-value]
@@ -103,6 +104,24 @@ def _cmd_sdss(args) -> int:
     return 0 if summary.failed == 0 else 3
 
 
+def _readable(records: list, base: Path) -> list:
+    """The records whose image header reads (0-byte, corrupt and decompression-bomb files are
+    left out with a warning naming them, so no split counts an image no one can load)."""
+    kept, unreadable = [], []
+    for record in records:
+        try:
+            image_size(base / record.path)
+            kept.append(record)
+        except ImageError as exc:
+            unreadable.append(str(exc))
+    if unreadable:
+        print(f"warning: left out {len(unreadable)} unreadable image(s): " + "; ".join(unreadable[:10])
+              + (" ..." if len(unreadable) > 10 else ""), file=sys.stderr)
+    if not kept:
+        raise DatasetError(f"{base}: none of the {len(records)} images could be read")
+    return kept
+
+
 def _cmd_index(args) -> int:
     source = Path(args.dir)
     out = Path(args.out) if args.out else source
@@ -111,6 +130,7 @@ def _cmd_index(args) -> int:
     except OSError as exc:
         raise DatasetError(f"{out}: cannot create output folder ({exc.strerror or exc})") from exc
     records, layout = index_tree(source, base=out, subset=args.subset)
+    records = _readable(records, out)
     records = stratified_split(records, seed=args.seed, val=args.val, test=args.test)
     try:
         path = write_manifest(out, records)
@@ -180,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--size", type=int, default=128, help="side in pixels at 0.4\"/px (default 128)")
-    p.add_argument("--mix", type=parse_mix, default=(0.44, 0.062, 0.498),
-                   help="GALAXY,QSO,STAR fractions (default the study's 0.44,0.062,0.498)")
+    p.add_argument("--mix", type=parse_mix, default=STUDY_MIX,
+                   help=f"GALAXY,QSO,STAR fractions (default the study's {','.join(map(str, STUDY_MIX))})")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     split_args(p)
     p.set_defaults(func=_cmd_synth)
@@ -189,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sdss", help="download SDSS cutouts from SkyServer")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=None, help="objects (default: 1000, or all catalogue rows)")
-    p.add_argument("--mix", type=parse_mix, default=(0.44, 0.062, 0.498))
+    p.add_argument("--mix", type=parse_mix, default=STUDY_MIX,
+                   help=f"GALAXY,QSO,STAR fractions (default the study's {','.join(map(str, STUDY_MIX))})")
     p.add_argument("--dr", type=int, default=16, help="data release (default 16)")
     p.add_argument("--size", type=int, default=512, help="cutout side in pixels (64..2048, default 512)")
     p.add_argument("--scale", type=float, default=0.4, help="arcsec per pixel (default 0.4)")

@@ -30,11 +30,10 @@ from device.dataset import LABELS, MANIFEST, TEST_FRACTION, VAL_FRACTION, Datase
     stratified_split, write_manifest
 from device.images import ImageError, is_jpeg, read_rgb
 from train.polite_http import InvalidBody, PoliteClient, RequestFailed, Unreachable
-from train.sky_objects import (SkyObject, class_counts, format_objects, parse_sql_answer,
+from train.sky_objects import (STUDY_MIX, SkyObject, class_counts, format_objects, parse_sql_answer,
                                read_catalog, sample, sql_for_class)
 
 DEFAULT_BASE_URL = "https://skyserver.sdss.org"
-DEFAULT_MIX = (0.44, 0.062, 0.498)
 OBJECTS_CSV = "objects.csv"
 FAILURES_CSV = "failures.csv"
 FAILURE_COLUMNS = ("objid", "class", "ra", "dec", "url", "reason", "attempts")
@@ -74,7 +73,7 @@ class FetchConfig:
 
     out: Path
     n: int | None = None
-    mix: tuple[float, float, float] = DEFAULT_MIX
+    mix: tuple[float, float, float] = STUDY_MIX
     dr: int = 16
     size: int = 512
     scale: float = 0.4

@@ -47,6 +47,10 @@ class SkyObject:
         return f"{self.label}/{self.objid}.jpg"
 
 
+# the study's class mix (GALAXY, QSO, STAR), the default of every data command
+STUDY_MIX = (0.44, 0.062, 0.498)
+
+
 def class_counts(n: int, mix) -> dict[str, int]:
     """Split ``n`` over GALAXY, QSO, STAR by ``mix`` with largest-remainder rounding.
 

@@ -132,6 +132,9 @@ def _check_options(config: SweepConfig) -> None:
     """Refuse option values that cannot work, before anything is built or read."""
     if config.epochs < 1 or config.batch_size < 1 or not (0 < config.lr < float("inf")):
         raise SweepError(f"--epochs {config.epochs}, --batch-size {config.batch_size}, --lr {config.lr}: expected positive values")
+    if not 0 <= config.cache_budget_gb < float("inf"):
+        raise SweepError(f"--cache-budget-gb {config.cache_budget_gb}: expected a size in GB, 0 or more "
+                         f"(0 keeps every cached array on disk)")
     if config.cache_features not in CACHE_MODES:
         raise SweepError(f"--cache-features {config.cache_features!r}: expected one of {', '.join(CACHE_MODES)}")
     if config.precision not in PRECISIONS:

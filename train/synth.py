@@ -37,6 +37,7 @@ from PIL import Image
 
 from device.atomic import write_bytes, write_text
 from device.dataset import LABELS, TEST_FRACTION, VAL_FRACTION, Record, stratified_split, write_manifest
+from train.sky_objects import STUDY_MIX, class_counts
 
 PIXEL_SCALE = 0.4  # arcsec per pixel of SkyServer's scale=0.4 cutouts (native CCD: 0.396)
 BANDS = ("g", "r", "i")
@@ -52,7 +53,6 @@ LUPTON_Q = 8.0
 LUPTON_STRETCH = 0.8
 JPEG_QUALITY = 75
 JPEG_SUBSAMPLING = 2  # 4:2:0, as in the real cutouts
-DEFAULT_MIX = (0.44, 0.062, 0.498)
 POINT_STAMP = 64  # pixels (25.6"): side of the cached PSF stamp for point sources
 _GSPARAMS = galsim.GSParams(folding_threshold=1e-2, maxk_threshold=2e-3, maximum_fft_size=4096)
 
@@ -72,26 +72,6 @@ class SynthSummary:
     counts: dict
     seconds: float
     manifest: str
-
-
-def class_counts(n: int, mix: tuple[float, float, float]) -> dict[str, int]:
-    """Split ``n`` into per-class counts by the largest-remainder method.
-
-    Args:
-        n: total number of objects.
-        mix: fractions for GALAXY, QSO, STAR (normalised here).
-
-    Returns:
-        ``{label: count}`` in ``LABELS`` order, summing to ``n``.
-    """
-    weights = np.asarray(mix, dtype=np.float64) / float(np.sum(mix))
-    exact = weights * n
-    counts = np.floor(exact).astype(int)
-    # Ties go to the earlier class so the split never depends on float noise order.
-    order = sorted(range(len(LABELS)), key=lambda k: (-(exact[k] - counts[k]), k))
-    for k in order[: n - int(counts.sum())]:
-        counts[k] += 1
-    return {label: int(c) for label, c in zip(LABELS, counts)}
 
 
 def _flux(mag: float) -> float:
@@ -516,7 +496,7 @@ def _validate(out: str | Path, n: int, size: int, seed: int, mix, workers, val: 
 
 
 def synthesize(out: str | Path, n: int, size: int = 128, seed: int = 0,
-               mix: tuple[float, float, float] = DEFAULT_MIX,
+               mix: tuple[float, float, float] = STUDY_MIX,
                workers: int | None = None, val: float = VAL_FRACTION, test: float = TEST_FRACTION,
                progress: Callable[[int, int], None] | None = None) -> SynthSummary:
     """Simulate ``n`` SDSS-like cutouts and write them as a dataset folder.

@@ -1,10 +1,10 @@
-"""``EXPORTS/manifest.json``: one flat record per exported artifact, shared by both exporters.
+"""``EXPORTS/manifest.json``: one flat record per exported artifact. The one owner of the
+format: both exporters write it, ``bench`` (run, bundle, report) reads it; TensorFlow-free.
 
 ``{"format_version": 1, "artifacts": [record, ...]}``, records merged by ``artifact_id``.
 ``python -m export.tflite`` and ``python -m export.onnx`` may run at the same time on one
-``EXPORTS`` folder: every read-modify-write holds an exclusive ``fcntl.flock`` on
-``EXPORTS/.manifest.lock`` and the file is replaced atomically, so neither loses the
-other's records. Each artifact also gets a JSON sidecar (``<file>.json``) with its record.
+``EXPORTS`` folder: every read-modify-write holds an exclusive lock (``device.atomic.locked``
+on the manifest) and the file is replaced atomically, so neither loses the other's records. Each artifact also gets a JSON sidecar (``<file>.json``) with its record.
 
 An artifact is skipped on a rerun when its record has no error, its file still has the
 recorded sha256, and its ``source_key`` (checkpoint hash plus the export settings) is
@@ -12,39 +12,22 @@ unchanged.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
 
-from device.atomic import write_json
+from device.atomic import locked, write_json
 from device.checksum import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-LOCK = ".manifest.lock"
 
 
 def source_key(checkpoint_sha256: str, settings: dict) -> str:
     """A short hash of what an artifact is made from: checkpoint plus export settings."""
     text = json.dumps({"checkpoint": checkpoint_sha256, **settings}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def locked(exports: str | os.PathLike) -> Iterator[Path]:
-    """Hold the exports folder's manifest lock (exclusive, blocking) for a read-modify-write."""
-    exports = Path(exports)
-    exports.mkdir(parents=True, exist_ok=True)
-    with open(exports / LOCK, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield exports / MANIFEST
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def read(exports: str | os.PathLike) -> dict[str, dict]:
@@ -56,13 +39,40 @@ def read(exports: str | os.PathLike) -> dict[str, dict]:
     path = Path(exports) / MANIFEST
     if not path.is_file():
         return {}
+    return {r["artifact_id"]: r for r in read_artifacts(exports) if "artifact_id" in r}
+
+
+def read_artifacts(exports: str | os.PathLike) -> list[dict]:
+    """The artifact records of an existing manifest, in file order.
+
+    Raises:
+        FileNotFoundError: no manifest in ``exports`` (names the file).
+        ValueError: not JSON, another ``format_version``, or no ``artifacts`` list (names
+            the file and what was expected).
+    """
+    path = Path(exports) / MANIFEST
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); move it away to start a new manifest") from None
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: expected format_version {FORMAT_VERSION}")
-    return {r["artifact_id"]: r for r in data.get("artifacts", []) if "artifact_id" in r}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; expected the manifest written by the export step") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc}); move it away to start a new manifest") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}; this SkyEdge reads "
+                         f"manifests of format {FORMAT_VERSION} only (export again with this version)")
+    artifacts = data.get("artifacts")
+    if not isinstance(artifacts, list) or not all(isinstance(a, dict) for a in artifacts):
+        raise ValueError(f"{path}: expected an 'artifacts' list of records")
+    return artifacts
+
+
+def write(exports: str | os.PathLike, artifacts: list[dict], **fields) -> Path:
+    """Write a whole manifest (atomically): ``artifacts`` plus any top-level ``fields``."""
+    path = Path(exports) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"format_version": FORMAT_VERSION, **fields, "artifacts": list(artifacts)})
+    return path
 
 
 def merge(exports: str | os.PathLike, records: list[dict]) -> Path:
@@ -71,14 +81,16 @@ def merge(exports: str | os.PathLike, records: list[dict]) -> Path:
     Returns:
         The manifest path.
     """
-    with locked(exports) as path:
+    path = Path(exports) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path):
         current = read(exports)
         for record in records:
             current[record["artifact_id"]] = record
         ordered = sorted(current.values(), key=lambda r: (r.get("backbone", ""), r.get("level", 0),
                                                           r.get("seed", 0), r.get("format", ""),
                                                           r.get("variant", "")))
-        write_json(path, {"format_version": FORMAT_VERSION, "artifacts": ordered})
+        write(exports, ordered)
     return path
 
 
