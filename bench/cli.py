@@ -18,55 +18,18 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from bench.jobs import RunConfig
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
+from bench.options import at_least, names, positive_ints
 
 EXTERNAL = {"report": "bench.report"}
 EXTERNAL_HELP = {"report": "tables, plots and the verdict on the study's claim from bench run results "
                            "(needs skyedge[report]; see `bench report --help`)"}
 
 
-def comma_separated(cast, noun: str):
-    """An argparse type for ``a,b,c`` lists of ``cast`` values (at least one)."""
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(cast(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
-        if not values:
-            raise argparse.ArgumentTypeError("expected at least one value")
-        return values
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-_ints = comma_separated(_positive_int, "integers >= 1")
-
 EXIT_BAD_INPUT = 2  # nothing ran: a bad option or input; the message names it
 EXIT_FAILURES = 3   # finished, but some jobs failed (their lines carry an error)
 EXIT_INTERRUPTED = 130  # Ctrl-C: every finished line kept; rerun with --resume
-
-
-def at_least(low: float, cast=int):
-    """An argparse type: a number ``>= low`` (``--runs 0`` or ``--warmup -1`` are refused)."""
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value >= low:  # also refuses NaN
-            raise argparse.ArgumentTypeError(f"expected a number >= {low:g}, got {text}")
-        return value
-    return parse
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -75,26 +38,30 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="dataset folder (default: the artifact's data, else EXPORTS/data)")
     p.add_argument("--split", default="test",
                    help="images scored for accuracy (default test: never used for any choice; val is optimistic)")
-    p.add_argument("--runtime", type=_names, default=("litert", "onnxruntime"), help="litert,onnxruntime (default); tensorflow: TensorFlow's TFLite interpreter, only when named")
-    p.add_argument("--threads", type=_ints, default=(1,), help="comma-separated, e.g. 1,4 (default 1)")
-    p.add_argument("--mode", type=_names, default=("kernel",),
+    d = RunConfig.defaults()
+    p.add_argument("--runtime", type=names, default=d["runtimes"],
+                   help=f"{','.join(d['runtimes'])} (default); tensorflow: TensorFlow's TFLite interpreter, only when named")
+    p.add_argument("--threads", type=positive_ints, default=d["threads"], help=f"comma-separated, e.g. 1,4 (default {','.join(map(str, d['threads']))})")
+    p.add_argument("--mode", type=names, default=d["modes"],
                    help="kernel (the model call), e2e (decode + preprocess + call) or kernel,e2e (default kernel)")
-    p.add_argument("--warmup", type=at_least(0), default=20, help="untimed calls first (default 20)")
-    p.add_argument("--runs", type=at_least(1), default=200, help="minimum timed runs (default 200)")
-    p.add_argument("--min-secs", type=at_least(0, float), default=5.0, help="minimum timed seconds (default 5)")
-    p.add_argument("--strict", action="store_true", help=f"MLPerf single-stream minimum: >= {STRICT_MIN_QUERIES} runs and >= {STRICT_MIN_SECONDS:.0f} s")
+    p.add_argument("--warmup", type=at_least(0), default=d["warmup"], help="untimed calls first (default %(default)s)")
+    p.add_argument("--runs", type=at_least(1), default=d["runs"], help="minimum timed runs (default %(default)s)")
+    p.add_argument("--min-secs", type=at_least(0, float), default=d["min_secs"],
+                   help="minimum timed seconds (default %(default)s)")
+    p.add_argument("--strict", action="store_true",
+                   help=f"MLPerf single-stream minimum: >= {STRICT_MIN_QUERIES} runs and >= {STRICT_MIN_SECONDS:.0f} s")
     p.add_argument("--shuffle", action="store_true", help="cycle the images in a seeded random order")
-    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle's order (default 0)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --shuffle's order (default %(default)s)")
     cool = p.add_mutually_exclusive_group()
     cool.add_argument("--cooldown-temp", type=float, help="before each job wait until below this many C")
     cool.add_argument("--cooldown-secs", type=float, help="before each job sleep this long")
-    p.add_argument("--cooldown-timeout", type=at_least(0, float), default=600.0,
-                   help="seconds to wait for --cooldown-temp before measuring anyway, with a note (default 600)")
+    p.add_argument("--cooldown-timeout", type=at_least(0, float), default=d["cooldown_timeout_s"],
+                   help="seconds to wait for --cooldown-temp before measuring anyway, with a note (default %(default)s)")
     p.add_argument("--device-name", help="name of this device in the records (default: host name)")
     p.add_argument("--resume", action="store_true", help="skip jobs already in --out")
     p.add_argument("--select", help="glob on artifact id or model file name")
-    p.add_argument("--job-timeout", type=at_least(1, float), default=3600.0,
-                   help="seconds before a worker is killed (default 3600)")
+    p.add_argument("--job-timeout", type=at_least(1, float), default=d["job_timeout_s"],
+                   help="seconds before a worker is killed (default %(default)s)")
 
 
 def _cmd_run(args) -> int:
@@ -195,7 +162,7 @@ def _add_android(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-binary", required=True,
                    help="TFLite benchmark_model for the phone's ABI (a local file is pushed; a /data/... path is used as is)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--threads", type=_ints, default=(1,))
+    p.add_argument("--threads", type=positive_ints, default=(1,))
     p.add_argument("--delegate", choices=("xnnpack", "gpu", "nnapi", "none"), default="xnnpack")
     p.add_argument("--runs", type=at_least(1), default=50)
     p.add_argument("--warmup", type=at_least(0), default=5)

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -85,6 +85,11 @@ class RunConfig:
     job_timeout_s: float = 3600.0
     max_timed_inputs: int = 64
     worker_command: tuple[str, ...] | None = None
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Each field's default, by name: the one source of ``bench run``'s option defaults."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     def __post_init__(self):
         unknown = [m for m in self.modes if m not in MODES]

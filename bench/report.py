@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench.cli import comma_separated
+from bench.options import comma_separated
 from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
 from device.metrics import mcnemar, wilson_interval
 
