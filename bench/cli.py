@@ -173,7 +173,7 @@ def _add_android(p: argparse.ArgumentParser) -> None:
 
 def _cmd_android(args) -> int:
     from bench.jobs import complete_line, load_manifest
-    from device.android import AndroidConfig, run_android
+    from bench.android import AndroidConfig, run_android
     from device.atomic import append_jsonl
 
     config = AndroidConfig(models=args.models, adb=args.adb, benchmark_binary=args.benchmark_binary,

@@ -1,4 +1,4 @@
-"""device.android: parse recorded benchmark_model output; drive a fake adb end to end."""
+"""bench.android: parse recorded benchmark_model output; drive a fake adb end to end."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from device.android import AndroidConfig, AndroidError, parse_benchmark_output, parse_getprop, run_android
+from bench.android import AndroidConfig, AndroidError, parse_benchmark_output, parse_getprop, run_android
 
 DATA = Path(__file__).parent / "data"
 
