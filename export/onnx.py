@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from device.atomic import write_bytes
-from export.tflite import Context, ExportError, run_cli
+from export.pipeline import Context, ExportError, run_cli
 
 ONNX_VARIANTS = ("fp32", "int8")
 DEFAULT_OPSET = 17

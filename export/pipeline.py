@@ -1,0 +1,475 @@
+"""The export pipeline both formats share (``export.tflite`` and ``export.onnx``).
+
+Run selection (``--select``), validation of the inputs before any conversion, the lazily
+built Keras model and calibration set per run (``Context``), verification of every artifact
+against the Keras model on the device code, manifest records (``device.exports_manifest``)
+and the command line both exporters run (``run_cli``). A format brings only its converter.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from device.atomic import check_output_folder, write_text
+from device.backbones import Backbone, get
+from device.checksum import sha256_file
+from device.dataset import LABELS, DatasetError, open_dataset
+from device import exports_manifest as manifest
+from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
+from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
+from export.verify import align, read_reference, strict_failure, verify
+
+TFLITE_VARIANTS = ("fp32", "fp16", "dynamic", "int8", "qat")
+SELECT_HELP = "best (each backbone's best level, seed 0 or its lowest) | all | NAME:LEVEL[:SEED][,...]"
+_VERSION_PACKAGES = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tfmot": "tensorflow-model-optimization",
+                     "tf2onnx": "tf2onnx", "onnx": "onnx", "onnxruntime": "onnxruntime",
+                     "ai_edge_litert": "ai-edge-litert"}
+
+
+CALIB_DEFAULT = 200
+EXIT_FAILURES = 3  # finished, but some artifacts failed (their manifest records carry the error)
+
+
+def calib_count(requested: int | None, available: int) -> int:
+    """Calibration images to use: ``requested``, or the default capped at what there is."""
+    return requested if requested is not None else min(CALIB_DEFAULT, available)
+
+
+class ExportError(ValueError):
+    """An export that cannot start as asked; the message names the option or file and the fix."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Resolved settings of one export command (command line beats defaults)."""
+
+    runs: str
+    out: str
+    select: str = "best"
+    variants: tuple[str, ...] = TFLITE_VARIANTS
+    calib: int | None = None  # None: CALIB_DEFAULT, or every training image when there are fewer
+    calib_seed: int = 0
+    calib_method: str = "minmax"
+    qat_epochs: int = 2
+    opset: int = 17
+    strict: bool = False
+    threads: int | None = None
+
+
+@dataclass
+class Source:
+    """One selected run: where its checkpoint, predictions and data are."""
+
+    run_id: str
+    backbone: Backbone
+    level: int
+    seed: int
+    rel_dir: str
+    run_dir: Path
+    config: dict
+    checkpoint: Path
+    predictions: Path
+    data: Path
+    img_size: int
+    checkpoint_sha256: str = ""
+
+    @property
+    def stem(self) -> str:
+        return f"{self.backbone.name}-L{self.level:03d}-s{self.seed}"
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the converters and runtimes (``None`` when absent)."""
+    out = {}
+    for key, package in _VERSION_PACKAGES.items():
+        try:
+            out[key] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def _finished_runs(runs_root: Path) -> list[dict]:
+    """The sweep's successful runs, by ``train.summary.load_runs``'s rule (the last successful
+    line of a run wins), so that export and the sweep summary read the same results."""
+    from train.summary import load_runs
+
+    if not runs_root.is_dir():
+        raise ExportError(f"--runs {runs_root}: no such folder; expected a train.sweep output folder")
+    if not (runs_root / "results.jsonl").is_file():
+        raise ExportError(f"--runs {runs_root}: no results.jsonl; expected a train.sweep output folder")
+    try:
+        finished, _, _ = load_runs(runs_root)
+    except ValueError as exc:
+        raise ExportError(f"--runs {runs_root}: {exc}") from None
+    if not finished:
+        raise ExportError(f"--runs {runs_root}: results.jsonl has no finished run")
+    return finished
+
+
+def pick_records(records: list[dict], spec: str) -> list[dict]:
+    """The finished runs ``--select`` names: ``all``, ``best`` (one per backbone) or ``backbone:level[:seed]`` items."""
+    spec = spec.strip()
+    if spec == "all":
+        return sorted(records, key=lambda r: (r["backbone"], r["level"], r["seed"]))
+    if spec == "best":
+        from train.summary import aggregate, best_level
+
+        # the level the sweep summary calls best (mean accuracy over seeds; ties: fewer
+        # trainable parameters, then the lower level), exported from its seed-0 run (its
+        # lowest seed when seed 0 did not finish there)
+        chosen = []
+        for backbone, levels in aggregate(records).items():
+            level = best_level(levels).level
+            at_level = [r for r in records if r["backbone"] == backbone and int(r["level"]) == level]
+            chosen.append(min(at_level, key=lambda r: int(r.get("seed", 0))))
+        return chosen
+    chosen = []
+    for item in (i.strip() for i in spec.split(",") if i.strip()):
+        parts = item.split(":")
+        try:
+            name = get(parts[0]).name
+            level = int(parts[1])
+            seed = int(parts[2]) if len(parts) > 2 else 0
+            if len(parts) not in (2, 3):
+                raise ValueError
+        except (KeyError, ValueError, IndexError):
+            raise ExportError(f"--select {item!r}: expected {SELECT_HELP}") from None
+        match = [r for r in records if r["backbone"] == name and r["level"] == level and r["seed"] == seed]
+        if not match:
+            have = sorted({f"{r['backbone']}:{r['level']}:{r['seed']}" for r in records if r["backbone"] == name})
+            raise ExportError(f"--select {item!r} names no finished run; finished {name} runs: "
+                              f"{', '.join(have) or 'none'}")
+        chosen.append(match[0])
+    if not chosen:
+        raise ExportError(f"--select {spec!r} names nothing; expected {SELECT_HELP}")
+    return chosen
+
+
+def _data_folder(config: dict, run_dir: Path) -> Path:
+    for key in ("data", "data_resolved"):
+        value = config.get(key)
+        if value and Path(value).exists():
+            return Path(value).resolve()
+    raise ExportError(f"{run_dir}/config.json: dataset folder {config.get('data')!r} not found "
+                      f"(nor data_resolved {config.get('data_resolved')!r}); run from the sweep's folder")
+
+
+def _write_reference(source, path: Path) -> None:
+    """The Keras model's predictions the device compares with: validation rows, then test rows.
+
+    Verification here reads only the validation rows; ``bench run`` (test split by default)
+    finds its images among the test rows.
+    """
+    text = source.predictions.read_text(encoding="utf-8")
+    test = source.run_dir / "test_predictions.csv"
+    if test.is_file():
+        header, *rows = test.read_text(encoding="utf-8").splitlines()
+        if header == text.splitlines()[0]:
+            text = text.rstrip("\n") + "\n" + "".join(row + "\n" for row in rows)
+    write_text(path, text)
+
+
+def select_runs(runs: str | os.PathLike, spec: str = "best") -> list[Source]:
+    """The runs to export, each checked for checkpoint, predictions and data.
+
+    Args:
+        runs: a ``train.sweep`` output folder.
+        spec: ``best``, ``all`` or ``NAME:LEVEL[:SEED]`` items separated by commas.
+
+    Returns:
+        One ``Source`` per selected run, with its checkpoint hashed.
+
+    Raises:
+        ExportError: missing folder, no finished run, a selection naming nothing, a run
+            without ``best.h5``, ``config.json`` or ``val_predictions.csv``, or a ``best.h5``
+            that is not the file the sweep recorded.
+    """
+    root = Path(runs)
+    sources = []
+    for record in pick_records(_finished_runs(root), spec):
+        run_dir = root / record["run_dir"]
+        for name in ("config.json", "best.h5", "val_predictions.csv"):
+            if not (run_dir / name).is_file():
+                what = "checkpoint" if name == "best.h5" else name
+                raise ExportError(f"run {record['run_id']}: no {what} ({run_dir / name}); rerun the sweep to finish it")
+        import json
+
+        config = json.loads((run_dir / "config.json").read_text())
+        source = Source(run_id=record["run_id"], backbone=get(record["backbone"]), level=int(record["level"]),
+                        seed=int(record["seed"]), rel_dir=record["run_dir"], run_dir=run_dir, config=config,
+                        checkpoint=run_dir / "best.h5", predictions=run_dir / "val_predictions.csv",
+                        data=_data_folder(config, run_dir), img_size=int(config["img_size"]))
+        source.checkpoint_sha256 = sha256_file(source.checkpoint)
+        recorded = record.get("checkpoint_sha256")
+        if recorded and recorded != source.checkpoint_sha256:
+            raise ExportError(f"run {record['run_id']}: {source.checkpoint} differs from the sha256 recorded when "
+                              f"the run finished (damaged or replaced); rerun the sweep to train it again")
+        sources.append(source)
+    return sources
+
+
+def keras_model(source: Source, batch_size: int | None = 1):
+    """Rebuild the run's model from ``best.h5`` and wrap it as the deployable graph."""
+    from export.graph import deployable
+    from train.model import build
+
+    model = build(source.backbone, source.img_size, None).model
+    model.load_weights(str(source.checkpoint))
+    return deployable(model, source.backbone, source.img_size, batch_size=batch_size)
+
+
+@dataclass
+class Context:
+    """What converters of one source need, built lazily and shared across its variants."""
+
+    source: Source
+    config: ExportConfig
+    exports: Path
+    log: Callable[[str], None]
+    dataset: object = None
+    _calibration: Calibration | None = None
+    _model: object = None
+    notes: dict = field(default_factory=dict)
+
+    def calibration(self) -> Calibration:
+        if self._calibration is None:
+            count = calib_count(self.config.calib, len(self.dataset.split("train")))
+            self._calibration = calibration_set(self.dataset, self.source.img_size, count, seed=self.config.calib_seed)
+        return self._calibration
+
+    def model(self):
+        if self._model is None:
+            self._model = keras_model(self.source)
+        return self._model
+
+
+# a converter writes the artifact file and returns (converter name, settings-independent notes)
+Converter = Callable[[Context, str, Path], tuple[str, dict]]
+
+
+def _settings(config: ExportConfig, fmt: str, variant: str, train_n: int) -> dict:
+    settings: dict = {"format": fmt, "variant": variant, "contract": 1}
+    if variant in ("int8", "qat"):
+        settings["calib"] = calib_count(config.calib, train_n)
+        settings["calib_seed"] = config.calib_seed
+    if variant == "qat":
+        settings["qat_epochs"] = config.qat_epochs
+    if fmt == "onnx":
+        settings["opset"] = config.opset
+        if variant == "int8":
+            settings["calib_method"] = config.calib_method
+    return settings
+
+
+def _io_fields(path: Path) -> dict:
+    from device.runtime import load
+
+    with hidden_output():
+        model = load(path)
+    return {"input_shape": [int(d) for d in model.input_shape], "input_dtype": model.input_dtype.name,
+            "input_scale": float(model.input_quant.scale), "input_zero_point": int(model.input_quant.zero_point)}
+
+
+def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], convert: Converter,
+                log: Callable[[str], None] = print) -> list[dict]:
+    """Export, verify and record every (selected run x variant); shared by both formats.
+
+    Everything that can be checked is checked before the first conversion: the runs
+    folder, the selection, each run's checkpoint and data, the calibration size.
+
+    Args:
+        config: export settings.
+        fmt: ``tflite`` or ``onnx`` (the file suffix and folder name).
+        variants: variants to make, in order.
+        convert: writes one variant's file (see ``convert_tflite``).
+        log: progress lines.
+
+    Returns:
+        The records written this time (skipped artifacts included, as they stand).
+
+    Raises:
+        ExportError, CalibrationError: bad input, before any conversion.
+    """
+    exports = Path(config.out)
+    sources = select_runs(config.runs, config.select)
+    datasets = {}
+    for source in sources:
+        if source.data not in datasets:
+            try:
+                datasets[source.data] = open_dataset(source.data)
+            except DatasetError as exc:
+                raise ExportError(f"run {source.run_id}: {exc}") from None
+        if any(v in ("int8", "qat") for v in variants):
+            available = len(datasets[source.data].split("train"))
+            check_calibration_size(calib_count(config.calib, available), available)
+            if config.calib is None and available < CALIB_DEFAULT:
+                log(f"note: run {source.run_id}: calibrating int8 on all {available} training images "
+                    f"(fewer than the default {CALIB_DEFAULT})")
+    try:
+        check_output_folder(exports, "--out")
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    exports.mkdir(parents=True, exist_ok=True)
+    (exports / fmt).mkdir(exist_ok=True)
+    (exports / "reference").mkdir(exist_ok=True)
+    lib_versions = versions()
+    runs_root = str(Path(config.runs).resolve())
+    written, failures = [], []
+    total = len(sources) * len(variants)
+    done = 0
+    for source in sources:
+        ctx = Context(source=source, config=config, exports=exports, log=log, dataset=datasets[source.data])
+        reference_rel = f"reference/{source.stem}.csv"
+        _write_reference(source, exports / reference_rel)
+        reference = read_reference(source.predictions)
+        val_images = None
+        for variant in variants:
+            done += 1
+            artifact_id = f"{source.stem}-{variant}-{fmt}"
+            rel_file = f"{fmt}/{source.stem}-{variant}.{fmt}"
+            settings = _settings(config, fmt, variant, len(ctx.dataset.split("train")))
+            key = manifest.source_key(source.checkpoint_sha256, settings)
+            previous = manifest.read(exports).get(artifact_id)
+            if manifest.is_current(exports, previous, key):
+                log(f"[{done}/{total}] {artifact_id}: unchanged, skipped")
+                written.append(previous)
+                continue
+            record = {"artifact_id": artifact_id, "backbone": source.backbone.name, "level": source.level,
+                      "seed": source.seed, "variant": variant, "format": fmt, "file": rel_file,
+                      "img_size": source.img_size, "preprocess": source.backbone.preprocess, "labels": list(LABELS),
+                      "source_run": source.rel_dir, "runs_root": runs_root,
+                      "checkpoint_sha256": source.checkpoint_sha256, "reference_predictions": reference_rel,
+                      "data": str(source.data), "versions": lib_versions, "settings": settings, "source_key": key}
+            t0 = time.perf_counter()
+            path = exports / rel_file
+            try:
+                converter_name, extra = convert(ctx, variant, path)
+                record["converter"] = converter_name
+                record.update(extra)
+                record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
+                record.update(_io_fields(path))
+                if val_images is None:
+                    images, _, records, _ = ctx.dataset.load_arrays("val", source.img_size)
+                    val_images, reference = align(reference, images, [r.path for r in records])
+                check = verify(path, val_images, reference, threads=config.threads)
+                record.update(check.as_record())
+                problem = strict_failure(variant, check.agreement)
+                if problem:
+                    record["warning"] = problem
+                    failures.append(f"{artifact_id}: {problem}")
+            except Exception as exc:  # one variant's crash is recorded; the others still export
+                record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:2000]
+                record["file"] = rel_file if path.is_file() else None
+                failures.append(f"{artifact_id}: {record['error']}")
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            kept = _keep_good_record(exports, previous, record)
+            manifest.merge(exports, [kept])
+            manifest.write_sidecar(exports, kept)
+            written.append(record)
+            if "error" in record:
+                status = f"error: {record['error']}"
+            else:
+                status = (f"{record['size_bytes'] / 1e6:.2f} MB, {record['input_dtype']} in, "
+                          f"acc {100 * record['val_accuracy']:.1f}% (keras {100 * record['keras_val_accuracy']:.1f}%), "
+                          f"agreement {100 * record['agreement']:.2f}%, max diff {record['max_abs_diff']:.4f}")
+                if "warning" in record:
+                    status += f" WARNING {record['warning']}"
+            log(f"[{done}/{total}] {artifact_id}: {status}, {record['seconds']:.1f}s")
+    if failures and config.strict:
+        raise StrictFailure("; ".join(failures))
+    return written
+
+
+def _keep_good_record(exports: Path, previous: dict | None, record: dict) -> dict:
+    """The record to store: never a failure in place of an earlier good artifact.
+
+    When this attempt failed but an earlier export of the same artifact succeeded and its
+    file is still there unchanged, the good record stays, with this failure beside it
+    (``last_failure``); otherwise the new record as it is.
+    """
+    if "error" not in record or not previous or previous.get("error") or not previous.get("file"):
+        return record
+    path = exports / previous["file"]
+    if not path.is_file() or sha256_file(path) != previous.get("sha256"):
+        return record
+    failure = {k: record[k] for k in ("error", "seconds", "source_key", "checkpoint_sha256") if k in record}
+    return {**previous, "last_failure": failure}
+
+
+class StrictFailure(RuntimeError):
+    """``--strict``: an artifact failed or agreed too little with the Keras model."""
+
+
+def parse_variants(text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated variant names, checked against ``allowed``, in the given order.
+
+    Raises:
+        ExportError: an unknown or no variant.
+    """
+    items = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise ExportError(f"--variants {text!r}: expected a comma-separated subset of {','.join(allowed)}")
+    return items
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments both exporters take."""
+    p.add_argument("--runs", required=True, help="train.sweep output folder")
+    p.add_argument("--out", required=True, help="exports folder (shared by both formats)")
+    p.add_argument("--select", default="best", help=SELECT_HELP)
+    p.add_argument("--calib", type=int, default=None,
+                   help=f"training images for int8 calibration (default {CALIB_DEFAULT}, or all when fewer)")
+    p.add_argument("--calib-seed", type=int, default=0,
+                   help="seed of the random draw of calibration images from the training split (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads for verification (default: runtime's)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when fp32/fp16 agreement < 99.5%% or int8 agreement < 97%% (default: warn)")
+
+
+def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], convert: Converter,
+            extra_arguments: Callable[[argparse.ArgumentParser], None], config_extra: Callable[[argparse.Namespace], dict]) -> int:
+    """The command line of one exporter: parse, build the config, export, report.
+
+    Returns:
+        0 on success, 1 on a ``--strict`` failure, 2 on bad input, 3 when some artifacts
+        failed, 130 on Ctrl-C.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p)
+    p.add_argument("--variants", default=",".join(allowed), help=f"comma-separated: {','.join(allowed)} (default all)")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    extra_arguments(p)
+    args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
+    try:
+        if args.calib_seed < 0:
+            raise ExportError(f"--calib-seed {args.calib_seed}: expected a non-negative integer")
+        config = ExportConfig(runs=args.runs, out=args.out, select=args.select,
+                              variants=parse_variants(args.variants, allowed), calib=args.calib, calib_seed=args.calib_seed,
+                              strict=args.strict, threads=args.threads, **config_extra(args))
+        records = export_runs(config, fmt, config.variants, convert)
+    except (ExportError, CalibrationError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StrictFailure as exc:
+        print(f"error: --strict: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: finished artifacts are in {Path(args.out) / manifest.MANIFEST}; rerun the same "
+              f"command to make the rest (unchanged ones are skipped)", file=sys.stderr)
+        return 130
+    failed = [r for r in records if "error" in r]
+    print(f"manifest: {Path(config.out) / manifest.MANIFEST} ({len(records) - len(failed)} artifacts ok, {len(failed)} failed)")
+    if failed:
+        print(f"finished with failures: {len(failed)} of {len(records)} artifact(s) failed (exit status "
+              f"{EXIT_FAILURES}); their manifest records carry the error", file=sys.stderr)
+        return EXIT_FAILURES
+    return 0
