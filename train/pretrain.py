@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from train.console import VERBOSE_HELP, quiet_tensorflow
+from train.console import VERBOSE_HELP, quiet_tensorflow, run_command
 
 from device.atomic import write_json
 from device.backbones import get
@@ -189,17 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = p.parse_args(argv)
     quiet_tensorflow(args.verbose)
-    try:
+    def work() -> int:
         pretrain(args.data, args.backbone, args.out, epochs=args.epochs, img_size=args.img_size,
                  batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed,
                  bn_momentum=args.bn_momentum, lr_schedule=args.lr_schedule, bn_refresh=args.bn_refresh)
-    except (KeyError, ValueError, DatasetError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished epochs are saved; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_command(work, (KeyError, ValueError, DatasetError),
+                       "finished epochs are saved; rerun the same command to resume")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
 from device.predictions import write_predictions
 from device.preprocess import preprocess
-from train.console import VERBOSE_HELP, quiet_tensorflow
+from train.console import VERBOSE_HELP, quiet_tensorflow, run_command
 from train.levels import BN_MODES
 from train.shards import assign, groups, layer_macs
 
@@ -718,21 +718,19 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow(args.verbose)
     from train.model import WeightsError
 
-    try:
+    def work() -> int:
         config = from_args(args)
         out = run_sweep(config)
-    except (SweepError, WeightsError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished epochs are saved; rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(f"results: {out / 'results.jsonl'}; summary: {out / 'summary.md'}")
-    shard = json.loads(shard_file(out, config.shard).read_text())
-    if shard.get("failed"):
-        print(f"finished with failures: {len(shard['failed'])} of {len(shard['runs'])} runs failed", file=sys.stderr)
-        return EXIT_FAILURES
-    return 0
+        print(f"results: {out / 'results.jsonl'}; summary: {out / 'summary.md'}")
+        shard = json.loads(shard_file(out, config.shard).read_text())
+        if shard.get("failed"):
+            print(f"finished with failures: {len(shard['failed'])} of {len(shard['runs'])} runs failed",
+                  file=sys.stderr)
+            return EXIT_FAILURES
+        return 0
+
+    return run_command(work, (SweepError, WeightsError, DatasetError),
+                       "finished epochs are saved; rerun the same command to resume")
 
 
 if __name__ == "__main__":
