@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -661,41 +661,47 @@ def parse_shard(text: str, environ=None) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = {f.name: f.default for f in fields(SweepConfig) if f.default is not MISSING}  # the one set of defaults
     p.add_argument("--data", required=True, help="dataset folder (manifest.csv, labels.csv or class folders)")
     p.add_argument("--out", required=True, help="sweep output folder (shared by shards)")
-    p.add_argument("--backbones", default="mobilenetv2", help="names and groups: paper, mobile, all (default mobilenetv2)")
-    p.add_argument("--levels", default="paper", help="paper | blocks | 0,5,10 | step:N[:max] (default paper)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per run; the best by validation accuracy is kept (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per training step (default 32)")
-    p.add_argument("--img-size", type=int, default=128, help="input side in pixels (default 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    p.add_argument("--weights", default="imagenet",
+    p.add_argument("--backbones", default=",".join(d["backbones"]),
+                   help="names and groups: paper, mobile, all (default %(default)s)")
+    p.add_argument("--levels", default=d["levels"], help="paper | blocks | 0,5,10 | step:N[:max] (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d["epochs"],
+                   help="epochs per run; the best by validation accuracy is kept (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per training step (default %(default)s)")
+    p.add_argument("--img-size", type=int, default=d["img_size"], help="input side in pixels (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default %(default)s)")
+    p.add_argument("--seeds", default=",".join(map(str, d["seeds"])), help="comma-separated seeds (default %(default)s)")
+    p.add_argument("--weights", default=d["weights"],
                    help="imagenet (downloaded by Keras) | none (random) | PATH (a file or folder of Keras weight files) "
-                        "(default imagenet)")
-    p.add_argument("--augment", default="none", choices=("none", "d4"), help="d4: the 8 rotations/flips (default none)")
-    p.add_argument("--cache-features", default="auto", choices=CACHE_MODES,
+                        "(default %(default)s)")
+    p.add_argument("--augment", default=d["augment"], choices=("none", "d4"),
+                   help="d4: the 8 rotations/flips (default %(default)s)")
+    p.add_argument("--cache-features", default=d["cache_features"], choices=CACHE_MODES,
                    help="run the frozen layers once per image and train only the top (auto: when not augmenting; "
-                        "default auto)")
-    p.add_argument("--cache-budget-gb", type=float, default=4.0,
-                   help="feature cache kept in memory; beyond, memory-mapped files (default 4)")
+                        "default %(default)s)")
+    p.add_argument("--cache-budget-gb", type=float, default=d["cache_budget_gb"],
+                   help="feature cache kept in memory; beyond, memory-mapped files (default %(default)s)")
     p.add_argument("--cache-dir", help="where memory-mapped features go, in a folder of this process's own "
                                        "(default $TMPDIR when set, else OUT/cache)")
-    p.add_argument("--precision", default="float32", choices=PRECISIONS,
-                   help="mixed_float16 on GPUs with tensor cores (default float32)")
+    p.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
+                   help="mixed_float16 on GPUs with tensor cores (default %(default)s)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
-    p.add_argument("--strategy", default="none", choices=STRATEGIES, help="mirrored: all GPUs of this machine (default none)")
-    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run the i-th of n shares (whole backbones, balanced by planned arithmetic); "
+    p.add_argument("--strategy", default=d["strategy"], choices=STRATEGIES,
+                   help="mirrored: all GPUs of this machine (default %(default)s)")
+    p.add_argument("--shard", type=parse_shard, default=d["shard"], help="i/n: run the i-th of n shares (whole backbones, balanced by planned arithmetic); "
                         "auto: from a Slurm array (SLURM_ARRAY_TASK_ID/COUNT) or an Indexed Job (default 0/1)")
-    p.add_argument("--bn", default="frozen", choices=BN_MODES,
+    p.add_argument("--bn", default=d["bn"], choices=BN_MODES,
                    help="BatchNorm while fine-tuning: frozen (inference mode, fixed; default) or study "
                         "(trainable BatchNorm layers update their statistics with the backbone's momentum)")
     p.add_argument("--summary", action="store_true",
                    help="write summary.md even as one shard of several (by default only an unsharded sweep does; "
                         "run `python -m train.summary OUT` after the last shard)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    p.add_argument("--bn-reestimate", default="auto", choices=("auto", "on", "off"),
-                   help="re-estimate frozen BatchNorm statistics on training images (auto: with --weights none)")
+    p.add_argument("--bn-reestimate", default=d["bn_reestimate"], choices=("auto", "on", "off"),
+                   help="re-estimate frozen BatchNorm statistics on training images (auto: with --weights none; "
+                        "default %(default)s)")
     return p
 
 

@@ -1,0 +1,36 @@
+"""The house rules a reader relies on, checked on the source (#13)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("train", "export", "bench", "device")
+
+
+def _modules(folders=PACKAGES + ("tests",)):
+    for folder in folders:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            yield path, ast.parse(path.read_text(encoding="utf-8"))
+
+
+def test_no_module_imports_a_private_name_of_another():
+    found = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                found += [f"{path.relative_to(REPO)}:{node.lineno} {node.module}.{a.name}"
+                          for a in node.names if a.name.startswith("_")]
+    assert not found, found
+
+
+def test_device_and_bench_never_import_train_or_export_at_module_level():
+    # device/ and bench/ run on a Pi with a runtime, numpy and Pillow only
+    found = []
+    for path, tree in _modules(("device", "bench")):
+        for node in tree.body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
+                      if n.split(".")[0] in ("train", "export", "tensorflow", "tf_keras")]
+    assert not found, found
