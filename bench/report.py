@@ -106,6 +106,10 @@ class ReportConfig:
             raise ValueError(f"budgets must be positive milliseconds, got {list(self.budgets_ms)}")
         if self.min_images < 1:
             raise ValueError(f"min_images must be >= 1, got {self.min_images}")
+        for option, folder, wanted in (("--runs", self.runs, "results.jsonl"), ("--exports", self.exports, "manifest.json")):
+            if folder is not None and not (Path(folder) / wanted).is_file():
+                raise ValueError(f"{option} {folder}: no {wanted} there; expected the "
+                                 f"{'sweep' if option == '--runs' else 'exports'} folder (or leave {option} out)")
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,9 @@ def load_results(paths, log: Callable[[str], None] | None = None) -> tuple[dict[
                 errors.append(line)
             else:
                 by_device.setdefault(str(line.get("device_name") or "unknown device"), []).append(line)
+    if not by_device and not errors:
+        raise ValueError(f"{', '.join(str(p) for p in paths)}: no complete result line; expected the JSON lines "
+                         f"`bench run` writes")
     return by_device, errors
 
 

@@ -165,43 +165,19 @@ def run_job(job: dict) -> dict:
 
 
 def _run(job: dict, out: dict) -> None:
-    from device.dataset import LABELS, open_dataset
-    from device.metrics import classification_metrics
+    """One job, in order: checks, the split, the model, accuracy, the timed loop, the state after."""
     from device.runtime import load
 
-    notes = out["notes"]
-    artifact = job["artifact"]
-    runtime, mode, threads = job["runtime"], job["mode"], job["threads"]
+    artifact, runtime, mode, threads = job["artifact"], job["runtime"], job["mode"], job["threads"]
     if mode not in ("kernel", "e2e"):
         raise JobError(f"unknown mode {mode!r}; expected kernel or e2e")
     out.update(fingerprint.dynamic_state())
     out["temp_c_before"] = fingerprint.temperature_c()
     _import_runtime(runtime)
-
-    model_path = Path(job["model_path"])
-    if not model_path.is_file():
-        raise JobError(f"{model_path}: model file missing")
-    expected = artifact.get("sha256")
-    actual = sha256_file(model_path)
-    out["model_sha256"] = actual
-    if not expected:
-        notes.append("manifest has no sha256; file not verified")
-    elif actual != expected:
-        raise JobError(f"{model_path.name}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}...")
-
+    model_path = _checked_model(job, out)
     shape = artifact.get("input_shape") or [1, artifact.get("img_size"), artifact.get("img_size"), 3]
     size = (int(shape[1]), int(shape[2]))
-    labels = tuple(artifact.get("labels") or LABELS)
-    dataset = open_dataset(job["data"])
-    notes.extend(dataset.notes)
-    images, y_true, records, skipped = dataset.load_arrays(job["split"], size[0]) if size[0] == size[1] \
-        else _load_rect(dataset, job["split"], size)
-    if skipped:
-        notes.append(f"{len(skipped)} unreadable image(s) skipped, first: {skipped[0][1]}")
-    if not len(records):
-        hint = (" (a dataset indexed before test splits existed has none: index it again with "
-                "`python -m train.data index`, or pass --split val)" if job["split"] == "test" else "")
-        raise JobError(f"{job['data']}: no readable images in split {job['split']!r}{hint}")
+    dataset, images, y_true, records = _split_images(job, size, out["notes"])
 
     gc.collect()
     out["idle_rss_bytes"] = memory.rss_bytes()
@@ -213,14 +189,66 @@ def _run(job: dict, out: dict) -> None:
         raise JobError(f"model input {tuple(model.input_shape)} does not match the data prepared at "
                        f"{size[0]}x{size[1]}x3 from the manifest's input_shape")
     if artifact.get("input_dtype") and np.dtype(artifact["input_dtype"]) != model.input_dtype:
-        notes.append(f"manifest input_dtype {artifact['input_dtype']} but the model takes {model.input_dtype}")
-
+        out["notes"].append(f"manifest input_dtype {artifact['input_dtype']} but the model takes {model.input_dtype}")
     prepared0 = model.prepare(images[0])
     t0 = time.perf_counter_ns()
     model.invoke(prepared0)
     out["first_inference_ms"] = (time.perf_counter_ns() - t0) / 1e6
 
-    # accuracy: every image once, outside the timed loop
+    _score(job, model, images, y_true, records, out)
+    times, wall = _timed_loop(job, model, dataset, images, records, size, out)
+    out["runs"] = int(times.size)
+    out["seconds_measured"] = wall  # wall time of the timed loop, as MLPerf's minimum duration
+    out.update(latency_stats(times / 1e6, seed=int(job["seed"])))
+    out["strict_valid"] = out["runs"] >= STRICT_MIN_QUERIES and out["seconds_measured"] >= STRICT_MIN_SECONDS
+    out["peak_rss_bytes"] = memory.peak_rss_bytes()
+    if out["peak_rss_bytes"] is not None and out["idle_rss_bytes"] is not None:
+        out["rss_increase_bytes"] = out["peak_rss_bytes"] - out["idle_rss_bytes"]
+    out["temp_c_after"] = fingerprint.temperature_c()
+    out["throttled"] = fingerprint.throttled()
+    flags = fingerprint.describe_throttled(out["throttled"])
+    if flags:
+        out["notes"].append("throttling flags: " + ", ".join(flags))
+
+
+def _checked_model(job: dict, out: dict) -> Path:
+    """The job's model file, refused when missing or not the file the manifest names by sha256."""
+    model_path = Path(job["model_path"])
+    if not model_path.is_file():
+        raise JobError(f"{model_path}: model file missing")
+    expected = job["artifact"].get("sha256")
+    actual = sha256_file(model_path)
+    out["model_sha256"] = actual
+    if not expected:
+        out["notes"].append("manifest has no sha256; file not verified")
+    elif actual != expected:
+        raise JobError(f"{model_path.name}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}...")
+    return model_path
+
+
+def _split_images(job: dict, size: tuple[int, int], notes: list[str]):
+    """``(dataset, images, labels, records)`` of the job's split at the model's input size."""
+    from device.dataset import open_dataset
+
+    dataset = open_dataset(job["data"])
+    notes.extend(dataset.notes)
+    images, y_true, records, skipped = dataset.load_arrays(job["split"], size[0]) if size[0] == size[1] \
+        else _load_rect(dataset, job["split"], size)
+    if skipped:
+        notes.append(f"{len(skipped)} unreadable image(s) skipped, first: {skipped[0][1]}")
+    if not len(records):
+        hint = (" (a dataset indexed before test splits existed has none: index it again with "
+                "`python -m train.data index`, or pass --split val)" if job["split"] == "test" else "")
+        raise JobError(f"{job['data']}: no readable images in split {job['split']!r}{hint}")
+    return dataset, images, y_true, records
+
+
+def _score(job: dict, model, images, y_true, records, out: dict) -> None:
+    """Accuracy on every image once (outside the timed loop), and agreement with the reference."""
+    from device.dataset import LABELS
+    from device.metrics import classification_metrics
+
+    labels = tuple(job["artifact"].get("labels") or LABELS)
     probs = np.stack([model.probabilities(model.invoke(model.prepare(img))) for img in images])
     if probs.shape[1] != len(labels):
         raise JobError(f"model gives {probs.shape[1]} outputs for {len(labels)} labels {list(labels)}")
@@ -242,12 +270,15 @@ def _run(job: dict, out: dict) -> None:
         if matched:
             out["agreement"] = float(np.mean([a == b for a, b in matched]))
         if len(matched) < len(paths):
-            notes.append(f"agreement over {len(matched)} of {len(paths)} images found in the reference CSV")
+            out["notes"].append(f"agreement over {len(matched)} of {len(paths)} images found in the reference CSV")
     else:
-        notes.append("no reference predictions; agreement not computed")
+        out["notes"].append("no reference predictions; agreement not computed")
 
+
+def _timed_loop(job: dict, model, dataset, images, records, size, out: dict):
+    """Warm-up, then the timed loop of the job's mode; ``(times in ns, wall seconds)``."""
     runs, min_secs, warmup = int(job["runs"]), float(job["min_secs"]), int(job["warmup"])
-    if mode == "kernel":
+    if job["mode"] == "kernel":
         pool = min(len(images), int(job["max_timed_inputs"]))
         inputs = [model.prepare(img) for img in images[:pool]]
         order = list(range(pool))
@@ -257,30 +288,17 @@ def _run(job: dict, out: dict) -> None:
         time_kernel(set_input, call, inputs, warmup, 0.0, order)
         started = time.perf_counter()
         times = time_kernel(set_input, call, inputs, runs, min_secs, order)
-        wall = time.perf_counter() - started
-    else:
-        files = [dataset.resolve(r) for r in records]
-        if job["shuffle"]:
-            files = [files[i] for i in np.random.default_rng(job["seed"]).permutation(len(files))]
-        _e2e_loop(model, files, size, warmup, 0.0)
-        started = time.perf_counter()
-        phases = _e2e_loop(model, files, size, runs, min_secs)
-        wall = time.perf_counter() - started
-        times = phases["total"]
-        for name, values in phases.items():
-            out[f"e2e_{name}_ms_p50"] = float(np.median(values)) / 1e6
-    out["runs"] = int(times.size)
-    out["seconds_measured"] = wall  # wall time of the timed loop, as MLPerf's minimum duration
-    out.update(latency_stats(times / 1e6, seed=int(job["seed"])))
-    out["strict_valid"] = out["runs"] >= STRICT_MIN_QUERIES and out["seconds_measured"] >= STRICT_MIN_SECONDS
-    out["peak_rss_bytes"] = memory.peak_rss_bytes()
-    if out["peak_rss_bytes"] is not None and out["idle_rss_bytes"] is not None:
-        out["rss_increase_bytes"] = out["peak_rss_bytes"] - out["idle_rss_bytes"]
-    out["temp_c_after"] = fingerprint.temperature_c()
-    out["throttled"] = fingerprint.throttled()
-    flags = fingerprint.describe_throttled(out["throttled"])
-    if flags:
-        notes.append("throttling flags: " + ", ".join(flags))
+        return times, time.perf_counter() - started
+    files = [dataset.resolve(r) for r in records]
+    if job["shuffle"]:
+        files = [files[i] for i in np.random.default_rng(job["seed"]).permutation(len(files))]
+    _e2e_loop(model, files, size, warmup, 0.0)
+    started = time.perf_counter()
+    phases = _e2e_loop(model, files, size, runs, min_secs)
+    wall = time.perf_counter() - started
+    for name, values in phases.items():
+        out[f"e2e_{name}_ms_p50"] = float(np.median(values)) / 1e6
+    return phases["total"], wall
 
 
 def _load_rect(dataset, split, size):

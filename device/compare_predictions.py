@@ -51,9 +51,10 @@ def predict_exports(models: Path, data: Path | None = None, split: str = "test")
     from device.dataset import open_dataset
     from device.runtime import load
 
-    manifest = json.loads((Path(models) / "manifest.json").read_text(encoding="utf-8"))
+    from device import exports_manifest
+
     out: dict = {"arch": platform.machine(), "python": platform.python_version(), "runtimes": {}, "artifacts": {}}
-    for artifact in manifest.get("artifacts", []):
+    for artifact in exports_manifest.read_artifacts(models):
         if artifact.get("error"):
             continue
         aid = str(artifact.get("artifact_id"))
@@ -70,6 +71,23 @@ def predict_exports(models: Path, data: Path | None = None, split: str = "test")
             entry["error"] = f"{type(exc).__name__}: {exc}"
         out["artifacts"][aid] = entry
     return out
+
+
+def read_prediction_file(path: Path) -> dict:
+    """A file written by ``predict``.
+
+    Raises:
+        ValueError: not JSON, or not a predictions file (names the file and what was expected).
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: not JSON ({exc}); expected a file written by "
+                         f"`python -m device.compare_predictions predict`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict) or "arch" not in data:
+        raise ValueError(f"{path}: no 'arch' and 'artifacts'; expected a file written by "
+                         f"`python -m device.compare_predictions predict`")
+    return data
 
 
 def _data_for(models: Path, artifact: dict, data: Path | None) -> Path:
@@ -198,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.out, result)
             print(f"{len(result['artifacts'])} artifact(s) predicted on {result['arch']} -> {args.out}")
             return 0
-        a = json.loads(args.a.read_text(encoding="utf-8"))
-        b = json.loads(args.b.read_text(encoding="utf-8"))
+        a, b = read_prediction_file(args.a), read_prediction_file(args.b)
         lines = [read_jsonl(path) for path in args.lines] if args.lines else (None, None)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -288,7 +288,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
         config: export settings.
         fmt: ``tflite`` or ``onnx`` (the file suffix and folder name).
         variants: variants to make, in order.
-        convert: writes one variant's file (see ``convert_tflite``).
+        convert: writes one variant's file (see ``export.tflite.convert_tflite``).
         log: progress lines.
 
     Returns:
@@ -299,6 +299,54 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
     """
     exports = Path(config.out)
     sources = select_runs(config.runs, config.select)
+    datasets = _checked_datasets(config, sources, variants, log)
+    try:
+        check_output_folder(exports, "--out")
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    exports.mkdir(parents=True, exist_ok=True)
+    (exports / fmt).mkdir(exist_ok=True)
+    (exports / "reference").mkdir(exist_ok=True)
+    common = {"versions": versions(), "runs_root": str(Path(config.runs).resolve())}
+    written, failures = [], []
+    total, done = len(sources) * len(variants), 0
+    for source in sources:
+        ctx = Context(source=source, config=config, exports=exports, log=log, dataset=datasets[source.data])
+        reference_rel = f"reference/{source.stem}.csv"
+        _write_reference(source, exports / reference_rel)
+        check = _Verifier(source, ctx.dataset, read_reference(source.predictions), config.threads)
+        for variant in variants:
+            done += 1
+            artifact_id = f"{source.stem}-{variant}-{fmt}"
+            settings = _settings(config, fmt, variant, len(ctx.dataset.split("train")))
+            key = manifest.source_key(source.checkpoint_sha256, settings)
+            previous = manifest.read(exports).get(artifact_id)
+            if manifest.is_current(exports, previous, key):
+                log(f"[{done}/{total}] {artifact_id}: unchanged, skipped")
+                written.append(previous)
+                continue
+            record = {"artifact_id": artifact_id, "backbone": source.backbone.name, "level": source.level,
+                      "seed": source.seed, "variant": variant, "format": fmt, "file": f"{fmt}/{source.stem}-{variant}.{fmt}",
+                      "img_size": source.img_size, "preprocess": source.backbone.preprocess, "labels": list(LABELS),
+                      "source_run": source.rel_dir, "checkpoint_sha256": source.checkpoint_sha256,
+                      "reference_predictions": reference_rel, "data": str(source.data), **common,
+                      "settings": settings, "source_key": key}
+            problem = _make_artifact(ctx, variant, convert, check, record)
+            if problem:
+                failures.append(f"{artifact_id}: {problem}")
+            kept = _keep_good_record(exports, previous, record)
+            manifest.merge(exports, [kept])
+            manifest.write_sidecar(exports, kept)
+            written.append(record)
+            log(f"[{done}/{total}] {artifact_id}: {_status(record)}, {record['seconds']:.1f}s")
+    if failures and config.strict:
+        raise StrictFailure("; ".join(failures))
+    return written
+
+
+def _checked_datasets(config: ExportConfig, sources: list[Source], variants: tuple[str, ...],
+                      log: Callable[[str], None]) -> dict:
+    """Each source's dataset, opened once; the calibration size checked where int8 is asked for."""
     datasets = {}
     for source in sources:
         if source.data not in datasets:
@@ -312,79 +360,59 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
             if config.calib is None and available < CALIB_DEFAULT:
                 log(f"note: run {source.run_id}: calibrating int8 on all {available} training images "
                     f"(fewer than the default {CALIB_DEFAULT})")
+    return datasets
+
+
+class _Verifier:
+    """Checks artifacts of one source on its validation images (read once, on first use)."""
+
+    def __init__(self, source: Source, dataset, reference, threads: int | None):
+        self.source, self.dataset, self.reference, self.threads = source, dataset, reference, threads
+        self.images = None
+
+    def __call__(self, path: Path):
+        if self.images is None:
+            images, _, records, _ = self.dataset.load_arrays("val", self.source.img_size)
+            self.images, self.reference = align(self.reference, images, [r.path for r in records])
+        return verify(path, self.images, self.reference, threads=self.threads)
+
+
+def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verifier, record: dict) -> str | None:
+    """Convert, hash and verify one variant into ``record``; the problem to report, if any.
+
+    A crash is recorded in the record (``error``) and returned, so the other variants still
+    export; an agreement below the variant's threshold is a ``warning``.
+    """
+    t0 = time.perf_counter()
+    path = ctx.exports / record["file"]
+    problem = None
     try:
-        check_output_folder(exports, "--out")
-    except ValueError as exc:
-        raise ExportError(str(exc)) from None
-    exports.mkdir(parents=True, exist_ok=True)
-    (exports / fmt).mkdir(exist_ok=True)
-    (exports / "reference").mkdir(exist_ok=True)
-    lib_versions = versions()
-    runs_root = str(Path(config.runs).resolve())
-    written, failures = [], []
-    total = len(sources) * len(variants)
-    done = 0
-    for source in sources:
-        ctx = Context(source=source, config=config, exports=exports, log=log, dataset=datasets[source.data])
-        reference_rel = f"reference/{source.stem}.csv"
-        _write_reference(source, exports / reference_rel)
-        reference = read_reference(source.predictions)
-        val_images = None
-        for variant in variants:
-            done += 1
-            artifact_id = f"{source.stem}-{variant}-{fmt}"
-            rel_file = f"{fmt}/{source.stem}-{variant}.{fmt}"
-            settings = _settings(config, fmt, variant, len(ctx.dataset.split("train")))
-            key = manifest.source_key(source.checkpoint_sha256, settings)
-            previous = manifest.read(exports).get(artifact_id)
-            if manifest.is_current(exports, previous, key):
-                log(f"[{done}/{total}] {artifact_id}: unchanged, skipped")
-                written.append(previous)
-                continue
-            record = {"artifact_id": artifact_id, "backbone": source.backbone.name, "level": source.level,
-                      "seed": source.seed, "variant": variant, "format": fmt, "file": rel_file,
-                      "img_size": source.img_size, "preprocess": source.backbone.preprocess, "labels": list(LABELS),
-                      "source_run": source.rel_dir, "runs_root": runs_root,
-                      "checkpoint_sha256": source.checkpoint_sha256, "reference_predictions": reference_rel,
-                      "data": str(source.data), "versions": lib_versions, "settings": settings, "source_key": key}
-            t0 = time.perf_counter()
-            path = exports / rel_file
-            try:
-                converter_name, extra = convert(ctx, variant, path)
-                record["converter"] = converter_name
-                record.update(extra)
-                record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
-                record.update(_io_fields(path))
-                if val_images is None:
-                    images, _, records, _ = ctx.dataset.load_arrays("val", source.img_size)
-                    val_images, reference = align(reference, images, [r.path for r in records])
-                check = verify(path, val_images, reference, threads=config.threads)
-                record.update(check.as_record())
-                problem = strict_failure(variant, check.agreement)
-                if problem:
-                    record["warning"] = problem
-                    failures.append(f"{artifact_id}: {problem}")
-            except Exception as exc:  # one variant's crash is recorded; the others still export
-                record["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:2000]
-                record["file"] = rel_file if path.is_file() else None
-                failures.append(f"{artifact_id}: {record['error']}")
-            record["seconds"] = round(time.perf_counter() - t0, 3)
-            kept = _keep_good_record(exports, previous, record)
-            manifest.merge(exports, [kept])
-            manifest.write_sidecar(exports, kept)
-            written.append(record)
-            if "error" in record:
-                status = f"error: {record['error']}"
-            else:
-                status = (f"{record['size_bytes'] / 1e6:.2f} MB, {record['input_dtype']} in, "
-                          f"acc {100 * record['val_accuracy']:.1f}% (keras {100 * record['keras_val_accuracy']:.1f}%), "
-                          f"agreement {100 * record['agreement']:.2f}%, max diff {record['max_abs_diff']:.4f}")
-                if "warning" in record:
-                    status += f" WARNING {record['warning']}"
-            log(f"[{done}/{total}] {artifact_id}: {status}, {record['seconds']:.1f}s")
-    if failures and config.strict:
-        raise StrictFailure("; ".join(failures))
-    return written
+        converter_name, extra = convert(ctx, variant, path)
+        record["converter"] = converter_name
+        record.update(extra)
+        record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
+        record.update(_io_fields(path))
+        result = check(path)
+        record.update(result.as_record())
+        problem = strict_failure(variant, result.agreement)
+        if problem:
+            record["warning"] = problem
+    except Exception as exc:  # one variant's crash is recorded; the others still export
+        text = str(exc).strip()
+        record["error"] = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:2000]
+        record["file"] = record["file"] if path.is_file() else None
+        problem = record["error"]
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    return problem
+
+
+def _status(record: dict) -> str:
+    if "error" in record:
+        return f"error: {record['error']}"
+    status = (f"{record['size_bytes'] / 1e6:.2f} MB, {record['input_dtype']} in, "
+              f"acc {100 * record['val_accuracy']:.1f}% (keras {100 * record['keras_val_accuracy']:.1f}%), "
+              f"agreement {100 * record['agreement']:.2f}%, max diff {record['max_abs_diff']:.4f}")
+    return status + (f" WARNING {record['warning']}" if "warning" in record else "")
 
 
 def _keep_good_record(exports: Path, previous: dict | None, record: dict) -> dict:

@@ -501,11 +501,17 @@ def cases() -> list[Case]:
     cmp_ = [PY, "-m", "device.compare_predictions", "compare"]
     c += [
         Case("device", "compare: a predictions file that does not exist", cmp_ + ["{case}/a.csv", "{case}/b.csv"]),
-        Case("device", "compare: two different prediction files", cmp_ + ["{case}/a.csv", "{case}/b.csv"], expect=(1,),
-             prepare=steps(write("a.csv", "path,label,prob_GALAXY,prob_QSO,prob_STAR\nx.png,GALAXY,0.9,0.05,0.05\n"),
-                           write("b.csv", "path,label,prob_GALAXY,prob_QSO,prob_STAR\nx.png,GALAXY,0.1,0.8,0.1\n"))),
-        Case("device", "compare: a file that is not predictions", cmp_ + ["{case}/a.csv", "{case}/a.csv"],
-             prepare=write("a.csv", "hello\n")),
+        Case("device", "compare: predictions of one machine against themselves", cmp_ + ["{case}/a.json", "{case}/a.json"],
+             expect=(0,), before=[[PY, "-m", "device.compare_predictions", "predict", "--models", "{exports}",
+                                   "--out", "{case}/a.json"]], check=check_said("PASS")),
+        Case("device", "compare: a CSV instead of a predict file", cmp_ + ["{case}/a.csv", "{case}/a.csv"],
+             prepare=write("a.csv", "path,label,prob_GALAXY,prob_QSO,prob_STAR\nx.png,GALAXY,0.9,0.05,0.05\n"),
+             check=check_said("a.csv")),
+        Case("device", "compare: JSON that is not a predict file", cmp_ + ["{case}/a.json", "{case}/a.json"],
+             prepare=write("a.json", "{}"), check=check_said("a.json")),
+        Case("device", "predict: --models without a manifest", [PY, "-m", "device.compare_predictions", "predict",
+                                                                 "--models", "{case}/empty", "--out", "{case}/p.json"],
+             prepare=write("empty/x.txt", "x"), check=_absent("p.json")),
     ]
     return c
 
@@ -675,15 +681,18 @@ def _lines_with_error_or_latency(rel: str):
 
 
 def _bundle_without_bad(rel: str):
+    """Check: no 0-byte image and not the model ``_damage_model`` damaged (the first .onnx by name)."""
     def check(case: Path, base: dict, done) -> str | None:
         import tarfile
 
+        damaged = sorted((case / "exports").rglob("*.onnx"))[0].name
         with tarfile.open(case / rel) as tar:
+            names = [m.name for m in tar.getmembers()]
             empty = [m.name for m in tar.getmembers() if m.isfile() and m.size == 0 and m.name.endswith((".png", ".jpg"))]
-            onnx = [m.name for m in tar.getmembers() if m.name.endswith(".onnx")]
         if empty:
             return f"bundle ships 0-byte images {empty}"
-        return f"bundle ships the damaged model {onnx}" if onnx else None
+        shipped = [n for n in names if n.endswith("/" + damaged)]
+        return f"bundle ships the damaged model {shipped}" if shipped else None
     return check
 
 

@@ -58,6 +58,66 @@ def set_bn_momentum(model, momentum: float) -> dict[float, int]:
     return previous
 
 
+def _warn_if_chance(metrics: dict, val_y: np.ndarray, log: Callable[[str], None]) -> float:
+    """The majority-class rate of the val split; a warning when the best epoch is not above it."""
+    majority = float(np.bincount(val_y).max() / len(val_y))
+    if metrics["val_accuracy_ci_low"] <= majority:
+        log(f"warning: the best epoch's validation accuracy {100 * metrics['val_accuracy']:.1f}% is not above the "
+            f"majority-class rate {100 * majority:.1f}%: these weights have learnt nothing usable")
+    return majority
+
+
+def _save_weights(base, target: Path) -> None:
+    """Write the base's weights to ``target`` atomically (a temporary file, then a rename)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.h5")
+    base.save_weights(str(tmp))
+    os.replace(tmp, target)
+
+
+def _check_settings(epochs: int, batch_size: int, lr: float, augment: str, bn_momentum: float,
+                    lr_schedule: str) -> None:
+    from train.trainer import LR_SCHEDULES
+
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"--epochs {epochs}, --batch-size {batch_size}, --lr {lr}: expected positive values")
+    if augment not in ("none", "d4"):
+        raise ValueError(f"--augment {augment!r}: expected none or d4")
+    if not 0.0 < bn_momentum < 1.0:
+        raise ValueError(f"--bn-momentum {bn_momentum}: expected a number between 0 and 1 (such as 0.9)")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule {lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+
+
+def _target(out: str, backbone_name: str) -> Path:
+    """The weights file ``--out`` names (a ``.h5`` path, or ``<backbone>.h5`` in a folder)."""
+    target = Path(out)
+    if target.suffix != ".h5":
+        target = target / f"{backbone_name}.h5"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create folder ({exc.strerror or exc})") from None
+    return target
+
+
+def _load_splits(data: str, img_size: int, log: Callable[[str], None]):
+    """``(x, y)`` of train, val and test; refused without two classes to train or a val split."""
+    dataset = open_dataset(data)
+    for note in dataset.notes:
+        log(f"note: {note}")
+    log(f"loading {len(dataset.records)} images at {img_size} px")
+    splits, skipped = [], 0
+    for name in ("train", "val", "test"):
+        x, y, _, bad = dataset.load_arrays(name, img_size)
+        splits.append((x, y))
+        skipped += len(bad)
+    if skipped:
+        log(f"warning: skipped {skipped} unreadable image(s)")
+    if len(set(splits[0][1].tolist())) < 2 or not len(splits[1][1]):
+        raise DatasetError(f"--data {data}: need a training split with two or more classes and a validation split")
+    return splits
+
+
 def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size: int = 96,
              batch_size: int = 32, lr: float = 1e-3, augment: str = "d4", seed: int = 0,
              bn_momentum: float = BN_MOMENTUM, lr_schedule: str = "cosine", bn_refresh: bool = True,
@@ -85,35 +145,12 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     from train.levels import set_level
     from train.model import build, reestimate_batchnorm
     from train.sweep import head_init
-    from train.trainer import LR_SCHEDULES, FitConfig, fit
+    from train.trainer import FitConfig, fit
 
     backbone = get(backbone_name)
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"--epochs {epochs}, --batch-size {batch_size}, --lr {lr}: expected positive values")
-    if augment not in ("none", "d4"):
-        raise ValueError(f"--augment {augment!r}: expected none or d4")
-    if not 0.0 < bn_momentum < 1.0:
-        raise ValueError(f"--bn-momentum {bn_momentum}: expected a number between 0 and 1 (such as 0.9)")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"--lr-schedule {lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
-    target = Path(out)
-    if target.suffix != ".h5":
-        target = target / f"{backbone.name}.h5"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"--out {out}: cannot create folder ({exc.strerror or exc})") from None
-    dataset = open_dataset(data)
-    for note in dataset.notes:
-        log(f"note: {note}")
-    log(f"loading {len(dataset.records)} images at {img_size} px")
-    train_x, train_y, _, skipped = dataset.load_arrays("train", img_size)
-    val_x, val_y, _, skipped_val = dataset.load_arrays("val", img_size)
-    test_x, test_y, _, skipped_test = dataset.load_arrays("test", img_size)
-    if skipped or skipped_val or skipped_test:
-        log(f"warning: skipped {len(skipped) + len(skipped_val) + len(skipped_test)} unreadable image(s)")
-    if len(set(train_y.tolist())) < 2 or not len(val_y):
-        raise DatasetError(f"--data {data}: need a training split with two or more classes and a validation split")
+    _check_settings(epochs, batch_size, lr, augment, bn_momentum, lr_schedule)
+    target = _target(out, backbone.name)
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = _load_splits(data, img_size, log)
     built = build(backbone, img_size, None, seed=seed)
     model, base = built.model, built.base
     head = model.get_layer("head")
@@ -140,17 +177,12 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
                            lr_schedule=lr_schedule),
                  run_dir, model.get_weights(), log, before_validation=refresh if bn_refresh else None)
     metrics = classification_metrics(val_y, result.val_probs.argmax(1))
-    majority = float(np.bincount(val_y).max() / len(val_y))
-    if metrics["val_accuracy_ci_low"] <= majority:
-        log(f"warning: the best epoch's validation accuracy {100 * metrics['val_accuracy']:.1f}% is not above the "
-            f"majority-class rate {100 * majority:.1f}%: these weights have learnt nothing usable")
+    majority = _warn_if_chance(metrics, val_y, log)
     test_metrics = {}
     if len(test_y):
         test_probs = model.predict(preprocess(test_x, backbone.preprocess), batch_size=256, verbose=0)
         test_metrics = classification_metrics(test_y, test_probs.argmax(1), prefix="test_")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.h5")
-    base.save_weights(str(tmp))
-    os.replace(tmp, target)
+    _save_weights(base, target)
     write_json(target.with_suffix(".json"), {
         "backbone": backbone.name, "img_size": img_size, "epochs": epochs, "best_epoch": result.best_epoch,
         "augment": augment, "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed,

@@ -520,6 +520,19 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(r) for r in rows), ""]
 
 
+def _floors_section(floors: dict | None) -> list[str]:
+    lines = ["## Floors (test images)", ""]
+    if not floors:
+        return lines + ["No floors: the dataset has no test split (or `baseline.json` is missing).", ""]
+    lines += markdown_table(["Floor", "Test accuracy [95% CI]", "Macro-F1"],
+                            [["majority class (" + str(floors.get("majority_class")) + ")",
+                              _floor_cell(floors, "majority"), f"{_float(floors.get('majority_macro_f1')):.3f}"],
+                             ["logistic regression on " + str(len(floors.get("features", []))) + " image features",
+                              _floor_cell(floors, "features"), f"{_float(floors.get('features_macro_f1')):.3f}"]])
+    return lines + [f"Both floors are trained on the training split and scored on the same {floors.get('n')} test "
+                    "images as every run (`device.baseline`). A model is evidence only where it beats both.", ""]
+
+
 def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]],
                 failures: list[dict], superseded: int, plots: dict[str, Path]) -> str:
     n_values = sorted({_int(r.get("val_n")) for r in runs if _int(r.get("val_n")) is not None})
@@ -534,18 +547,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
                   "interval; across several seeds, mean ± sample std with the mean of the seeds' bounds."]
     lines += [""]
 
-    floors = read_floors(root)
-    lines += ["## Floors (test images)", ""]
-    if floors:
-        lines += markdown_table(["Floor", "Test accuracy [95% CI]", "Macro-F1"],
-                        [["majority class (" + str(floors.get("majority_class")) + ")",
-                          _floor_cell(floors, "majority"), f"{_float(floors.get('majority_macro_f1')):.3f}"],
-                         ["logistic regression on " + str(len(floors.get("features", []))) + " image features",
-                          _floor_cell(floors, "features"), f"{_float(floors.get('features_macro_f1')):.3f}"]])
-        lines += [f"Both floors are trained on the training split and scored on the same {floors.get('n')} test "
-                  "images as every run (`device.baseline`). A model is evidence only where it beats both.", ""]
-    else:
-        lines += ["No floors: the dataset has no test split (or `baseline.json` is missing).", ""]
+    lines += _floors_section(read_floors(root))
 
     lines += ["## Level 0 (head only)", ""]
     baseline = [s for stats in levels.values() for s in stats if s.level == 0]
