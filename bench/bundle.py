@@ -142,23 +142,8 @@ def make_bundle(config: BundleConfig) -> dict:
         DatasetError: the dataset cannot be read.
     """
     exports = Path(config.exports)
-    artifacts = load_manifest(exports)
     notes: list[str] = []
-    usable = []
-    for artifact in artifacts:
-        aid = artifact.get("artifact_id")
-        file = str(artifact.get("file", ""))
-        if artifact.get("error"):
-            notes.append(f"left out {aid}: export failed ({artifact['error']})")
-        elif not _clean_relative(file) or not (exports / file).is_file():
-            notes.append(f"left out {aid}: model file {file!r} not found inside {exports}")
-        elif artifact.get("sha256") and sha256_file(exports / file) != artifact["sha256"]:
-            notes.append(f"left out {aid}: {exports / file} does not match the sha256 in the manifest "
-                         f"(changed or damaged since export)")
-        else:
-            usable.append(artifact)
-    if not usable:
-        raise BenchError(f"{exports}: no artifact with a model file to bundle")
+    usable = _usable_artifacts(exports, notes)
     dataset = open_dataset(config.data)
     split = dataset.split(config.split)
     if not split:
@@ -173,17 +158,7 @@ def make_bundle(config: BundleConfig) -> dict:
     if not readable:
         raise BenchError(f"{config.data}: no readable image in split {config.split!r}")
     chosen = subset(readable, config.max_images, config.seed)
-
-    # new, clean relative path of every chosen image
-    new_path: dict[str, str] = {}
-    taken: set[str] = set()
-    for record in chosen:
-        path = record.path if _clean_relative(record.path) else f"images/{record.label}/{Path(record.path).name}"
-        stem, suffix, k = path.rsplit(".", 1)[0], Path(path).suffix, 1
-        while path in taken:
-            path, k = f"{stem}-{k}{suffix}", k + 1
-        taken.add(path)
-        new_path[record.path] = path
+    new_path = _bundle_paths(chosen)
 
     top = Path(config.out).name.removesuffix(".gz").removesuffix(".tar").removesuffix(".tgz") or "bundle"
     with tempfile.TemporaryDirectory(prefix="skyedge-bundle-") as tmp:
@@ -230,6 +205,40 @@ def make_bundle(config: BundleConfig) -> dict:
             tar.add(stage, arcname=top)
     return {"out": str(config.out), "artifacts": len(out_artifacts), "images": len(chosen),
             "size_bytes": Path(config.out).stat().st_size, "notes": notes}
+
+
+def _usable_artifacts(exports: Path, notes: list[str]) -> list[dict]:
+    """The manifest's artifacts whose model file is there and intact; a note for each left out."""
+    usable = []
+    for artifact in load_manifest(exports):
+        aid = artifact.get("artifact_id")
+        file = str(artifact.get("file", ""))
+        if artifact.get("error"):
+            notes.append(f"left out {aid}: export failed ({artifact['error']})")
+        elif not _clean_relative(file) or not (exports / file).is_file():
+            notes.append(f"left out {aid}: model file {file!r} not found inside {exports}")
+        elif artifact.get("sha256") and sha256_file(exports / file) != artifact["sha256"]:
+            notes.append(f"left out {aid}: {exports / file} does not match the sha256 in the manifest "
+                         f"(changed or damaged since export)")
+        else:
+            usable.append(artifact)
+    if not usable:
+        raise BenchError(f"{exports}: no artifact with a model file to bundle")
+    return usable
+
+
+def _bundle_paths(chosen: list) -> dict[str, str]:
+    """A new, clean relative path inside the bundle for every chosen image (unique)."""
+    new_path: dict[str, str] = {}
+    taken: set[str] = set()
+    for record in chosen:
+        path = record.path if _clean_relative(record.path) else f"images/{record.label}/{Path(record.path).name}"
+        stem, suffix, k = path.rsplit(".", 1)[0], Path(path).suffix, 1
+        while path in taken:
+            path, k = f"{stem}-{k}{suffix}", k + 1
+        taken.add(path)
+        new_path[record.path] = path
+    return new_path
 
 
 def _bundle_reference(exports: Path, ref: str, artifact: dict, matcher: _Matcher, new_path: dict[str, str],

@@ -353,6 +353,60 @@ def _ms(value: float | None) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
+def _accuracy_condition(v: DeviceVerdict, alpha: float, min_images: int, blockers: list[str]) -> bool | None:
+    """S: is the best mobile model significantly less accurate than the best other (None: untested)?"""
+    significant = None
+    if v.best_mobile and v.best_other:
+        v.test, why = paired_test(v.best_other, v.best_mobile)
+        if v.test is None:
+            blockers.append(f"No paired test: {why}.")
+        else:
+            t = v.test
+            deficit = t["accuracy_diff"]
+            significant = deficit > 0 and t["p_value"] < alpha
+            v.reasons.append(
+                f"Most accurate non-mobile model {v.best_other.label} ({_acc_ci(v.best_other)}) against most accurate "
+                f"mobile model {v.best_mobile.label} ({_acc_ci(v.best_mobile)}), Wilson 95% intervals: the mobile "
+                f"model is {abs(100 * deficit):.1f} points {'behind' if deficit >= 0 else 'ahead'}; McNemar exact p = {t['p_value']:.3g} on {t['n']} images "
+                f"(b = {t['b']} only the non-mobile right, c = {t['c']} only the mobile right): "
+                + ("significant" if significant else "not significant") + f" at alpha = {alpha:g}"
+                + ("" if deficit > 0 or t["p_value"] >= alpha else " (and not a mobile deficit)") + ".")
+            if t["n"] < min_images:
+                blockers.append(f"Only {t['n']} paired images, fewer than the minimum of {min_images}.")
+    return significant
+
+
+def _speed_conditions(v: DeviceVerdict, budgets_ms, blockers: list[str]) -> tuple[bool | None, bool | None]:
+    """F and W: is a mobile model on the latency front, and the best choice under some budget?"""
+    on_front = win = None
+    if v.emulated:
+        v.reasons.append(f"{v.emulated} line(s) ran under emulation (qemu); their latency is not meaningful and "
+                         "is left out of the latency front and the budgets.")
+    if not v.latency_points:
+        if v.points:
+            blockers.append("No latency measured outside emulation, so the latency front and the budgets "
+                            "cannot be evaluated.")
+    else:
+        front_mobile = [p for p in v.latency_front if p.mobile is True]
+        on_front = bool(front_mobile)
+        v.reasons.append("Pareto front of accuracy against p50 latency: "
+                         + ", ".join(f"{p.label} ({p.family}, {_ms(p.p50_ms)} ms, {_pct(p.accuracy)})"
+                                     for p in v.latency_front)
+                         + (f"; mobile models on it: {', '.join(p.label for p in front_mobile)}." if front_mobile
+                            else "; no mobile model on it."))
+        wins = []
+        for budget in budgets_ms:
+            within = [p for p in v.latency_points if p.p50_ms is not None and p.p50_ms <= budget]
+            best = most_accurate(within)
+            v.budgets.append((budget, best))
+            if best is not None and best.mobile is True:
+                wins.append(f"{budget:g} ms ({best.label})")
+        win = bool(wins)
+        v.reasons.append(("Budgets where the most accurate model within the budget is mobile: " + ", ".join(wins) + ".")
+                         if wins else "No latency budget has a mobile model as its most accurate choice.")
+    return on_front, win
+
+
 def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha: float = DEFAULT_ALPHA,
            min_images: int = DEFAULT_MIN_IMAGES) -> DeviceVerdict:
     """The verdict of one device on the claim, by ``DECISION_RULE``.
@@ -388,51 +442,8 @@ def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha:
             present = "No backbone of a known family (mobile or not) was measured here"
         blockers.append(f"{present} ({len(v.points)} model(s)), so mobile and non-mobile models cannot be compared.")
 
-    significant = None
-    if v.best_mobile and v.best_other:
-        v.test, why = paired_test(v.best_other, v.best_mobile)
-        if v.test is None:
-            blockers.append(f"No paired test: {why}.")
-        else:
-            t = v.test
-            deficit = t["accuracy_diff"]
-            significant = deficit > 0 and t["p_value"] < alpha
-            v.reasons.append(
-                f"Most accurate non-mobile model {v.best_other.label} ({_acc_ci(v.best_other)}) against most accurate "
-                f"mobile model {v.best_mobile.label} ({_acc_ci(v.best_mobile)}), Wilson 95% intervals: the mobile "
-                f"model is {abs(100 * deficit):.1f} points {'behind' if deficit >= 0 else 'ahead'}; McNemar exact p = {t['p_value']:.3g} on {t['n']} images "
-                f"(b = {t['b']} only the non-mobile right, c = {t['c']} only the mobile right): "
-                + ("significant" if significant else "not significant") + f" at alpha = {alpha:g}"
-                + ("" if deficit > 0 or t["p_value"] >= alpha else " (and not a mobile deficit)") + ".")
-            if t["n"] < min_images:
-                blockers.append(f"Only {t['n']} paired images, fewer than the minimum of {min_images}.")
-
-    on_front = win = None
-    if v.emulated:
-        v.reasons.append(f"{v.emulated} line(s) ran under emulation (qemu); their latency is not meaningful and "
-                         "is left out of the latency front and the budgets.")
-    if not v.latency_points:
-        if v.points:
-            blockers.append("No latency measured outside emulation, so the latency front and the budgets "
-                            "cannot be evaluated.")
-    else:
-        front_mobile = [p for p in v.latency_front if p.mobile is True]
-        on_front = bool(front_mobile)
-        v.reasons.append("Pareto front of accuracy against p50 latency: "
-                         + ", ".join(f"{p.label} ({p.family}, {_ms(p.p50_ms)} ms, {_pct(p.accuracy)})"
-                                     for p in v.latency_front)
-                         + (f"; mobile models on it: {', '.join(p.label for p in front_mobile)}." if front_mobile
-                            else "; no mobile model on it."))
-        wins = []
-        for budget in budgets_ms:
-            within = [p for p in v.latency_points if p.p50_ms is not None and p.p50_ms <= budget]
-            best = most_accurate(within)
-            v.budgets.append((budget, best))
-            if best is not None and best.mobile is True:
-                wins.append(f"{budget:g} ms ({best.label})")
-        win = bool(wins)
-        v.reasons.append(("Budgets where the most accurate model within the budget is mobile: " + ", ".join(wins) + ".")
-                         if wins else "No latency budget has a mobile model as its most accurate choice.")
+    significant = _accuracy_condition(v, alpha, min_images, blockers)
+    on_front, win = _speed_conditions(v, budgets_ms, blockers)
 
     if blockers or significant is None or on_front is None:
         v.verdict = INCONCLUSIVE
@@ -955,6 +966,36 @@ def verdict_record(config: "ReportConfig", verdicts: dict, pairs: list[dict]) ->
 
 # --- entry points -------------------------------------------------------------------------
 
+def _figures_section(out: Path, verdicts: dict, budgets_ms, md: list[str]) -> list[Path]:
+    """Section 4: per device, accuracy against latency and against size (appended to ``md``)."""
+    figures: list[Path] = []
+    md += ["## 4. Accuracy against latency and size", "",
+           "One point per model (its fastest measured configuration); the dashed step line is the "
+           "Pareto front.", ""]
+    for device, v in verdicts.items():
+        slug = _slug(device)
+        md += [f"### {device}", ""]
+        if v.latency_points:
+            path = out / f"accuracy_vs_latency_{slug}.png"
+            write_bytes(path, _plot(v.latency_points, v.latency_front, lambda p: p.p50_ms,
+                                    f"p50 latency, {v.mode} mode (ms, log scale)",
+                                    f"{device}: accuracy against latency", budgets_ms))
+            figures.append(path)
+            md += [f"![{device}: accuracy against p50 latency]({path.name})", ""]
+        elif v.points:
+            md += ["No latency plot: every line of this device ran under emulation, where latency is not "
+                   "meaningful.", ""]
+        if not any(p.size_bytes for p in v.points):
+            md += ["No size plot: no line of this device records its model's file size.", ""]
+        else:
+            path = out / f"accuracy_vs_size_{slug}.png"
+            write_bytes(path, _plot(v.points, v.size_front, lambda p: p.size_bytes / MB if p.size_bytes else None,
+                                    "model file size (MB, log scale)", f"{device}: accuracy against model size"))
+            figures.append(path)
+            md += [f"![{device}: accuracy against model size]({path.name})", ""]
+    return figures
+
+
 def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> dict:
     """Build ``report.md`` and its figures, ``verdict.json`` (the decision per device, its
     reasons and every number it used, and each model against the floors) and ``devices.csv``
@@ -1001,32 +1042,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         md += _device_header(device, lines) + _device_table(lines)
     md += _errors_section(errors)
 
-    figures: list[Path] = []
-    md += ["## 4. Accuracy against latency and size", "",
-           "One point per model (its fastest measured configuration); the dashed step line is the "
-           "Pareto front.", ""]
-    for device, v in verdicts.items():
-        slug = _slug(device)
-        md += [f"### {device}", ""]
-        if v.latency_points:
-            path = out / f"accuracy_vs_latency_{slug}.png"
-            write_bytes(path, _plot(v.latency_points, v.latency_front, lambda p: p.p50_ms,
-                                    f"p50 latency, {v.mode} mode (ms, log scale)",
-                                    f"{device}: accuracy against latency", config.budgets_ms))
-            figures.append(path)
-            md += [f"![{device}: accuracy against p50 latency]({path.name})", ""]
-        elif v.points:
-            md += ["No latency plot: every line of this device ran under emulation, where latency is not "
-                   "meaningful.", ""]
-        if not any(p.size_bytes for p in v.points):
-            md += ["No size plot: no line of this device records its model's file size.", ""]
-        else:
-            path = out / f"accuracy_vs_size_{slug}.png"
-            write_bytes(path, _plot(v.points, v.size_front, lambda p: p.size_bytes / MB if p.size_bytes else None,
-                                    "model file size (MB, log scale)", f"{device}: accuracy against model size"))
-            figures.append(path)
-            md += [f"![{device}: accuracy against model size]({path.name})", ""]
-
+    figures = _figures_section(out, verdicts, config.budgets_ms, md)
     md += ["## 5. Verdict", "", "### Decision rule", "",
            DECISION_RULE.replace("alpha", f"alpha ({config.alpha:g})"), "",
            f"Latency budgets: {', '.join(f'{b:g}' for b in config.budgets_ms)} ms (p50). Minimum paired images: "

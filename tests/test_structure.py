@@ -34,3 +34,13 @@ def test_device_and_bench_never_import_train_or_export_at_module_level():
             found += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
                       if n.split(".")[0] in ("train", "export", "tensorflow", "tf_keras")]
     assert not found, found
+
+
+def test_no_function_over_80_lines():
+    # a long function is split where a name would explain a part (#13 item 4)
+    long = []
+    for path, tree in _modules(PACKAGES):
+        long += [f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                 for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and node.end_lineno - node.lineno + 1 > 80]
+    assert not long, long
