@@ -4,6 +4,10 @@ ending in a verdict on the study's claim that is computed from the data.
     bench report --runs RUNS --exports EXPORTS --results A.jsonl [B.jsonl ...] --out REPORT
                  [--budgets 10,50,200,1000] [--alpha 0.05] [--min-images 30]
 
+Without ``--budgets``, each device gets four budgets spaced evenly on a log scale across its
+own measured p50 range (fastest to slowest model, two significant figures): fixed budgets
+that all exceed every p50 of a fast machine would give four identical rows.
+
 Writes ``REPORT/report.md`` and its figures (``REPORT/*.png``), atomically:
 
 1. the study's tables from ``RUNS/results.jsonl`` (built by ``train.summary``, not rewritten);
@@ -37,7 +41,7 @@ from bench.options import comma_separated
 from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
 from device.metrics import mcnemar, wilson_interval
 
-DEFAULT_BUDGETS_MS = (10.0, 50.0, 200.0, 1000.0)
+DEFAULT_BUDGETS_MS = None  # derived per device from its measured p50 range (derive_budgets)
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_IMAGES = 30
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
@@ -81,7 +85,7 @@ class ReportConfig:
         out: the report folder.
         runs: the sweep folder (``results.jsonl``), or None to leave the study tables out.
         exports: the exports folder (``manifest.json``), or None to leave the export table out.
-        budgets_ms: p50 latency budgets, in ms.
+        budgets_ms: p50 latency budgets, in ms; None derives four per device (``derive_budgets``).
         alpha: significance level of the paired test.
         min_images: fewer paired images than this makes the verdict inconclusive.
         floors: ``bench floors`` files: the floors on the images the results were scored on,
@@ -92,7 +96,7 @@ class ReportConfig:
     out: Path
     runs: Path | None = None
     exports: Path | None = None
-    budgets_ms: tuple[float, ...] = DEFAULT_BUDGETS_MS
+    budgets_ms: tuple[float, ...] | None = DEFAULT_BUDGETS_MS
     alpha: float = DEFAULT_ALPHA
     min_images: int = DEFAULT_MIN_IMAGES
     floors: tuple[Path, ...] = ()
@@ -102,7 +106,7 @@ class ReportConfig:
             raise ValueError("at least one results file is needed (--results)")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
-        if not self.budgets_ms or any(not b > 0 for b in self.budgets_ms):
+        if self.budgets_ms is not None and (not self.budgets_ms or any(not b > 0 for b in self.budgets_ms)):
             raise ValueError(f"budgets must be positive milliseconds, got {list(self.budgets_ms)}")
         if self.min_images < 1:
             raise ValueError(f"min_images must be >= 1, got {self.min_images}")
@@ -376,6 +380,19 @@ def _accuracy_condition(v: DeviceVerdict, alpha: float, min_images: int, blocker
     return significant
 
 
+def derive_budgets(points: list[Point], count: int = 4) -> tuple[float, ...]:
+    """``count`` p50 budgets from the fastest to the slowest point, evenly spaced on a log scale
+    and rounded up to two significant figures (fewer when they coincide)."""
+    p50 = [p.p50_ms for p in points if p.p50_ms]
+    if not p50:
+        return ()
+    lo, hi = min(p50), max(p50)
+    values = [lo * (hi / lo) ** (i / (count - 1)) for i in range(count)] if hi > lo else [lo]
+    # rounded up, so the fastest model fits the smallest budget and the slowest the largest
+    step = [10.0 ** (math.floor(math.log10(v)) - 1) for v in values]
+    return tuple(dict.fromkeys(float(f"{math.ceil(round(v / e, 9)) * e:.2g}") for v, e in zip(values, step)))
+
+
 def _speed_conditions(v: DeviceVerdict, budgets_ms, blockers: list[str]) -> tuple[bool | None, bool | None]:
     """F and W: is a mobile model on the latency front, and the best choice under some budget?"""
     on_front = win = None
@@ -395,7 +412,7 @@ def _speed_conditions(v: DeviceVerdict, budgets_ms, blockers: list[str]) -> tupl
                          + (f"; mobile models on it: {', '.join(p.label for p in front_mobile)}." if front_mobile
                             else "; no mobile model on it."))
         wins = []
-        for budget in budgets_ms:
+        for budget in budgets_ms or derive_budgets(v.latency_points):
             within = [p for p in v.latency_points if p.p50_ms is not None and p.p50_ms <= budget]
             best = most_accurate(within)
             v.budgets.append((budget, best))
@@ -950,7 +967,8 @@ def verdict_record(config: "ReportConfig", verdicts: dict, pairs: list[dict]) ->
         "format_version": 1,
         "claim": "mobile networks may not always be ideal for deployment on a low-compute device, as they had "
                  "consistently lower validation accuracies (Sabeesh & Bolla, 2022)",
-        "rule": DECISION_RULE, "alpha": config.alpha, "budgets_ms": list(config.budgets_ms),
+        "rule": DECISION_RULE, "alpha": config.alpha,
+        "budgets_ms": list(config.budgets_ms) if config.budgets_ms else "derived per device from its p50 range",
         "min_images": config.min_images, "results": [str(p) for p in config.results],
         "devices": {d: {"verdict": v.verdict, "reasons": list(v.reasons), "mode": v.mode,
                         "emulated_lines": v.emulated, "best_mobile": _point_record(v.best_mobile),
@@ -966,7 +984,7 @@ def verdict_record(config: "ReportConfig", verdicts: dict, pairs: list[dict]) ->
 
 # --- entry points -------------------------------------------------------------------------
 
-def _figures_section(out: Path, verdicts: dict, budgets_ms, md: list[str]) -> list[Path]:
+def _figures_section(out: Path, verdicts: dict, md: list[str]) -> list[Path]:
     """Section 4: per device, accuracy against latency and against size (appended to ``md``)."""
     figures: list[Path] = []
     md += ["## 4. Accuracy against latency and size", "",
@@ -979,7 +997,7 @@ def _figures_section(out: Path, verdicts: dict, budgets_ms, md: list[str]) -> li
             path = out / f"accuracy_vs_latency_{slug}.png"
             write_bytes(path, _plot(v.latency_points, v.latency_front, lambda p: p.p50_ms,
                                     f"p50 latency, {v.mode} mode (ms, log scale)",
-                                    f"{device}: accuracy against latency", budgets_ms))
+                                    f"{device}: accuracy against latency", [b for b, _ in v.budgets]))
             figures.append(path)
             md += [f"![{device}: accuracy against p50 latency]({path.name})", ""]
         elif v.points:
@@ -1042,11 +1060,13 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         md += _device_header(device, lines) + _device_table(lines)
     md += _errors_section(errors)
 
-    figures = _figures_section(out, verdicts, config.budgets_ms, md)
+    figures = _figures_section(out, verdicts, md)
+    budgets = (f"{', '.join(f'{b:g}' for b in config.budgets_ms)} ms (p50)" if config.budgets_ms else
+               "per device, four spaced evenly on a log scale across its measured p50 range: "
+               + "; ".join(f"{d}: {', '.join(f'{b:g}' for b, _ in v.budgets)} ms" for d, v in verdicts.items() if v.budgets))
     md += ["## 5. Verdict", "", "### Decision rule", "",
            DECISION_RULE.replace("alpha", f"alpha ({config.alpha:g})"), "",
-           f"Latency budgets: {', '.join(f'{b:g}' for b in config.budgets_ms)} ms (p50). Minimum paired images: "
-           f"{config.min_images}.", ""]
+           f"Latency budgets: {budgets}. Minimum paired images: {config.min_images}.", ""]
     for v in verdicts.values():
         md += _verdict_lines(v)
     if not verdicts:
@@ -1081,7 +1101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exports", type=Path, help="exports folder holding manifest.json")
     parser.add_argument("--results", type=Path, nargs="+", required=True, help="bench run JSON-lines file(s)")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
-    parser.add_argument("--budgets", type=comma_separated(float, "numbers"), default=DEFAULT_BUDGETS_MS, help="p50 budgets in ms, e.g. 10,50,200")
+    parser.add_argument("--budgets", type=comma_separated(float, "numbers"), default=DEFAULT_BUDGETS_MS,
+                        help="p50 budgets in ms, e.g. 10,50,200 (default: four per device, log-spaced across its "
+                             "measured p50 range)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of McNemar's test")
     parser.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES,
                         help="fewer paired images make the verdict inconclusive")

@@ -119,7 +119,7 @@ def report(tmp_path_factory):
     from bench.report import ReportConfig, write_report
 
     inputs = write_inputs(tmp_path_factory.mktemp("report"))
-    result = write_report(ReportConfig(**inputs), log=lambda _line: None)
+    result = write_report(ReportConfig(**inputs, budgets_ms=(10.0, 50.0, 200.0, 1000.0)), log=lambda _line: None)
     return result, result["report"].read_text()
 
 
@@ -251,3 +251,26 @@ def test_a_model_at_chance_is_flagged(tmp_path):
     rows = [r for r in md.splitlines() if r.startswith("| mobilenetv2-l5-s0-fp32") or r.startswith("| resnet50-l5-s0-fp32")]
     flagged = [r for r in rows if "NOT ABOVE CHANCE" in r]
     assert len(flagged) == 1 and flagged[0].startswith("| mobilenetv2")
+
+
+def test_default_budgets_span_each_devices_measured_range(tmp_path):
+    # #12 item 7: fixed 10-1,000 ms budgets all exceeded every p50 of a fast machine (four identical rows)
+    import json
+
+    from bench.report import ReportConfig, write_report
+
+    inputs = write_inputs(tmp_path)
+    write_report(ReportConfig(**inputs), log=lambda _line: None)
+    verdict = json.loads((inputs["out"] / "verdict.json").read_text())
+    assert verdict["budgets_ms"] == "derived per device from its p50 range"
+    text = (inputs["out"] / "report.md").read_text()
+    assert "Latency budgets: per device, four spaced evenly on a log scale" in text
+    for device, record in verdict["devices"].items():
+        p50 = [p["latency_ms_p50"] for p in record["points"] if p.get("latency_ms_p50") and not record["emulated_lines"]]
+        budgets = [b["budget_ms"] for b in record["budgets"]]
+        if not p50:
+            continue
+        assert min(p50) <= budgets[0] < budgets[-1] and budgets[-1] >= max(p50), device
+        # the smallest budget fits the fastest model, the largest every model
+        assert all(b["artifact_id"] for b in record["budgets"]), device
+
