@@ -14,9 +14,21 @@ VENV="${1:-$HOME/skyedge-venv}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 arch="$(uname -m)"
-if [ "$arch" != "aarch64" ]; then
-    echo "warning: this is $arch; ai-edge-litert wheels need 64-bit Raspberry Pi OS (aarch64)." >&2
-fi
+userland="$(getconf LONG_BIT 2>/dev/null || echo unknown)"   # a 64-bit kernel can run a 32-bit OS
+case "$arch/$userland" in
+    aarch64/64|x86_64/64) runtimes="ai_edge_litert onnxruntime" ;;
+    armv7l/*|aarch64/32|armv6l/*)
+        echo "note: 32-bit OS ($arch, ${userland}-bit userland). Neither ai-edge-litert nor ONNX Runtime" >&2
+        echo "  publishes 32-bit ARM wheels: TFLite models run on tflite-runtime 2.14 (with numpy<2)," >&2
+        echo "  ONNX models cannot run here. For both runtimes use 64-bit Raspberry Pi OS." >&2
+        if ! python3 -c 'import sys; sys.exit(0 if (3, 8) <= sys.version_info[:2] <= (3, 11) else 1)'; then
+            echo "error: tflite-runtime 2.14 has wheels for Python 3.8-3.11 only; this is $(python3 -V)" >&2
+            exit 2
+        fi
+        runtimes="tflite_runtime" ;;
+    *) echo "warning: $arch is not a Raspberry Pi architecture this script knows; installing the defaults" >&2
+       runtimes="ai_edge_litert onnxruntime" ;;
+esac
 
 if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
     echo "== installing python3-venv (sudo)"
@@ -42,7 +54,10 @@ else
 fi
 echo "== pip install '$target'"
 "$VENV/bin/python" -m pip install "$target"
-"$VENV/bin/python" -c "import ai_edge_litert, onnxruntime; print('LiteRT and ONNX Runtime import fine')"
+for module in $runtimes; do
+    "$VENV/bin/python" -c "import $module" || { echo "error: $module does not import after the install" >&2; exit 1; }
+    echo "$module imports fine"
+done
 
 echo "== CPU governor"
 gov_file=/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor

@@ -44,3 +44,21 @@ def test_no_function_over_80_lines():
                  for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
                  and node.end_lineno - node.lineno + 1 > 80]
     assert not long, long
+
+
+def test_device_extra_installs_a_runtime_that_has_wheels_on_each_pi_os():
+    # #12 item 12: no onnxruntime or ai-edge-litert wheel exists for 32-bit ARM, so the extra failed there
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["device"]
+
+    def installed(machine: str) -> dict[str, str]:
+        env = {"platform_machine": machine, "extra": "device"}
+        reqs = [Requirement(r) for r in extra]
+        return {r.name: str(r.specifier) for r in reqs if r.marker is None or r.marker.evaluate(env)}
+
+    pi64, pi32 = installed("aarch64"), installed("armv7l")
+    assert {"ai-edge-litert", "onnxruntime", "numpy", "pillow"} <= set(pi64) and "tflite-runtime" not in pi64
+    assert set(pi32) == {"tflite-runtime", "numpy", "pillow"} and "<2" in pi32["numpy"]
