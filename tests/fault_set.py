@@ -739,7 +739,16 @@ def run_case(case: Case, folder: Path, base: dict, servers: dict) -> dict:
             outcome = "recorded failure"
         else:
             outcome = "handled"
-    return {"outcome": outcome, "code": done.returncode, "message": message, "seconds": round(seconds, 1)}
+    return {"outcome": outcome, "code": done.returncode, "message": _relative(message, folder, base),
+            "seconds": round(seconds, 1)}
+
+
+def _relative(text: str, folder: Path, base: dict) -> str:
+    """``text`` with this machine's folders written as the table's placeholders."""
+    text = text.replace(str(folder), "CASE")
+    for name, path in sorted(base.items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(path, "{" + name + "}")
+    return text
 
 
 def _shown(argv: list[str]) -> str:
