@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,12 +47,14 @@ def cluster(tmp_path_factory) -> dict:
                     "slurm-client munge")
     if os.geteuid() != 0:
         pytest.skip("starting slurmctld/slurmd needs root")
-    state = tmp_path_factory.mktemp("slurm")
+    # one fixed folder, so a cluster left running by an interrupted run is found and stopped by start.sh
+    state = Path(tempfile.gettempdir()) / "skyedge-slurm-test"
     env = {**os.environ, "SKYEDGE_SLURM_DIR": str(state)}
     started = subprocess.run([str(REPO / "tests" / "slurm" / "start.sh")], env=env, capture_output=True, text=True,
                              timeout=120)
     if started.returncode != 0:
-        pytest.skip(f"the Slurm daemons did not start: {started.stderr.strip().splitlines()[-1:]}")
+        reason = started.stderr.strip().splitlines()[-1] if started.stderr.strip() else f"exit {started.returncode}"
+        pytest.skip(f"the Slurm daemons did not start: {reason}")
     env["SLURM_CONF"] = str(state / "slurm.conf")
     yield env
     subprocess.run([str(REPO / "tests" / "slurm" / "stop.sh")], env=env, timeout=60)

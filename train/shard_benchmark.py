@@ -1,7 +1,7 @@
 """Benchmark of sharding: one sweep as one process, then as three shards started at once.
 
     python -m train.shard_benchmark [--data DIR] [--backbones mobilenetv2,mobilenetv3small,densenet121]
-        [--levels paper] [--epochs 4] [--img-size 64] [--shards 3] [--out DIR]
+        [--levels paper] [--epochs 8] [--img-size 64] [--shards 3] [--out DIR]
 
 Without ``--data`` it uses the real SDSS sample shipped with SkyEdge. Each sweep runs as its
 own processes (``python -m train.sweep``); their CPU time (user + system, from the kernel's
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbones", default="mobilenetv2,mobilenetv3small,densenet121",
                    help="(default: %(default)s)")
     p.add_argument("--levels", default="paper", help="(default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=4, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=8, help="(default: %(default)s, the study's)")
     p.add_argument("--img-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--shards", type=int, default=3, help="(default: %(default)s)")
     p.add_argument("--out", default="out/shard-benchmark", help="(default: %(default)s)")

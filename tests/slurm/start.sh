@@ -52,9 +52,12 @@ if ! pgrep -x munged >/dev/null; then
     chown munge:munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
     if id munge >/dev/null 2>&1; then runuser -u munge -- munged; else munged --force; fi
 fi
-pkill -x slurmctld 2>/dev/null || true
-pkill -x slurmd 2>/dev/null || true
-sleep 1
+# stop only daemons this script started earlier (their pid files are in $DIR), never another cluster's
+"$(dirname "$0")/stop.sh"
+if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+    echo "start.sh: slurmctld or slurmd is already running and was not started here; not touching it" >&2
+    exit 2
+fi
 slurmctld -c -f "$SLURM_CONF"   # -c: a clean start, no jobs kept from an earlier cluster
 slurmd -f "$SLURM_CONF"
 for _ in $(seq 60); do
