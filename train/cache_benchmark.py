@@ -11,7 +11,6 @@ same accuracies).
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 import time
@@ -20,13 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from device.atomic import read_jsonl, write_json
+from device.predictions import read_probabilities
 from train.sweep import SweepConfig, run_sweep
 
 
 def _probs(run_dir: Path) -> np.ndarray:
-    with open(run_dir / "val_predictions.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return np.array([[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows])
+    return read_probabilities(run_dir / "val_predictions.csv")[2]
 
 
 def compare(data: str, out: Path, backbones: tuple[str, ...], levels: str, epochs: int, img_size: int,
