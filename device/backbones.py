@@ -22,7 +22,9 @@ class Backbone:
         keras_name: constructor in ``tf_keras.applications`` (``MobileNetV2``).
         keras_module: module whose ``preprocess_input`` Keras documents for it.
         preprocess: numpy preprocess mode (``caffe``, ``tf``, ``torch``, ``none``).
-        default_size: ImageNet input size of the published weights, pixels.
+        default_size: ImageNet input size of the published weights, pixels. Used only by
+            ``python -m train.levels`` when no ``--img-size`` is given; the sweep trains every
+            backbone at one common ``--img-size``, as the study compared them.
         min_size: smallest input Keras accepts with ``include_top=False``.
         feature_dim: width of the pooled feature vector.
         paper_levels: the study's level schedule (ours for backbones it did not use).
