@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 from bench import fingerprint
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
+from bench.worker import WorkerJob
 from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
 from device.runtime import RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
 from device.dataset import LABELS, SPLITS
@@ -332,11 +333,11 @@ def _measure(config: RunConfig, job: Job, static: dict, command: list[str], runs
                          "is missing; pass --data")
         return line
     reference = artifact.get("reference_predictions")
-    payload = {"artifact": artifact, "model_path": str(model_path), "runtime": job.runtime,
-               "threads": job.threads, "mode": job.mode, "data": str(data), "split": config.split,
-               "reference": str(exports / reference) if reference else None, "warmup": config.warmup,
-               "runs": runs, "min_secs": min_secs, "shuffle": config.shuffle, "seed": config.seed,
-               "max_timed_inputs": config.max_timed_inputs}
+    payload = asdict(WorkerJob(
+        artifact=artifact, model_path=str(model_path), runtime=job.runtime, threads=job.threads, mode=job.mode,
+        data=str(data), split=config.split, reference=str(exports / reference) if reference else None,
+        warmup=config.warmup, runs=runs, min_secs=min_secs, shuffle=config.shuffle, seed=config.seed,
+        max_timed_inputs=config.max_timed_inputs))
     line.update({"data": str(data), "split": config.split})  # what the accuracy is measured on
     result = run_worker(payload, command, config.job_timeout_s)
     notes = line["notes"] + list(result.pop("notes", []) or [])

@@ -5,9 +5,8 @@ one JSON object printed on the worker's original stdout. Anything the runtimes p
 stderr, so the result line stays parseable. Running each job in a fresh process keeps
 memory high-water marks and thread pools from leaking between models.
 
-Job keys: ``artifact`` (the manifest record), ``model_path``, ``runtime``, ``threads``,
-``mode`` (``kernel`` or ``e2e``), ``data``, ``split``, ``reference`` (CSV path or null),
-``warmup``, ``runs``, ``min_secs``, ``shuffle``, ``seed``, ``max_timed_inputs``.
+The job is a ``WorkerJob`` (its fields are the JSON keys); ``bench run`` fills every field
+from its ``RunConfig``, so the defaults live there only.
 
 Order of work: imports and the runtime's import; hash check; decode the split at the
 manifest's input size; ``idle_rss_bytes``; load (``load_ms``); first inference; one
@@ -22,6 +21,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,52 @@ from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS, latency_stats
 from device.checksum import sha256_file
 from device.predictions import images_sha256, read_predictions
 
-DEFAULTS = {"threads": None, "mode": "kernel", "split": "test", "reference": None, "warmup": 20,
-            "runs": 200, "min_secs": 5.0, "shuffle": False, "seed": 0, "max_timed_inputs": 64}
-
-
 class JobError(RuntimeError):
     """A job that cannot be measured as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """One model x runtime x threads x mode, as ``bench run`` sends it (JSON on stdin).
+
+    Attributes:
+        artifact: the manifest record of the model.
+        model_path: the model file.
+        runtime: ``litert``, ``onnxruntime`` or ``tensorflow``.
+        threads: runtime threads (None: the runtime's default).
+        mode: ``kernel`` (the model call) or ``e2e`` (decode + preprocess + call).
+        data, split: the images scored for accuracy.
+        reference: the Keras model's predictions CSV, or None (no agreement).
+        warmup, runs, min_secs: untimed calls, then at least ``runs`` timed calls and ``min_secs``.
+        shuffle, seed: cycle the images in a seeded random order.
+        max_timed_inputs: prepared inputs the kernel loop cycles through.
+    """
+
+    artifact: dict
+    model_path: str
+    runtime: str
+    threads: int | None
+    mode: str
+    data: str
+    split: str
+    reference: str | None
+    warmup: int
+    runs: int
+    min_secs: float
+    shuffle: bool
+    seed: int
+    max_timed_inputs: int
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WorkerJob":
+        """Refuses a job with unknown or missing keys (a ``bench`` and a worker of different versions)."""
+        if not isinstance(data, dict):
+            raise JobError(f"expected a JSON object, got {type(data).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+        if unknown or missing:
+            raise JobError(f"job keys: unknown {unknown}, missing {missing}")
+        return cls(**data)
 
 
 def kernel_of(model) -> tuple:
@@ -144,31 +184,30 @@ def _e2e_loop(model, files: list[Path], size: tuple[int, int], runs: int, min_se
     return {name: np.asarray(values, dtype=np.int64) for name, values in phases.items()}
 
 
-def run_job(job: dict) -> dict:
+def run_job(job: WorkerJob | dict) -> dict:
     """Measure one model x runtime x threads x mode.
 
     Args:
-        job: see the module docstring.
+        job: a ``WorkerJob``, or its JSON object.
 
     Returns:
         The measured fields of the record (latency, memory, accuracy, agreement, runtime
         package, temperatures, notes); ``error`` when the job could not be measured, with
         whatever was measured before the failure.
     """
-    job = {**DEFAULTS, **job}
     out: dict = {"notes": []}
     try:
-        _run(job, out)
+        _run(job if isinstance(job, WorkerJob) else WorkerJob.from_dict(job), out)
     except Exception as exc:  # every failure becomes the record's error, never a lost line
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out
 
 
-def _run(job: dict, out: dict) -> None:
+def _run(job: WorkerJob, out: dict) -> None:
     """One job, in order: checks, the split, the model, accuracy, the timed loop, the state after."""
     from device.runtime import load
 
-    artifact, runtime, mode, threads = job["artifact"], job["runtime"], job["mode"], job["threads"]
+    artifact, runtime, mode, threads = job.artifact, job.runtime, job.mode, job.threads
     if mode not in ("kernel", "e2e"):
         raise JobError(f"unknown mode {mode!r}; expected kernel or e2e")
     out.update(fingerprint.dynamic_state())
@@ -199,7 +238,7 @@ def _run(job: dict, out: dict) -> None:
     times, wall = _timed_loop(job, model, dataset, images, records, size, out)
     out["runs"] = int(times.size)
     out["seconds_measured"] = wall  # wall time of the timed loop, as MLPerf's minimum duration
-    out.update(latency_stats(times / 1e6, seed=int(job["seed"])))
+    out.update(latency_stats(times / 1e6, seed=int(job.seed)))
     out["strict_valid"] = out["runs"] >= STRICT_MIN_QUERIES and out["seconds_measured"] >= STRICT_MIN_SECONDS
     out["peak_rss_bytes"] = memory.peak_rss_bytes()
     if out["peak_rss_bytes"] is not None and out["idle_rss_bytes"] is not None:
@@ -211,12 +250,12 @@ def _run(job: dict, out: dict) -> None:
         out["notes"].append("throttling flags: " + ", ".join(flags))
 
 
-def _checked_model(job: dict, out: dict) -> Path:
+def _checked_model(job: WorkerJob, out: dict) -> Path:
     """The job's model file, refused when missing or not the file the manifest names by sha256."""
-    model_path = Path(job["model_path"])
+    model_path = Path(job.model_path)
     if not model_path.is_file():
         raise JobError(f"{model_path}: model file missing")
-    expected = job["artifact"].get("sha256")
+    expected = job.artifact.get("sha256")
     actual = sha256_file(model_path)
     out["model_sha256"] = actual
     if not expected:
@@ -226,29 +265,29 @@ def _checked_model(job: dict, out: dict) -> Path:
     return model_path
 
 
-def _split_images(job: dict, size: tuple[int, int], notes: list[str]):
+def _split_images(job: WorkerJob, size: tuple[int, int], notes: list[str]):
     """``(dataset, images, labels, records)`` of the job's split at the model's input size."""
     from device.dataset import open_dataset
 
-    dataset = open_dataset(job["data"])
+    dataset = open_dataset(job.data)
     notes.extend(dataset.notes)
-    images, y_true, records, skipped = dataset.load_arrays(job["split"], size[0]) if size[0] == size[1] \
-        else _load_rect(dataset, job["split"], size)
+    images, y_true, records, skipped = dataset.load_arrays(job.split, size[0]) if size[0] == size[1] \
+        else _load_rect(dataset, job.split, size)
     if skipped:
         notes.append(f"{len(skipped)} unreadable image(s) skipped, first: {skipped[0][1]}")
     if not len(records):
         hint = (" (a dataset indexed before test splits existed has none: index it again with "
-                "`python -m train.data index`, or pass --split val)" if job["split"] == "test" else "")
-        raise JobError(f"{job['data']}: no readable images in split {job['split']!r}{hint}")
+                "`python -m train.data index`, or pass --split val)" if job.split == "test" else "")
+        raise JobError(f"{job.data}: no readable images in split {job.split!r}{hint}")
     return dataset, images, y_true, records
 
 
-def _score(job: dict, model, images, y_true, records, out: dict) -> None:
+def _score(job: WorkerJob, model, images, y_true, records, out: dict) -> None:
     """Accuracy on every image once (outside the timed loop), and agreement with the reference."""
     from device.dataset import LABELS
     from device.metrics import classification_metrics
 
-    labels = tuple(job["artifact"].get("labels") or LABELS)
+    labels = tuple(job.artifact.get("labels") or LABELS)
     probs = np.stack([model.probabilities(model.invoke(model.prepare(img))) for img in images])
     if probs.shape[1] != len(labels):
         raise JobError(f"model gives {probs.shape[1]} outputs for {len(labels)} labels {list(labels)}")
@@ -264,8 +303,8 @@ def _score(job: dict, model, images, y_true, records, out: dict) -> None:
     out["pred_indices"] = [int(y_pred[i]) for i in by_path]
     out["label_indices"] = [int(y_true[i]) for i in by_path]
     out["agreement"] = None
-    if job.get("reference") and Path(job["reference"]).is_file():
-        reference = {p: pred for p, (_label, pred) in read_predictions(job["reference"]).items()}
+    if job.reference and Path(job.reference).is_file():
+        reference = {p: pred for p, (_label, pred) in read_predictions(job.reference).items()}
         matched = [(int(y_pred[i]), reference[p]) for i, p in enumerate(paths) if p in reference]
         if matched:
             out["agreement"] = float(np.mean([a == b for a, b in matched]))
@@ -275,23 +314,23 @@ def _score(job: dict, model, images, y_true, records, out: dict) -> None:
         out["notes"].append("no reference predictions; agreement not computed")
 
 
-def _timed_loop(job: dict, model, dataset, images, records, size, out: dict):
+def _timed_loop(job: WorkerJob, model, dataset, images, records, size, out: dict):
     """Warm-up, then the timed loop of the job's mode; ``(times in ns, wall seconds)``."""
-    runs, min_secs, warmup = int(job["runs"]), float(job["min_secs"]), int(job["warmup"])
-    if job["mode"] == "kernel":
-        pool = min(len(images), int(job["max_timed_inputs"]))
+    runs, min_secs, warmup = int(job.runs), float(job.min_secs), int(job.warmup)
+    if job.mode == "kernel":
+        pool = min(len(images), int(job.max_timed_inputs))
         inputs = [model.prepare(img) for img in images[:pool]]
         order = list(range(pool))
-        if job["shuffle"]:
-            order = [int(i) for i in np.random.default_rng(job["seed"]).permutation(pool)]
+        if job.shuffle:
+            order = [int(i) for i in np.random.default_rng(job.seed).permutation(pool)]
         set_input, call = kernel_of(model)
         time_kernel(set_input, call, inputs, warmup, 0.0, order)
         started = time.perf_counter()
         times = time_kernel(set_input, call, inputs, runs, min_secs, order)
         return times, time.perf_counter() - started
     files = [dataset.resolve(r) for r in records]
-    if job["shuffle"]:
-        files = [files[i] for i in np.random.default_rng(job["seed"]).permutation(len(files))]
+    if job.shuffle:
+        files = [files[i] for i in np.random.default_rng(job.seed).permutation(len(files))]
     _e2e_loop(model, files, size, warmup, 0.0)
     started = time.perf_counter()
     phases = _e2e_loop(model, files, size, runs, min_secs)

@@ -369,3 +369,20 @@ def test_exports_manifest_round_trips_through_its_one_owner(tmp_path):
         load_manifest(tmp_path / "e")
     with pytest.raises(BenchError, match="no such file"):
         load_manifest(tmp_path / "missing")
+
+
+def test_a_worker_job_is_a_typed_record_refused_when_its_keys_differ():
+    # #13 item 3: the job crossing into the bench worker was a dict whose keys only a docstring named
+    from dataclasses import asdict
+
+    from bench.worker import WorkerJob, run_job
+
+    job = WorkerJob(artifact={"artifact_id": "x"}, model_path="/nowhere/m.tflite", runtime="litert", threads=1,
+                    mode="kernel", data="/nowhere", split="test", reference=None, warmup=1, runs=1, min_secs=0.0,
+                    shuffle=False, seed=0, max_timed_inputs=4)
+    assert WorkerJob.from_dict(json.loads(json.dumps(asdict(job)))) == job
+    result = run_job({**asdict(job), "warmups": 3})
+    assert "unknown ['warmups']" in result["error"]
+    missing = asdict(job)
+    del missing["runs"]
+    assert "missing ['runs']" in run_job(missing)["error"]
