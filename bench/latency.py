@@ -54,17 +54,19 @@ def latency_stats(samples_ms, prefix: str = "latency_ms", seed: int = BOOTSTRAP_
     """Flat latency summary of timings in milliseconds.
 
     Returns:
-        ``{prefix}_p50``, ``_p90``, ``_p99``, ``_mean``, ``_std`` (population), ``_min``,
+        ``{prefix}_p5``, ``_p50``, ``_p90``, ``_p95``, ``_p99`` (the percentiles LiteRT's
+        benchmark tool, ONNX Runtime's perf test and MLPerf report), ``_mean``, ``_std`` (population), ``_min``,
         ``_max`` and bootstrap 95% intervals ``{prefix}_p50_ci_low``/``_high`` and
         ``{prefix}_p90_ci_low``/``_high``; every value ``None`` when there are no samples.
     """
     x = np.asarray(samples_ms, dtype=np.float64).ravel()
-    keys = ("p50", "p90", "p99", "mean", "std", "min", "max",
+    keys = ("p5", "p50", "p90", "p95", "p99", "mean", "std", "min", "max",
             "p50_ci_low", "p50_ci_high", "p90_ci_low", "p90_ci_high")
     if x.size == 0:
         return {f"{prefix}_{k}": None for k in keys}
-    p50, p90, p99 = np.percentile(x, [50, 90, 99])
-    out = {f"{prefix}_p50": float(p50), f"{prefix}_p90": float(p90), f"{prefix}_p99": float(p99),
+    p5, p50, p90, p95, p99 = np.percentile(x, [5, 50, 90, 95, 99])
+    out = {f"{prefix}_p5": float(p5), f"{prefix}_p50": float(p50), f"{prefix}_p90": float(p90),
+           f"{prefix}_p95": float(p95), f"{prefix}_p99": float(p99),
            f"{prefix}_mean": float(x.mean()), f"{prefix}_std": float(x.std()),
            f"{prefix}_min": float(x.min()), f"{prefix}_max": float(x.max())}
     for q in (50, 90):

@@ -933,7 +933,7 @@ def _floors_section(files: list[dict], pairs: list[dict], unmatched: int, alpha:
 DEVICES_CSV_COLUMNS = (
     "device_name", "artifact_id", "backbone", "family", "variant", "format", "runtime", "runtime_version",
     "threads", "mode", "emulated", "latency_ms_p50", "latency_ms_p50_ci_low", "latency_ms_p50_ci_high",
-    "latency_ms_p90", "latency_ms_p99", "peak_rss_bytes", "rss_increase_bytes", "size_bytes", "data", "split",
+    "latency_ms_p5", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "peak_rss_bytes", "rss_increase_bytes", "size_bytes", "data", "split",
     "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "agreement", "cpu_model", "arch",
     "error",
 )

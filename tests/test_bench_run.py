@@ -160,7 +160,8 @@ def test_run_complete_lines_errors_and_resume(exports_dir, tmp_path):
         line = lines[aid]
         assert "error" not in line, line.get("error")
         assert [k for k in keys if k != "error"] == [k for k in line if k != "error"]  # same keys, same order
-        for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_p50_ci_low",
+        for key in ("latency_ms_p5", "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99",
+                    "latency_ms_p50_ci_low",
                     "latency_ms_p90_ci_high", "load_ms", "first_inference_ms", "peak_rss_bytes",
                     "idle_rss_bytes", "rss_increase_bytes", "accuracy", "macro_f1", "recall_QSO",
                     "agreement", "runtime_version", "cpu_model", "ram_bytes", "model_sha256"):
@@ -247,6 +248,9 @@ def test_latency_stats_and_bootstrap():
     assert stats["latency_ms_p50"] == pytest.approx(np.median(x))
     assert stats["latency_ms_p50_ci_low"] < stats["latency_ms_p50"] < stats["latency_ms_p50_ci_high"]
     assert stats["latency_ms_p90_ci_low"] < stats["latency_ms_p90"] < stats["latency_ms_p90_ci_high"]
+    # the percentiles the anchors report (#12 item 1), in order, from the same samples
+    assert [stats[f"latency_ms_p{q}"] for q in (5, 50, 90, 95, 99)] == pytest.approx(np.percentile(x, [5, 50, 90, 95, 99]))
+    assert stats["latency_ms_p5"] < stats["latency_ms_p50"] < stats["latency_ms_p95"] < stats["latency_ms_p99"]
     assert bootstrap_ci(x, 50) == bootstrap_ci(x, 50)  # seeded
     assert latency_stats([])["latency_ms_p50"] is None
 
