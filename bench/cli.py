@@ -48,6 +48,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=at_least(1), default=d["runs"], help="minimum timed runs (default %(default)s)")
     p.add_argument("--min-secs", type=at_least(0, float), default=d["min_secs"],
                    help="minimum timed seconds (default %(default)s)")
+    p.add_argument("--max-secs", type=at_least(0, float), default=d["max_secs"],
+                   help="stop a job's timed loop after this many seconds even short of --runs, keeping what "
+                        "was measured (the line says so); --job-timeout instead kills the job and keeps nothing")
     p.add_argument("--strict", action="store_true",
                    help=f"MLPerf single-stream minimum: >= {STRICT_MIN_QUERIES} runs and >= {STRICT_MIN_SECONDS:.0f} s")
     p.add_argument("--shuffle", action="store_true", help="cycle the images in a seeded random order")
@@ -71,7 +74,7 @@ def _cmd_run(args) -> int:
                        runtimes=args.runtime, threads=args.threads, modes=args.mode, warmup=args.warmup,
                        runs=args.runs, min_secs=args.min_secs, strict=args.strict, shuffle=args.shuffle,
                        seed=args.seed, cooldown_temp_c=args.cooldown_temp, cooldown_secs=args.cooldown_secs,
-                       cooldown_timeout_s=args.cooldown_timeout, device_name=args.device_name,
+                       cooldown_timeout_s=args.cooldown_timeout, device_name=args.device_name, max_secs=args.max_secs,
                        resume=args.resume, select=args.select, job_timeout_s=args.job_timeout)
     try:
         summary = run_benchmarks(config, progress=lambda line: print(line, flush=True))

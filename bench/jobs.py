@@ -49,7 +49,7 @@ LINE_FIELDS = (
     "data", "split", "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1",
 )
 LINE_FIELDS_TAIL = ("agreement", "images_sha256", "pred_indices", "label_indices",
-                    "strict", "strict_valid", "timestamp", "notes")
+                    "strict", "strict_valid", "stopped_at_max_secs", "timestamp", "notes")
 
 
 class BenchError(RuntimeError):
@@ -85,6 +85,7 @@ class RunConfig:
     resume: bool = False
     select: str | None = None
     job_timeout_s: float = 3600.0
+    max_secs: float | None = None
     max_timed_inputs: int = 64
     worker_command: tuple[str, ...] | None = None
 
@@ -107,6 +108,11 @@ class RunConfig:
                              f"warmup={self.warmup}, min_secs={self.min_secs}")
         if self.cooldown_temp_c is not None and self.cooldown_secs is not None:
             raise ValueError("give --cooldown-temp or --cooldown-secs, not both")
+        if self.max_secs is not None and not self.max_secs > 0:
+            raise ValueError(f"--max-secs {self.max_secs}: expected a positive number of seconds")
+        if self.max_secs is not None and self.max_secs < self.min_secs:
+            raise ValueError(f"--max-secs {self.max_secs:g} is below --min-secs {self.min_secs:g}; "
+                             f"expected max >= min")
         if self.split not in SPLITS:
             raise ValueError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
         if self.data is not None and not (Path(self.data) / "manifest.csv").is_file():
@@ -338,7 +344,7 @@ def _measure(config: RunConfig, job: Job, static: dict, command: list[str], runs
         artifact=artifact, model_path=str(model_path), runtime=job.runtime, threads=job.threads, mode=job.mode,
         data=str(data), split=config.split, reference=str(exports / reference) if reference else None,
         warmup=config.warmup, runs=runs, min_secs=min_secs, shuffle=config.shuffle, seed=config.seed,
-        max_timed_inputs=config.max_timed_inputs))
+        max_timed_inputs=config.max_timed_inputs, max_secs=config.max_secs))
     line.update({"data": str(data), "split": config.split})  # what the accuracy is measured on
     result = run_worker(payload, command, config.job_timeout_s)
     notes = line["notes"] + list(result.pop("notes", []) or [])

@@ -48,6 +48,7 @@ class WorkerJob:
         data, split: the images scored for accuracy.
         reference: the Keras model's predictions CSV, or None (no agreement).
         warmup, runs, min_secs: untimed calls, then at least ``runs`` timed calls and ``min_secs``.
+        max_secs: the timed loop stops there even short of ``runs`` (None: no bound).
         shuffle, seed: cycle the images in a seeded random order.
         max_timed_inputs: prepared inputs the kernel loop cycles through.
     """
@@ -66,6 +67,7 @@ class WorkerJob:
     shuffle: bool
     seed: int
     max_timed_inputs: int
+    max_secs: float | None
 
     @classmethod
     def from_dict(cls, data: dict) -> "WorkerJob":
@@ -100,8 +102,10 @@ def kernel_of(model) -> tuple:
     return functools.partial(holder.__setitem__, 0), lambda: model.invoke(holder[0])
 
 
-def time_kernel(set_input, call, inputs, runs: int, min_secs: float = 0.0, order=None) -> np.ndarray:
-    """The timed loop: ``call()`` at least ``runs`` times and for at least ``min_secs``.
+def time_kernel(set_input, call, inputs, runs: int, min_secs: float = 0.0, order=None,
+                max_secs: float | None = None) -> np.ndarray:
+    """The timed loop: ``call()`` at least ``runs`` times and for at least ``min_secs``, but
+    never past ``max_secs`` (then fewer runs; what was measured is kept).
 
     Only ``call()`` sits between the two ``perf_counter_ns`` reads; the input is handed
     over before the first read, the timings array is preallocated (doubled when a long
@@ -113,6 +117,7 @@ def time_kernel(set_input, call, inputs, runs: int, min_secs: float = 0.0, order
         runs: minimum number of timed calls.
         min_secs: minimum measured time.
         order: indices into ``inputs`` to cycle through (default: in order).
+        max_secs: stop once this much time has been measured (None: no bound).
 
     Returns:
         int64 nanosecond timings, one per call.
@@ -125,7 +130,9 @@ def time_kernel(set_input, call, inputs, runs: int, min_secs: float = 0.0, order
     capacity = max(int(runs), 16)
     times = np.empty(capacity, dtype=np.int64)
     clock = time.perf_counter_ns
-    deadline = clock() + int(min_secs * 1e9)
+    start = clock()
+    deadline = start + int(min_secs * 1e9)
+    stop = start + int(max_secs * 1e9) if max_secs is not None else float("inf")
     gc_enabled = gc.isenabled()
     gc.disable()
     i = 0
@@ -141,10 +148,18 @@ def time_kernel(set_input, call, inputs, runs: int, min_secs: float = 0.0, order
             t1 = clock()
             times[i] = t1 - t0
             i += 1
+            if t1 >= stop:
+                break
     finally:
         if gc_enabled:
             gc.enable()
     return times[:i]
+
+
+def _note_cut(done: int, runs: int, max_secs: float | None, out: dict) -> None:
+    out["stopped_at_max_secs"] = bool(max_secs is not None and done < runs)
+    if out["stopped_at_max_secs"]:
+        out["notes"].append(f"timed loop stopped at --max-secs {max_secs:g} after {done} of {runs} runs")
 
 
 def _import_runtime(runtime: str) -> None:
@@ -159,13 +174,17 @@ def _import_runtime(runtime: str) -> None:
             continue
 
 
-def _e2e_loop(model, files: list[Path], size: tuple[int, int], runs: int, min_secs: float) -> dict:
-    """Decode + resize + prepare + invoke + probabilities per image, each phase timed."""
+def _e2e_loop(model, files: list[Path], size: tuple[int, int], runs: int, min_secs: float,
+              max_secs: float | None = None) -> dict:
+    """Decode + resize + prepare + invoke + probabilities per image, each phase timed (bounds
+    as ``time_kernel``)."""
     from device.images import read_rgb, resize
 
     clock = time.perf_counter_ns
     phases = {name: [] for name in ("decode", "resize", "inference", "total")}
-    deadline = clock() + int(min_secs * 1e9)
+    start = clock()
+    deadline = start + int(min_secs * 1e9)
+    stop = start + int(max_secs * 1e9) if max_secs is not None else float("inf")
     i = 0
     while i < runs or clock() < deadline:
         path = files[i % len(files)]
@@ -181,6 +200,8 @@ def _e2e_loop(model, files: list[Path], size: tuple[int, int], runs: int, min_se
         phases["inference"].append(t3 - t2)
         phases["total"].append(t3 - t0)
         i += 1
+        if t3 >= stop:
+            break
     return {name: np.asarray(values, dtype=np.int64) for name, values in phases.items()}
 
 
@@ -326,15 +347,17 @@ def _timed_loop(job: WorkerJob, model, dataset, images, records, size, out: dict
         set_input, call = kernel_of(model)
         time_kernel(set_input, call, inputs, warmup, 0.0, order)
         started = time.perf_counter()
-        times = time_kernel(set_input, call, inputs, runs, min_secs, order)
+        times = time_kernel(set_input, call, inputs, runs, min_secs, order, job.max_secs)
+        _note_cut(times.size, runs, job.max_secs, out)
         return times, time.perf_counter() - started
     files = [dataset.resolve(r) for r in records]
     if job.shuffle:
         files = [files[i] for i in np.random.default_rng(job.seed).permutation(len(files))]
     _e2e_loop(model, files, size, warmup, 0.0)
     started = time.perf_counter()
-    phases = _e2e_loop(model, files, size, runs, min_secs)
+    phases = _e2e_loop(model, files, size, runs, min_secs, job.max_secs)
     wall = time.perf_counter() - started
+    _note_cut(phases["total"].size, runs, job.max_secs, out)
     for name, values in phases.items():
         out[f"e2e_{name}_ms_p50"] = float(np.median(values)) / 1e6
     return phases["total"], wall

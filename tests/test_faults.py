@@ -175,6 +175,22 @@ def test_bench_run_refuses_bad_counts_before_writing(exports_dir, tmp_path, opti
     assert not out.exists()
 
 
+def test_max_secs_cuts_a_long_job_and_keeps_what_was_measured(exports_dir, tmp_path):
+    # #12 item 1: a slow job was killed at --job-timeout and lost everything
+    out = tmp_path / "r.jsonl"
+    done = bench("run", "--models", str(exports_dir), "--out", str(out), "--runtime", "litert", "--select", "*fp32*",
+                 "--split", "val",
+                 "--warmup", "1", "--runs", "100000000", "--min-secs", "0", "--max-secs", "0.5")
+    assert done.returncode == 0, done.stderr
+    line = read_lines(out)[0]
+    assert line["stopped_at_max_secs"] is True and 0 < line["runs"] < 100000000
+    assert 0.5 <= line["seconds_measured"] < 5 and line["latency_ms_p95"] is not None
+    assert any("stopped at --max-secs 0.5" in n for n in line["notes"])
+    refused = bench("run", "--models", str(exports_dir), "--out", str(tmp_path / "x.jsonl"), "--min-secs", "2",
+                    "--max-secs", "1")
+    assert refused.returncode == 2 and "--max-secs 1 is below --min-secs 2" in refused.stderr
+
+
 def test_bench_run_exit_3_when_a_job_fails(exports_dir, tmp_path):
     exports = copy_exports(exports_dir, tmp_path / "exports")
     damaged = exports / "models" / "tiny-int8.tflite"
@@ -379,7 +395,7 @@ def test_a_worker_job_is_a_typed_record_refused_when_its_keys_differ():
 
     job = WorkerJob(artifact={"artifact_id": "x"}, model_path="/nowhere/m.tflite", runtime="litert", threads=1,
                     mode="kernel", data="/nowhere", split="test", reference=None, warmup=1, runs=1, min_secs=0.0,
-                    shuffle=False, seed=0, max_timed_inputs=4)
+                    shuffle=False, seed=0, max_timed_inputs=4, max_secs=None)
     assert WorkerJob.from_dict(json.loads(json.dumps(asdict(job)))) == job
     result = run_job({**asdict(job), "warmups": 3})
     assert "unknown ['warmups']" in result["error"]
