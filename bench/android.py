@@ -4,8 +4,8 @@ The user supplies ``adb`` and the ``benchmark_model`` binary for the phone's ABI
 TensorFlow Lite / LiteRT releases). For each ``.tflite`` artifact and thread count the
 driver pushes the model to ``/data/local/tmp/skyedge``, runs
 
-    benchmark_model --graph=... --num_threads=N --use_xnnpack=true|--use_gpu=true|--use_nnapi=true
-                    --num_runs=R --warmup_runs=W
+    [taskset MASK] benchmark_model --graph=... --num_threads=N --use_xnnpack=true|--use_gpu=true|...
+                    --num_runs=R --warmup_runs=W --min_secs=S --report_peak_memory_footprint=true
 
 through ``adb shell`` and turns its log into the keys ``bench run`` writes
 (``load_ms``, ``first_inference_ms``, ``latency_ms_mean/min/max/std`` and, when the tool
@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.jobs import RunConfig
 from device.checksum import sha256_file
+
+_RUN_DEFAULTS = RunConfig.defaults()
 
 REMOTE_DIR = "/data/local/tmp/skyedge"
 DELEGATE_FLAGS = {"xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"], "nnapi": ["--use_nnapi=true"],
@@ -97,15 +100,22 @@ def parse_getprop(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class AndroidConfig:
-    """A phone run: adb, the benchmark binary, threads, delegate, runs."""
+    """A phone run: adb, the benchmark binary, threads, delegate, runs.
+
+    ``runs``, ``warmup`` and ``min_secs`` default to ``bench run``'s (``RunConfig``), so a
+    phone line and a Pi line are measured alike; ``affinity`` is a ``taskset`` CPU mask in
+    hex (``f0``: the four big cores of a typical 4+4 phone), None to let the scheduler choose.
+    """
 
     models: Path
     adb: str
     benchmark_binary: str
     threads: tuple[int, ...] = (1,)
     delegate: str = "xnnpack"
-    runs: int = 50
-    warmup: int = 5
+    runs: int = _RUN_DEFAULTS["runs"]
+    warmup: int = _RUN_DEFAULTS["warmup"]
+    min_secs: float = _RUN_DEFAULTS["min_secs"]
+    affinity: str | None = None
     serial: str | None = None
     select: str | None = None
     device_name: str | None = None
@@ -114,6 +124,19 @@ class AndroidConfig:
     def __post_init__(self):
         if self.delegate not in DELEGATE_FLAGS:
             raise ValueError(f"unknown delegate {self.delegate!r}; expected one of {', '.join(DELEGATE_FLAGS)}")
+        if self.affinity is not None and not re.fullmatch(r"(0x)?[0-9a-fA-F]+", self.affinity):
+            raise ValueError(f"--affinity {self.affinity!r}: expected a taskset CPU mask in hex, such as f0")
+
+    def benchmark_flags(self, graph: str, threads: int) -> list[str]:
+        """``benchmark_model``'s flags for one model and thread count."""
+        return [f"--graph={graph}", f"--num_threads={threads}", *DELEGATE_FLAGS[self.delegate],
+                f"--num_runs={self.runs}", f"--warmup_runs={self.warmup}", f"--min_secs={self.min_secs:g}",
+                "--report_peak_memory_footprint=true"]
+
+    def command(self, binary: str, graph: str, threads: int) -> list[str]:
+        """The shell command on the phone (under ``taskset`` when an affinity is given)."""
+        pin = ["taskset", self.affinity] if self.affinity else []
+        return [*pin, binary, *self.benchmark_flags(graph, threads)]
 
 
 class Adb:
@@ -211,9 +234,9 @@ def run_android(config: AndroidConfig, artifacts: list[dict], progress=None):
                     raise pushed[key]
                 record["model_sha256"] = artifact.get("sha256")
                 record["size_bytes"] = local.stat().st_size
-                flags = [f"--graph={pushed[key]}", f"--num_threads={threads}", *DELEGATE_FLAGS[config.delegate],
-                         f"--num_runs={config.runs}", f"--warmup_runs={config.warmup}"]
-                output = adb.shell(shlex.join([remote_binary, *flags]), check=False)
+                command = config.command(remote_binary, pushed[key], threads)
+                record["benchmark_command"] = shlex.join(command)
+                output = adb.shell(shlex.join(command), check=False)
                 record.update(parse_benchmark_output(output))
             except (AndroidError, OSError, ValueError) as exc:
                 record["error"] = str(exc)

@@ -16,8 +16,10 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
+from bench.android import AndroidConfig
 from bench.jobs import RunConfig
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
 from bench.options import at_least, names, positive_ints
@@ -167,8 +169,14 @@ def _add_android(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--threads", type=positive_ints, default=(1,))
     p.add_argument("--delegate", choices=("xnnpack", "gpu", "nnapi", "none"), default="xnnpack")
-    p.add_argument("--runs", type=at_least(1), default=50)
-    p.add_argument("--warmup", type=at_least(0), default=5)
+    a = {f.name: f.default for f in fields(AndroidConfig) if f.default is not MISSING}
+    p.add_argument("--runs", type=at_least(1), default=a["runs"], help="--num_runs (default %(default)s, as bench run)")
+    p.add_argument("--warmup", type=at_least(0), default=a["warmup"],
+                   help="--warmup_runs (default %(default)s, as bench run)")
+    p.add_argument("--min-secs", type=at_least(0, float), default=a["min_secs"],
+                   help="--min_secs (default %(default)s, as bench run)")
+    p.add_argument("--affinity", help="taskset CPU mask in hex for benchmark_model, e.g. f0 for the big cores "
+                                      "(default: none, the scheduler chooses)")
     p.add_argument("--serial", help="adb device serial (adb -s)")
     p.add_argument("--select", help="glob on artifact id or model file name")
     p.add_argument("--device-name", help="name in the records (default: the phone's model)")
@@ -176,20 +184,29 @@ def _add_android(p: argparse.ArgumentParser) -> None:
 
 def _cmd_android(args) -> int:
     from bench.jobs import complete_line, load_manifest
-    from bench.android import AndroidConfig, run_android
+    from bench.android import run_android
     from device.atomic import append_jsonl
 
     config = AndroidConfig(models=args.models, adb=args.adb, benchmark_binary=args.benchmark_binary,
                            threads=args.threads, delegate=args.delegate, runs=args.runs, warmup=args.warmup,
-                           serial=args.serial, select=args.select, device_name=args.device_name)
+                           min_secs=args.min_secs, affinity=args.affinity, serial=args.serial, select=args.select,
+                           device_name=args.device_name)
     artifacts = load_manifest(args.models)
     n = errors = 0
-    for record in run_android(config, artifacts, progress=lambda line: print(line, flush=True)):
-        line = complete_line(record)
-        append_jsonl(args.out, line)
-        n += 1
-        errors += "error" in line
+    try:
+        for record in run_android(config, artifacts, progress=lambda line: print(line, flush=True)):
+            line = complete_line(record)
+            append_jsonl(args.out, line)
+            n += 1
+            errors += "error" in line
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the {n} finished line(s) are in {args.out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"{n} line(s) ({errors} with error) appended to {args.out}")
+    if errors:
+        print(f"{errors} of {n} job(s) failed (exit status {EXIT_FAILURES}); their lines carry the error",
+              file=sys.stderr)
+        return EXIT_FAILURES
     return 0
 
 

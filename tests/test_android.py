@@ -83,7 +83,8 @@ def phone(tmp_path, monkeypatch):
 
 def test_driver_command_flow(phone):
     config = AndroidConfig(models=phone["exports"], adb=phone["adb"], benchmark_binary=str(phone["binary"]),
-                           threads=(1, 4), delegate="xnnpack", runs=30, warmup=3, serial="emulator-5554")
+                           threads=(1, 4), delegate="xnnpack", runs=30, warmup=3, min_secs=2.0, affinity="f0",
+                           serial="emulator-5554")
     lines = []
     records = list(run_android(config, phone["artifacts"], progress=lines.append))
     assert [(r["artifact_id"], r["threads"]) for r in records] == [
@@ -100,7 +101,12 @@ def test_driver_command_flow(phone):
     calls = phone["log"].read_text().splitlines()
     assert all(call.startswith("-s emulator-5554 ") for call in calls)
     run = [c for c in calls if "tiny-fp32.tflite --num_threads=4" in c]
-    assert run and "--use_xnnpack=true --num_runs=30 --warmup_runs=3" in run[0]
+    # #12 item 3: the same minimum time as bench run, peak memory asked for, pinned to a CPU mask
+    assert run and "--use_xnnpack=true --num_runs=30 --warmup_runs=3 --min_secs=2" in run[0]
+    assert "--report_peak_memory_footprint=true" in run[0] and "taskset f0 " in run[0]
+    assert good["benchmark_command"].startswith("taskset f0 /data/local/tmp/skyedge/benchmark_model")
+    with pytest.raises(ValueError, match="taskset CPU mask"):
+        AndroidConfig(models=phone["exports"], adb="adb", benchmark_binary="b", affinity="big")
     assert sum(c.startswith("-s emulator-5554 push") and "tiny-fp32.tflite" in c for c in calls) == 1
     assert calls[-1].endswith("rm -rf /data/local/tmp/skyedge")
 
@@ -111,9 +117,15 @@ def test_cli_android_writes_complete_lines(phone, tmp_path):
                              "--adb", phone["adb"], "--benchmark-binary", str(phone["binary"]),
                              "--threads", "2", "--delegate", "gpu", "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=60, env=os.environ)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr  # two of the three jobs fail (a broken model, a bad hash)
+    assert "2 of 3 job(s) failed" in result.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 3
     assert lines[0]["delegate"] == "gpu" and lines[0]["latency_ms_p50"] == pytest.approx(14.121)
     assert {"accuracy", "latency_ms_p90", "temp_c_before", "pred_indices"} <= set(lines[0])
     assert "--use_gpu=true" in phone["log"].read_text()
+    # runs, warm-up and minimum time default to bench run's
+    from bench.jobs import RunConfig
+
+    d = RunConfig.defaults()
+    assert f"--num_runs={d['runs']} --warmup_runs={d['warmup']} --min_secs={d['min_secs']:g}" in phone["log"].read_text()
