@@ -23,6 +23,7 @@ from bench.android import AndroidConfig
 from bench.jobs import RunConfig
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
 from bench.options import at_least, names, positive_ints
+from device.runtime import DELEGATES
 
 EXTERNAL = {"report": "bench.report"}
 EXTERNAL_HELP = {"report": "tables, plots and the verdict on the study's claim from bench run results "
@@ -50,6 +51,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=at_least(1), default=d["runs"], help="minimum timed runs (default %(default)s)")
     p.add_argument("--min-secs", type=at_least(0, float), default=d["min_secs"],
                    help="minimum timed seconds (default %(default)s)")
+    p.add_argument("--delegate", choices=DELEGATES, default=d["delegate"],
+                   help="TFLite: xnnpack (the interpreter's default delegate) or none (built-in kernels only, "
+                        "to measure what XNNPACK takes); ONNX jobs ignore it (default %(default)s)")
     p.add_argument("--max-secs", type=at_least(0, float), default=d["max_secs"],
                    help="stop a job's timed loop after this many seconds even short of --runs, keeping what "
                         "was measured (the line says so); --job-timeout instead kills the job and keeps nothing")
@@ -76,7 +80,7 @@ def _cmd_run(args) -> int:
                        runtimes=args.runtime, threads=args.threads, modes=args.mode, warmup=args.warmup,
                        runs=args.runs, min_secs=args.min_secs, strict=args.strict, shuffle=args.shuffle,
                        seed=args.seed, cooldown_temp_c=args.cooldown_temp, cooldown_secs=args.cooldown_secs,
-                       cooldown_timeout_s=args.cooldown_timeout, device_name=args.device_name, max_secs=args.max_secs,
+                       cooldown_timeout_s=args.cooldown_timeout, device_name=args.device_name, max_secs=args.max_secs, delegate=args.delegate,
                        resume=args.resume, select=args.select, job_timeout_s=args.job_timeout)
     try:
         summary = run_benchmarks(config, progress=lambda line: print(line, flush=True))

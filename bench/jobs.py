@@ -23,7 +23,7 @@ from bench import fingerprint
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
 from bench.worker import WorkerJob
 from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
-from device.runtime import RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
+from device.runtime import DELEGATES, RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
 from device.dataset import LABELS, SPLITS
 
 # runtimes able to run each format (tensorflow, TensorFlow's TFLite interpreter, only when named)
@@ -38,7 +38,7 @@ SLOWER_MARGIN = 1.05
 LINE_FIELDS = (
     "device_name", "hostname", "cpu_model", "arch", "cores", "ram_bytes", "os", "kernel", "python",
     "governor", "cpu_freq_mhz", "temp_c_before", "temp_c_after", "throttled",
-    "runtime", "runtime_package", "runtime_version", "threads", "mode",
+    "runtime", "runtime_package", "runtime_version", "runtime_settings", "threads", "mode", "delegate",
     "artifact_id", "backbone", "level", "seed", "variant", "format", "model_file", "model_sha256", "size_bytes",
     "load_ms", "first_inference_ms",
     "latency_ms_p5", "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_mean",
@@ -86,6 +86,7 @@ class RunConfig:
     select: str | None = None
     job_timeout_s: float = 3600.0
     max_secs: float | None = None
+    delegate: str = "xnnpack"
     max_timed_inputs: int = 64
     worker_command: tuple[str, ...] | None = None
 
@@ -113,6 +114,8 @@ class RunConfig:
         if self.max_secs is not None and self.max_secs < self.min_secs:
             raise ValueError(f"--max-secs {self.max_secs:g} is below --min-secs {self.min_secs:g}; "
                              f"expected max >= min")
+        if self.delegate not in DELEGATES:
+            raise ValueError(f"--delegate {self.delegate!r}: expected one of {', '.join(DELEGATES)}")
         if self.split not in SPLITS:
             raise ValueError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
         if self.data is not None and not (Path(self.data) / "manifest.csv").is_file():
@@ -128,16 +131,22 @@ class Job:
     runtime: str
     threads: int
     mode: str
+    delegate: str | None = None  # TFLite: xnnpack or none; ONNX: None
     notes: list[str] = field(default_factory=list)
 
     def key(self, device_name: str) -> tuple:
         return job_key({"artifact_id": self.artifact.get("artifact_id"), "runtime": self.runtime,
-                        "threads": self.threads, "mode": self.mode, "device_name": device_name})
+                        "threads": self.threads, "mode": self.mode, "device_name": device_name,
+                        "delegate": self.delegate})
 
 
 def job_key(line: dict) -> tuple:
     """What makes two lines the same job (``--resume``)."""
-    return (line.get("artifact_id"), line.get("runtime"), line.get("threads"), line.get("mode"), line.get("device_name"))
+    delegate = line.get("delegate")
+    if delegate is None and line.get("runtime") in ("litert", "tensorflow"):
+        delegate = "xnnpack"  # TFLite lines from before --delegate ran with the default delegate
+    return (line.get("artifact_id"), line.get("runtime"), line.get("threads"), line.get("mode"), line.get("device_name"),
+            delegate)
 
 
 def load_manifest(exports: str | os.PathLike) -> list[dict]:
@@ -178,7 +187,8 @@ def plan_jobs(config: RunConfig, artifacts: list[dict]) -> tuple[list[Job], list
         for runtime in (r for r in config.runtimes if r in able):
             for threads in config.threads:
                 for mode in config.modes:
-                    jobs.append(Job(artifact=artifact, runtime=runtime, threads=threads, mode=mode))
+                    jobs.append(Job(artifact=artifact, runtime=runtime, threads=threads, mode=mode,
+                                    delegate=None if runtime == "onnxruntime" else config.delegate))
     return jobs, notes
 
 
@@ -328,7 +338,7 @@ def _measure(config: RunConfig, job: Job, static: dict, command: list[str], runs
     model_path = exports / str(artifact.get("file", ""))
     package, version = runtime_package_info(job.runtime)
     line = {**static, "runtime": job.runtime, "runtime_package": package, "runtime_version": version,
-            "threads": job.threads, "mode": job.mode,
+            "threads": job.threads, "mode": job.mode, "delegate": job.delegate,
             "artifact_id": artifact.get("artifact_id"), "backbone": artifact.get("backbone"),
             "level": artifact.get("level"), "seed": artifact.get("seed"), "variant": artifact.get("variant"),
             "format": artifact.get("format"), "model_file": artifact.get("file"),
@@ -344,7 +354,7 @@ def _measure(config: RunConfig, job: Job, static: dict, command: list[str], runs
         artifact=artifact, model_path=str(model_path), runtime=job.runtime, threads=job.threads, mode=job.mode,
         data=str(data), split=config.split, reference=str(exports / reference) if reference else None,
         warmup=config.warmup, runs=runs, min_secs=min_secs, shuffle=config.shuffle, seed=config.seed,
-        max_timed_inputs=config.max_timed_inputs, max_secs=config.max_secs))
+        max_timed_inputs=config.max_timed_inputs, max_secs=config.max_secs, delegate=job.delegate))
     line.update({"data": str(data), "split": config.split})  # what the accuracy is measured on
     result = run_worker(payload, command, config.job_timeout_s)
     notes = line["notes"] + list(result.pop("notes", []) or [])

@@ -49,6 +49,7 @@ class WorkerJob:
         reference: the Keras model's predictions CSV, or None (no agreement).
         warmup, runs, min_secs: untimed calls, then at least ``runs`` timed calls and ``min_secs``.
         max_secs: the timed loop stops there even short of ``runs`` (None: no bound).
+        delegate: TFLite's ``xnnpack`` (the default delegate) or ``none``; None for ONNX.
         shuffle, seed: cycle the images in a seeded random order.
         max_timed_inputs: prepared inputs the kernel loop cycles through.
     """
@@ -68,6 +69,7 @@ class WorkerJob:
     seed: int
     max_timed_inputs: int
     max_secs: float | None
+    delegate: str | None
 
     @classmethod
     def from_dict(cls, data: dict) -> "WorkerJob":
@@ -242,9 +244,10 @@ def _run(job: WorkerJob, out: dict) -> None:
     gc.collect()
     out["idle_rss_bytes"] = memory.rss_bytes()
     t0 = time.perf_counter_ns()
-    model = load(model_path, runtime, threads)
+    model = load(model_path, runtime, threads, job.delegate or "xnnpack")
     out["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
     out["runtime_package"], out["runtime_version"] = model.package, model.version
+    out["runtime_settings"] = model.settings
     if tuple(model.input_shape[1:]) != (size[0], size[1], 3):
         raise JobError(f"model input {tuple(model.input_shape)} does not match the data prepared at "
                        f"{size[0]}x{size[1]}x3 from the manifest's input_shape")

@@ -20,6 +20,7 @@
 #   SKYEDGE_ARM64_CACHE    root and wheels, kept between runs (default ~/.cache/skyedge-arm64)
 #   SKYEDGE_ARM64_WORK     results of this run (default a new folder under /tmp)
 #   SKYEDGE_ARM64_CPU      qemu CPU model (default cortex-a72, the Pi 4's; cortex-a76 for a Pi 5)
+#   SKYEDGE_ARM64_SPLIT    split of EXPORTS' data both machines predict (default test; val for the tiny models)
 #   PYTHON                 host Python with the project's device extra (default .venv/bin/python)
 # Needs: apt-get install qemu-user-static mmdebstrap (Debian/Ubuntu host), and the Debian
 # mirror the host's apt uses. Exit status: 0 when predictions agree, 1 when they differ,
@@ -130,8 +131,10 @@ say "emulated Python: $("$ARM64_PY" -c 'import platform, sys; print(platform.mac
 
 # 3. the models
 EXPORTS=${1:-}
+SPLIT=${SKYEDGE_ARM64_SPLIT:-test}   # the images both machines predict
 if [ -z "$EXPORTS" ]; then
     EXPORTS=$WORK/tiny/exports
+    SPLIT=val   # the tiny set has train and val images only
     if [ ! -f "$EXPORTS/manifest.json" ]; then
         say "making tiny models (TensorFlow on the host)"
         rm -rf "$WORK/tiny" && mkdir -p "$WORK/tiny"
@@ -148,17 +151,17 @@ rm -f "$WORK/x86.jsonl" "$WORK/arm64.jsonl"
 t0=$SECONDS
 say "bench run on the host ($(uname -m))"
 # exit status 3 (some jobs failed) still leaves lines to compare: their errors show in the table
-"$PYTHON" -m bench.cli run --models "$EXPORTS" --out "$WORK/x86.jsonl" --device-name "$(hostname)-x86" "${QUICK[@]}" \
+"$PYTHON" -m bench.cli run --models "$EXPORTS" --out "$WORK/x86.jsonl" --device-name "$(hostname)-x86" "${QUICK[@]}" --split "$SPLIT" \
     || [ $? -eq 3 ]
-"$PYTHON" -m device.compare_predictions predict --models "$EXPORTS" --out "$WORK/x86-probs.json"
+"$PYTHON" -m device.compare_predictions predict --models "$EXPORTS" --split "$SPLIT" --out "$WORK/x86-probs.json"
 HOST_S=$((SECONDS - t0))
 
 t0=$SECONDS
 say "bench run under qemu-aarch64 ($CPU)"
 "$ARM64_PY" -c "import sys; sys.executable = sys.argv.pop(1); from bench.cli import main; sys.exit(main(sys.argv[1:]))" \
-    "$ARM64_PY" run --models "$EXPORTS" --out "$WORK/arm64.jsonl" --device-name "arm64-qemu-$CPU" "${QUICK[@]}" \
+    "$ARM64_PY" run --models "$EXPORTS" --out "$WORK/arm64.jsonl" --device-name "arm64-qemu-$CPU" "${QUICK[@]}" --split "$SPLIT" \
     || [ $? -eq 3 ]
-"$ARM64_PY" -m device.compare_predictions predict --models "$EXPORTS" --out "$WORK/arm64-probs.json"
+"$ARM64_PY" -m device.compare_predictions predict --models "$EXPORTS" --split "$SPLIT" --out "$WORK/arm64-probs.json"
 EMU_S=$((SECONDS - t0))
 
 # Mark every emulated line, so no report takes its latency for a device's.

@@ -43,6 +43,7 @@ class Quantization:
 
 # what each runtime name imports, in order of preference: (module, package). The one table
 # for loading models here, and for bench's package records and worker imports.
+DELEGATES = ("xnnpack", "none")  # TFLite: the default XNNPACK delegate, or built-in kernels only
 RUNTIME_MODULES = {
     "litert": (("ai_edge_litert.interpreter", "ai-edge-litert"), ("tflite_runtime.interpreter", "tflite-runtime")),
     "tensorflow": (("tensorflow.lite.python.interpreter", "tensorflow"),),
@@ -50,8 +51,8 @@ RUNTIME_MODULES = {
 }
 
 
-def _litert_interpreter_class(runtime: str = "litert"):
-    """(Interpreter class, package name, version) of the first TFLite interpreter of ``runtime``.
+def _litert_interpreter(runtime: str = "litert"):
+    """(interpreter module, package name, version) of the first TFLite interpreter of ``runtime``.
 
     ``litert`` tries ai-edge-litert, then tflite-runtime; TensorFlow is only ever imported
     for ``runtime="tensorflow"``.
@@ -62,7 +63,7 @@ def _litert_interpreter_class(runtime: str = "litert"):
         except ImportError:
             continue
         top = importlib.import_module(module.split(".")[0])
-        return mod.Interpreter, package, getattr(top, "__version__", "unknown")
+        return mod, package, getattr(top, "__version__", "unknown")
     if runtime == "tensorflow":
         raise RuntimeUnavailable("runtime tensorflow: TensorFlow is not installed; use runtime litert "
                                  "(pip install 'skyedge[device]')")
@@ -99,6 +100,7 @@ class LoadedModel(abc.ABC):
         input_dtype: numpy dtype of the input tensor.
         input_quant: input quantization (scale 0 for float inputs).
         threads: threads asked for (``None``: the runtime's default).
+        settings: the runtime options the model runs with, recorded on every bench line.
     """
 
     runtime: str
@@ -109,6 +111,7 @@ class LoadedModel(abc.ABC):
     input_quant: Quantization
     output_quant: Quantization
     threads: int | None
+    settings: dict
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """One raw RGB image (H, W, 3) or (1, H, W, 3) to the model's input tensor."""
@@ -139,12 +142,20 @@ class LoadedModel(abc.ABC):
 class LiteRTModel(LoadedModel):
     """A ``.tflite`` model on LiteRT (or tflite-runtime), or on TensorFlow's interpreter when named."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, runtime: str = "litert"):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, runtime: str = "litert",
+                 delegate: str = "xnnpack"):
+        if delegate not in DELEGATES:
+            raise ValueError(f"delegate {delegate!r}: expected one of {', '.join(DELEGATES)}")
         self.runtime = runtime
-        interpreter_class, self.package, self.version = _litert_interpreter_class(runtime)
+        module, self.package, self.version = _litert_interpreter(runtime)
         self.threads = threads
+        # xnnpack: the interpreter's default delegate (XNNPACK on CPU); none: its built-in kernels only
+        resolver = module.OpResolverType.AUTO if delegate == "xnnpack" else \
+            module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.settings = {"delegate": delegate, "num_threads": threads, "op_resolver": resolver.name}
         try:
-            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            self.interpreter = module.Interpreter(model_path=str(path), num_threads=threads,
+                                                  experimental_op_resolver_type=resolver)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
@@ -183,6 +194,11 @@ class OnnxModel(LoadedModel):
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelLoadError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
+        self.settings = {"providers": self.session.get_providers(),
+                         "graph_optimization_level": options.graph_optimization_level.name,
+                         "execution_mode": options.execution_mode.name,
+                         "intra_op_num_threads": options.intra_op_num_threads,  # 0: ORT's default (one per core)
+                         "inter_op_num_threads": options.inter_op_num_threads}
         inp = self.session.get_inputs()[0]
         self._in_name = inp.name
         self._out_name = self.session.get_outputs()[0].name
@@ -205,8 +221,12 @@ def runtime_for(path: str | os.PathLike) -> str:
     return RUNTIMES_OF_SUFFIX[suffix][0]
 
 
-def load(path: str | os.PathLike, runtime: str | None = None, threads: int | None = None) -> LoadedModel:
+def load(path: str | os.PathLike, runtime: str | None = None, threads: int | None = None,
+         delegate: str = "xnnpack") -> LoadedModel:
     """Load a model file in ``runtime`` (default: from the file suffix).
+
+    ``delegate`` (TFLite only): ``xnnpack``, the interpreter's default delegate, or ``none``,
+    its built-in kernels without it, for an A/B of what XNNPACK takes.
 
     Raises:
         ValueError: unknown suffix, or a runtime that cannot run that format.
@@ -221,4 +241,4 @@ def load(path: str | os.PathLike, runtime: str | None = None, threads: int | Non
         raise ValueError(f"{path}: a {Path(path).suffix} model cannot run on {runtime}; it needs {' or '.join(able)}")
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: no such model file")
-    return OnnxModel(path, threads) if runtime == "onnxruntime" else LiteRTModel(path, threads, runtime)
+    return OnnxModel(path, threads) if runtime == "onnxruntime" else LiteRTModel(path, threads, runtime, delegate)

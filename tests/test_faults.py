@@ -395,7 +395,7 @@ def test_a_worker_job_is_a_typed_record_refused_when_its_keys_differ():
 
     job = WorkerJob(artifact={"artifact_id": "x"}, model_path="/nowhere/m.tflite", runtime="litert", threads=1,
                     mode="kernel", data="/nowhere", split="test", reference=None, warmup=1, runs=1, min_secs=0.0,
-                    shuffle=False, seed=0, max_timed_inputs=4, max_secs=None)
+                    shuffle=False, seed=0, max_timed_inputs=4, max_secs=None, delegate="xnnpack")
     assert WorkerJob.from_dict(json.loads(json.dumps(asdict(job)))) == job
     result = run_job({**asdict(job), "warmups": 3})
     assert "unknown ['warmups']" in result["error"]
