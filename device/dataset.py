@@ -119,6 +119,19 @@ class Dataset:
         labels = np.array([r.label_index for r in kept], dtype=np.int64)
         return images[: len(kept)], labels, kept, skipped
 
+    def load_splits(self, size: int, names: tuple[str, ...] = SPLITS):
+        """``load_arrays`` of each split in ``names``.
+
+        Returns:
+            ``({name: (images, labels, records)}, skipped)``, ``skipped`` gathered over all.
+        """
+        loaded, skipped_all = {}, []
+        for name in names:
+            images, labels, records, skipped = self.load_arrays(name, size)
+            loaded[name] = (images, labels, records)
+            skipped_all += skipped
+        return loaded, skipped_all
+
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
     try:

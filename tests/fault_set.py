@@ -156,10 +156,6 @@ def lines_of(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines() if path.is_file() else []
 
 
-def first_run_dir(case: Path) -> str:
-    return next(str(p.relative_to(case)) for p in sorted((case / "sweep" / "runs").glob("*/*")) if p.is_dir())
-
-
 def sweep_cmd(data: str = "{data}", out: str = "{case}/out", *extra: str) -> list[str]:
     return [PY, "-m", "train.sweep", "--data", data, "--backbones", "mobilenetv2", "--levels", "0", "--epochs", "1",
             "--batch-size", "8", "--img-size", "32", "--weights", "none", "--out", out, *extra]
@@ -204,8 +200,8 @@ def check_all(*checks):
     return check
 
 
-def check_lines_kept(rel: str, original: str):
-    """Check: every line of the base file ``original`` is still in the case's file, byte for byte."""
+def check_lines_kept(rel: str):
+    """Check: every line of ``rel`` as ``keep_before`` saved it is still there, byte for byte."""
     def check(case: Path, base: dict, done) -> str | None:
         before = lines_of(case / (rel + ".before"))
         after = lines_of(case / rel)
@@ -443,16 +439,16 @@ def cases() -> list[Case]:
         Case("bench", "run --resume onto a results file whose last line was cut", run + ["--models", "{exports}", "--resume",
                                                                                           "--out", "{case}/results.jsonl"],
              expect=(0,), prepare=steps(copy("results", "results.jsonl"), _cut_last_line("results.jsonl"), keep_before("results.jsonl")),
-             check=check_lines_kept("results.jsonl", "results")),
+             check=check_lines_kept("results.jsonl")),
         Case("bench", "run --resume onto a results file with non-UTF-8 bytes", run + ["--models", "{exports}", "--resume",
                                                                                        "--out", "{case}/results.jsonl"],
              expect=(0,), prepare=steps(copy("results", "results.jsonl"), _append_bytes("results.jsonl", b"\xff\xfe not json\n"),
                                         keep_before("results.jsonl")),
-             check=check_lines_kept("results.jsonl", "results")),
+             check=check_lines_kept("results.jsonl")),
         Case("bench", "run --resume when every job is done", run + ["--models", "{exports}", "--resume",
                                                                     "--out", "{case}/results.jsonl"],
              expect=(0,), prepare=steps(copy("results", "results.jsonl"), keep_before("results.jsonl")),
-             check=check_lines_kept("results.jsonl", "results")),
+             check=check_lines_kept("results.jsonl")),
         Case("bench", "floors: --data that does not exist", [BENCH, "floors", "--data", "{case}/nowhere", "--out", "{case}/f.json"]),
         Case("bench", "floors: --split bogus", [BENCH, "floors", "--data", "{data}", "--split", "bogus", "--out", "{case}/f.json"]),
         Case("bench", "floors: --out an existing folder", [BENCH, "floors", "--data", "{data}", "--out", "{case}/dir"],

@@ -106,13 +106,10 @@ def _load_splits(data: str, img_size: int, log: Callable[[str], None]):
     for note in dataset.notes:
         log(f"note: {note}")
     log(f"loading {len(dataset.records)} images at {img_size} px")
-    splits, skipped = [], 0
-    for name in ("train", "val", "test"):
-        x, y, _, bad = dataset.load_arrays(name, img_size)
-        splits.append((x, y))
-        skipped += len(bad)
+    loaded, skipped = dataset.load_splits(img_size)
+    splits = [(x, y) for x, y, _ in loaded.values()]
     if skipped:
-        log(f"warning: skipped {skipped} unreadable image(s)")
+        log(f"warning: skipped {len(skipped)} unreadable image(s)")
     if len(set(splits[0][1].tolist())) < 2 or not len(splits[1][1]):
         raise DatasetError(f"--data {data}: need a training split with two or more classes and a validation split")
     return splits

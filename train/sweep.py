@@ -124,6 +124,11 @@ def _run_identity(config: SweepConfig, run: RunPlan, fingerprint: str) -> dict:
             "bn_reestimate": _bn_reestimate(config), "bn": config.bn, "data_fingerprint": fingerprint}
 
 
+def _use_cache(config: SweepConfig) -> bool:
+    """Cache frozen features: ``on``, or ``auto`` without augmentation (which changes them every epoch)."""
+    return config.cache_features == "on" or (config.cache_features == "auto" and config.augment == "none")
+
+
 def _bn_reestimate(config: SweepConfig) -> bool:
     return config.bn_reestimate == "on" or (config.bn_reestimate == "auto" and config.weights == "none")
 
@@ -215,7 +220,7 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
         # a seed named twice (--seeds 0,0) is one run, not two trainings of the same run
         runs += [RunPlan(backbone, level, seed) for level in levels for seed in dict.fromkeys(config.seeds)]
     index, count = config.shard
-    cached = config.cache_features == "on" or (config.cache_features == "auto" and config.augment == "none")
+    cached = _use_cache(config)
     shares = assign(groups(runs, macs, config.epochs, cached), count, macs, config.epochs, cached)
     own = {id(run) for group in shares[index] for run in group.runs}
     mine = [run for run in runs if id(run) in own]
@@ -433,15 +438,10 @@ class _Loaded:
 
 
 def _load_splits(config: SweepConfig, log: Callable[[str], None]) -> dict[str, _Split]:
-    dataset = open_dataset(config.data)
-    splits, skipped_all = {}, []
-    for name in ("train", "val", "test"):
-        x, y, records, skipped = dataset.load_arrays(name, config.img_size)
-        splits[name] = _Split(x, y, records)
-        skipped_all += skipped
-    if skipped_all:
-        log(f"warning: skipped {len(skipped_all)} unreadable image(s): " + "; ".join(p for p, _ in skipped_all[:10]))
-    return splits
+    loaded, skipped = open_dataset(config.data).load_splits(config.img_size)
+    if skipped:
+        log(f"warning: skipped {len(skipped)} unreadable image(s): " + "; ".join(p for p, _ in skipped[:10]))
+    return {name: _Split(*arrays) for name, arrays in loaded.items()}
 
 
 def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[list[str], dict[str, int]]:
@@ -459,7 +459,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
     config = the_plan.config
     splits = _load_splits(config, log)
     strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
-    use_cache = config.cache_features == "on" or (config.cache_features == "auto" and config.augment == "none")
+    use_cache = _use_cache(config)
     store = FeatureStore(budget_bytes=int(config.cache_budget_gb * 2 ** 30), spill_dir=spill_dir(config, out))
     busy: list[str] = []
     frozen_passes: dict[str, int] = {}
