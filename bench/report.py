@@ -20,6 +20,7 @@ Writes ``REPORT/report.md`` and its figures (``REPORT/*.png``), atomically:
 
 Lines with an ``error`` are listed and left out. Lines run under emulation (qemu) keep their
 accuracy, which emulation does not change, but their latency is never used.
+The verdict itself is computed in ``bench.verdict`` and the figures drawn by ``bench.plots``.
 No TensorFlow is imported; matplotlib is imported only to draw.
 """
 from __future__ import annotations
@@ -27,53 +28,24 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from bench.options import comma_separated
+from bench.plots import plot_front
+from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MIN_IMAGES, DeviceVerdict, Point,
+                           acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, pct)
 from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
-from device.metrics import mcnemar, wilson_interval
+from device.metrics import mcnemar
+from device.sweep_results import RESULTS, aggregate, best_level, load_runs, overall_best
 
-DEFAULT_BUDGETS_MS = None  # derived per device from its measured p50 range (derive_budgets)
-DEFAULT_ALPHA = 0.05
-DEFAULT_MIN_IMAGES = 30
-SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
-# A note or a name that says the run was emulated; `bench run --device-name ...-qemu` and the
-# arm64 check's "emulated: qemu-aarch64 ..." note both match.
-EMULATED = re.compile(r"qemu|emulat", re.IGNORECASE)
-FIGSIZE = (8.0, 5.6)
-DPI = 120
 MB = 1e6
-
-DECISION_RULE = """\
-Per device, each exported model is one point: its fastest measured configuration (runtime,
-threads) in kernel mode (e2e lines only where a device has no kernel line), with its accuracy
-on the images its bench run scored (the test split unless told otherwise) and its p50 latency. Lines with an error are left out; lines run
-under emulation keep their accuracy but their latency is not used.
-
-- **S** (significant mobile deficit): the most accurate non-mobile model is more accurate than
-  the most accurate mobile model, and McNemar's exact test on the same images (equal
-  `images_sha256` and labels) gives p < alpha.
-- **F** (mobile on the front): a mobile model is on the Pareto front of accuracy (higher is
-  better) against p50 latency (lower is better).
-- **W** (mobile wins a budget): under at least one latency budget, the most accurate model with
-  p50 <= budget is a mobile model.
-
-The claim is **supported** when S and not F and not W (mobile models are significantly less
-accurate and never the best choice at any speed); **contradicted** when not S and (F or W)
-(mobile models are a best choice at some speed and lose no significant accuracy);
-**inconclusive** otherwise: S with F or W (less accurate but still the best choice under some
-budget), neither S nor F nor W, only one family present, no paired predictions on the same
-images, fewer than the minimum number of images, or no latency that is not emulated.
-The accuracy-against-size front is reported but not part of the rule, since size is the same
-on every device."""
 
 
 @dataclass(frozen=True)
@@ -116,86 +88,6 @@ class ReportConfig:
                                  f"{'sweep' if option == '--runs' else 'exports'} folder (or leave {option} out)")
 
 
-@dataclass(frozen=True)
-class Point:
-    """One model on one device: the line that stands for an artifact in the verdict."""
-
-    artifact_id: str
-    backbone: str
-    variant: str
-    format: str
-    mobile: bool | None
-    accuracy: float
-    ci_low: float
-    ci_high: float
-    p50_ms: float | None
-    size_bytes: float | None
-    line: dict
-
-    @property
-    def label(self) -> str:
-        return f"{self.backbone} {self.variant} {self.format}"
-
-    @property
-    def family(self) -> str:
-        return {True: "mobile", False: "non-mobile", None: "unknown family"}[self.mobile]
-
-
-@dataclass
-class DeviceVerdict:
-    """The verdict on one device and everything it was computed from.
-
-    Attributes:
-        device: the device name.
-        verdict: ``supported``, ``contradicted`` or ``inconclusive``.
-        reasons: sentences, computed from the numbers, that lead to the verdict.
-        points: one per artifact (accuracy and size from every valid line).
-        latency_points: the points whose latency may be used (not emulated).
-        latency_front, size_front: the Pareto-optimal points, fastest or smallest first.
-        best_mobile, best_other: the most accurate mobile and non-mobile points.
-        test: ``device.metrics.mcnemar`` of best_other (A) against best_mobile (B), or None.
-        budgets: ``(budget_ms, best point or None)`` per budget.
-        mode: the mode the points were taken from.
-        emulated: lines whose latency was left out because they ran under emulation.
-    """
-
-    device: str
-    verdict: str = INCONCLUSIVE
-    reasons: list[str] = field(default_factory=list)
-    points: list[Point] = field(default_factory=list)
-    latency_points: list[Point] = field(default_factory=list)
-    latency_front: list[Point] = field(default_factory=list)
-    size_front: list[Point] = field(default_factory=list)
-    best_mobile: Point | None = None
-    best_other: Point | None = None
-    test: dict | None = None
-    budgets: list[tuple[float, Point | None]] = field(default_factory=list)
-    mode: str | None = None
-    emulated: int = 0
-
-
-# --- reading ------------------------------------------------------------------------------
-
-def is_mobile(backbone: str | None) -> bool | None:
-    """The registry's ``mobile`` flag of a backbone; None when the registry does not know it."""
-    from device.backbones import get
-
-    try:
-        return bool(get(str(backbone)).mobile)
-    except KeyError:
-        return None
-
-
-def is_emulated(line: dict) -> bool:
-    """Whether a result line ran under emulation: an ``emulated`` field, or qemu/emulation
-    named in its notes, device name or CPU model."""
-    if line.get("emulated"):
-        return True
-    texts = [str(n) for n in line.get("notes") or []]
-    texts += [str(line.get(k) or "") for k in ("device_name", "cpu_model")]
-    return any(EMULATED.search(text) for text in texts)
-
-
 def load_results(paths, log: Callable[[str], None] | None = None) -> tuple[dict[str, list[dict]], list[dict]]:
     """Read result files and group their lines by device.
 
@@ -235,253 +127,6 @@ def load_results(paths, log: Callable[[str], None] | None = None) -> tuple[dict[
     return by_device, errors
 
 
-def _num(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _line_ci(line: dict) -> tuple[float, float]:
-    low, high = _num(line.get("accuracy_ci_low")), _num(line.get("accuracy_ci_high"))
-    if low is not None and high is not None:
-        return low, high
-    n = int(line.get("n_images") or len(line.get("label_indices") or []))
-    return wilson_interval(round(float(line["accuracy"]) * n), n)
-
-
-def device_points(lines: list[dict]) -> tuple[list[Point], list[Point], str | None, int]:
-    """The points of one device.
-
-    Args:
-        lines: the device's lines without error.
-
-    Returns:
-        ``(points, latency_points, mode, emulated)``: one point per artifact from the lines
-        of ``mode`` (kernel where there is any kernel line, else e2e), the fastest line of
-        each; the same from the lines not emulated; and the number of emulated lines.
-    """
-    usable = [line for line in lines if _num(line.get("accuracy")) is not None]
-    modes = {line.get("mode") for line in usable}
-    mode = "kernel" if "kernel" in modes else (sorted(m for m in modes if m)[:1] or [None])[0]
-    chosen = [line for line in usable if line.get("mode") == mode]
-    emulated = sum(is_emulated(line) for line in lines)
-    return _fastest_per_artifact(chosen), _fastest_per_artifact([ln for ln in chosen if not is_emulated(ln)]), mode, emulated
-
-
-def _fastest_per_artifact(lines: list[dict]) -> list[Point]:
-    best: dict[str, dict] = {}
-    for line in lines:
-        aid = str(line.get("artifact_id"))
-        p50 = _num(line.get("latency_ms_p50"))
-        held = best.get(aid)
-        if held is None or (p50 is not None and (_num(held.get("latency_ms_p50")) or math.inf) > p50):
-            best[aid] = line
-    points = []
-    for aid, line in best.items():
-        low, high = _line_ci(line)
-        points.append(Point(artifact_id=aid, backbone=str(line.get("backbone")), variant=str(line.get("variant")),
-                            format=str(line.get("format")), mobile=is_mobile(line.get("backbone")),
-                            accuracy=float(line["accuracy"]), ci_low=low, ci_high=high,
-                            p50_ms=_num(line.get("latency_ms_p50")), size_bytes=_num(line.get("size_bytes")),
-                            line=line))
-    return sorted(points, key=lambda p: p.artifact_id)
-
-
-# --- analysis -----------------------------------------------------------------------------
-
-def pareto_front(points: list[Point], cost: Callable[[Point], float | None]) -> list[Point]:
-    """Points no other point beats: none is at least as accurate at no more cost, and
-    strictly better in one of the two.
-
-    Args:
-        points: candidates; those whose ``cost`` is None are left out.
-        cost: the quantity to keep low (p50 latency, size).
-
-    Returns:
-        The front, cheapest first (accuracy then rises strictly along it).
-    """
-    ranked = sorted((p for p in points if cost(p) is not None), key=lambda p: (cost(p), -p.accuracy))
-    front: list[Point] = []
-    for point in ranked:
-        if not front or point.accuracy > front[-1].accuracy:
-            front.append(point)
-    return front
-
-
-def most_accurate(points: list[Point]) -> Point | None:
-    """The most accurate point; ties go to the faster, then the smaller model."""
-    if not points:
-        return None
-    return min(points, key=lambda p: (-p.accuracy, p.p50_ms if p.p50_ms is not None else math.inf,
-                                      p.size_bytes if p.size_bytes is not None else math.inf, p.artifact_id))
-
-
-def paired_test(a: Point, b: Point) -> tuple[dict | None, str | None]:
-    """McNemar's exact test of two points on the same images.
-
-    Args:
-        a: the first model (``b`` of the result counts images only it got right).
-        b: the second model.
-
-    Returns:
-        ``(result, None)`` with ``device.metrics.mcnemar``'s dict, or ``(None, why)`` when
-        the two lines do not hold predictions on the same images.
-    """
-    la, lb = a.line, b.line
-    for point in (a, b):
-        if not point.line.get("pred_indices") or not point.line.get("label_indices"):
-            return None, f"{point.artifact_id} has no per-image predictions (pred_indices, label_indices)"
-    if not la.get("images_sha256") or la.get("images_sha256") != lb.get("images_sha256"):
-        return None, (f"{a.artifact_id} and {b.artifact_id} were not run on the same images "
-                      f"(images_sha256 {str(la.get('images_sha256'))[:12]} vs {str(lb.get('images_sha256'))[:12]})")
-    if list(la["label_indices"]) != list(lb["label_indices"]) or len(la["pred_indices"]) != len(la["label_indices"]) \
-            or len(lb["pred_indices"]) != len(lb["label_indices"]):
-        return None, f"{a.artifact_id} and {b.artifact_id} list their images' labels differently"
-    labels = np.asarray(la["label_indices"])
-    return mcnemar(np.asarray(la["pred_indices"]) == labels, np.asarray(lb["pred_indices"]) == labels), None
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
-
-
-def _acc_ci(p: Point) -> str:
-    return f"{_pct(p.accuracy)} [{_pct(p.ci_low)}, {_pct(p.ci_high)}]"
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
-
-
-def _accuracy_condition(v: DeviceVerdict, alpha: float, min_images: int, blockers: list[str]) -> bool | None:
-    """S: is the best mobile model significantly less accurate than the best other (None: untested)?"""
-    significant = None
-    if v.best_mobile and v.best_other:
-        v.test, why = paired_test(v.best_other, v.best_mobile)
-        if v.test is None:
-            blockers.append(f"No paired test: {why}.")
-        else:
-            t = v.test
-            deficit = t["accuracy_diff"]
-            significant = deficit > 0 and t["p_value"] < alpha
-            v.reasons.append(
-                f"Most accurate non-mobile model {v.best_other.label} ({_acc_ci(v.best_other)}) against most accurate "
-                f"mobile model {v.best_mobile.label} ({_acc_ci(v.best_mobile)}), Wilson 95% intervals: the mobile "
-                f"model is {abs(100 * deficit):.1f} points {'behind' if deficit >= 0 else 'ahead'}; McNemar exact p = {t['p_value']:.3g} on {t['n']} images "
-                f"(b = {t['b']} only the non-mobile right, c = {t['c']} only the mobile right): "
-                + ("significant" if significant else "not significant") + f" at alpha = {alpha:g}"
-                + ("" if deficit > 0 or t["p_value"] >= alpha else " (and not a mobile deficit)") + ".")
-            if t["n"] < min_images:
-                blockers.append(f"Only {t['n']} paired images, fewer than the minimum of {min_images}.")
-    return significant
-
-
-def derive_budgets(points: list[Point], count: int = 4) -> tuple[float, ...]:
-    """``count`` p50 budgets from the fastest to the slowest point, evenly spaced on a log scale
-    and rounded up to two significant figures (fewer when they coincide)."""
-    p50 = [p.p50_ms for p in points if p.p50_ms]
-    if not p50:
-        return ()
-    lo, hi = min(p50), max(p50)
-    values = [lo * (hi / lo) ** (i / (count - 1)) for i in range(count)] if hi > lo else [lo]
-    # rounded up, so the fastest model fits the smallest budget and the slowest the largest
-    step = [10.0 ** (math.floor(math.log10(v)) - 1) for v in values]
-    return tuple(dict.fromkeys(float(f"{math.ceil(round(v / e, 9)) * e:.2g}") for v, e in zip(values, step)))
-
-
-def _speed_conditions(v: DeviceVerdict, budgets_ms, blockers: list[str]) -> tuple[bool | None, bool | None]:
-    """F and W: is a mobile model on the latency front, and the best choice under some budget?"""
-    on_front = win = None
-    if v.emulated:
-        v.reasons.append(f"{v.emulated} line(s) ran under emulation (qemu); their latency is not meaningful and "
-                         "is left out of the latency front and the budgets.")
-    if not v.latency_points:
-        if v.points:
-            blockers.append("No latency measured outside emulation, so the latency front and the budgets "
-                            "cannot be evaluated.")
-    else:
-        front_mobile = [p for p in v.latency_front if p.mobile is True]
-        on_front = bool(front_mobile)
-        v.reasons.append("Pareto front of accuracy against p50 latency: "
-                         + ", ".join(f"{p.label} ({p.family}, {_ms(p.p50_ms)} ms, {_pct(p.accuracy)})"
-                                     for p in v.latency_front)
-                         + (f"; mobile models on it: {', '.join(p.label for p in front_mobile)}." if front_mobile
-                            else "; no mobile model on it."))
-        wins = []
-        for budget in budgets_ms or derive_budgets(v.latency_points):
-            within = [p for p in v.latency_points if p.p50_ms is not None and p.p50_ms <= budget]
-            best = most_accurate(within)
-            v.budgets.append((budget, best))
-            if best is not None and best.mobile is True:
-                wins.append(f"{budget:g} ms ({best.label})")
-        win = bool(wins)
-        v.reasons.append(("Budgets where the most accurate model within the budget is mobile: " + ", ".join(wins) + ".")
-                         if wins else "No latency budget has a mobile model as its most accurate choice.")
-    return on_front, win
-
-
-def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha: float = DEFAULT_ALPHA,
-           min_images: int = DEFAULT_MIN_IMAGES) -> DeviceVerdict:
-    """The verdict of one device on the claim, by ``DECISION_RULE``.
-
-    Args:
-        device: the device name.
-        lines: its result lines without error.
-        budgets_ms: p50 latency budgets (ms).
-        alpha: significance level of McNemar's test.
-        min_images: fewest paired images for a verdict other than inconclusive.
-
-    Returns:
-        The ``DeviceVerdict`` with its reasons.
-    """
-    v = DeviceVerdict(device=device)
-    v.points, v.latency_points, v.mode, v.emulated = device_points(lines)
-    v.size_front = pareto_front(v.points, lambda p: p.size_bytes)
-    v.latency_front = pareto_front(v.latency_points, lambda p: p.p50_ms)
-    mobile = [p for p in v.points if p.mobile is True]
-    other = [p for p in v.points if p.mobile is False]
-    unknown = sorted({p.backbone for p in v.points if p.mobile is None})
-    v.best_mobile, v.best_other = most_accurate(mobile), most_accurate(other)
-    blockers: list[str] = []
-    if unknown:
-        v.reasons.append(f"Backbones not in the registry, so of no family and left out of the comparison: "
-                         f"{', '.join(unknown)}.")
-    if not v.points:
-        blockers.append("No line with an accuracy on this device.")
-    elif not mobile or not other:
-        if mobile or other:
-            present = f"Only {'mobile' if mobile else 'non-mobile'} backbones were measured here"
-        else:
-            present = "No backbone of a known family (mobile or not) was measured here"
-        blockers.append(f"{present} ({len(v.points)} model(s)), so mobile and non-mobile models cannot be compared.")
-
-    significant = _accuracy_condition(v, alpha, min_images, blockers)
-    on_front, win = _speed_conditions(v, budgets_ms, blockers)
-
-    if blockers or significant is None or on_front is None:
-        v.verdict = INCONCLUSIVE
-        v.reasons += blockers
-    elif significant and not on_front and not win:
-        v.verdict = SUPPORTED
-        v.reasons.append("S and not F and not W: mobile models are significantly less accurate and are never "
-                         "the best choice at any measured speed.")
-    elif not significant and (on_front or win):
-        v.verdict = CONTRADICTED
-        v.reasons.append("Not S, and F or W: a mobile model is a best choice at some speed and the accuracy "
-                         "difference is not significant.")
-    else:
-        v.verdict = INCONCLUSIVE
-        v.reasons.append("S with F or W: mobile models are significantly less accurate but still the best choice "
-                         "under some budget." if significant else
-                         "Neither S nor F nor W: no significant difference, but no mobile model is a best "
-                         "choice at any speed.")
-    return v
-
-
 # --- markdown -----------------------------------------------------------------------------
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -499,11 +144,11 @@ def _study_section(runs: Path | None) -> list[str]:
     except ImportError as exc:
         return lines + [f"The study's tables need the `train` package, which is not importable here ({exc}).", ""]
     try:
-        ok, failures, _superseded = summary.load_runs(Path(runs))
+        ok, failures, _superseded = load_runs(Path(runs))
     except ValueError as exc:
         return lines + [f"No study tables: {exc}", ""]
-    levels = summary.aggregate(ok)
-    lines += [f"From `{Path(runs) / summary.RESULTS}`: {len(ok)} successful runs of {len(levels)} backbones, "
+    levels = aggregate(ok)
+    lines += [f"From `{Path(runs) / RESULTS}`: {len(ok)} successful runs of {len(levels)} backbones, "
               f"{len(failures)} failed. Tables built by `train.summary`; Wilson 95% intervals.", ""]
     if not levels:
         return lines + ["No successful run.", ""]
@@ -514,8 +159,8 @@ def _study_section(runs: Path | None) -> list[str]:
                                 [[s.backbone, _family(s.backbone), summary.accuracy_cell(s),
                                   summary.spread(s.f1_mean, s.f1_std, ".3f"), summary.params_text(s.trainable_params),
                                   summary.ratio_text(s.ptr)] for s in baseline])
-    best = {backbone: summary.best_level(stats) for backbone, stats in levels.items()}
-    overall = summary.overall_best(best)
+    best = {backbone: best_level(stats) for backbone, stats in levels.items()}
+    overall = overall_best(best)
     lines += ["### Best level per backbone", ""]
     lines += summary.best_section(Path(runs), best, overall)
     families = {b: _family(b) for b in best}
@@ -542,15 +187,15 @@ def _export_section(exports: Path | None) -> list[str]:
             if a.get("variant") == "fp32" and not a.get("error")}
     rows = []
     for a in artifacts:
-        size = _num(a.get("size_bytes"))
+        size = num(a.get("size_bytes"))
         base = fp32.get((a.get("backbone"), a.get("level"), a.get("seed"), a.get("format")))
-        base_size = _num(base.get("size_bytes")) if base else None
+        base_size = num(base.get("size_bytes")) if base else None
         ratio = "1.00" if a.get("variant") == "fp32" and size else (
             f"{size / base_size:.2f}" if size and base_size else "n/a")
         rows.append([str(a.get("artifact_id")), str(a.get("backbone")), _family(str(a.get("backbone"))),
                      str(a.get("variant")), str(a.get("format")), _size_mb(size), ratio,
-                     _pct(_num(a.get("val_accuracy"))), _points(_num(a.get("accuracy_delta"))),
-                     _pct(_num(a.get("agreement"))), _sci(_num(a.get("max_abs_diff"))),
+                     pct(num(a.get("val_accuracy"))), _points(num(a.get("accuracy_delta"))),
+                     pct(num(a.get("agreement"))), _sci(num(a.get("max_abs_diff"))),
                      _short(str(a.get("error"))) if a.get("error") else ""])
     lines += [f"From `{Path(exports) / 'manifest.json'}`: {len(artifacts)} artifact(s), "
               f"{sum(bool(a.get('error')) for a in artifacts)} with an export error. Size ratio: the artifact's "
@@ -571,12 +216,12 @@ def _sci(value: float | None) -> str:
 
 
 def _mb(value) -> str:
-    value = _num(value)
+    value = num(value)
     return "n/a" if value is None else f"{value / MB:.1f}"
 
 
 def _size_mb(value) -> str:
-    value = _num(value)
+    value = num(value)
     if not value:
         return "n/a"
     # Two decimals for real models; three significant digits keep a tiny test model above 0.00.
@@ -590,7 +235,7 @@ def _short(text: str, limit: int = 160) -> str:
 
 def _device_header(device: str, lines: list[dict]) -> list[str]:
     first = lines[0]
-    ram = _num(first.get("ram_bytes"))
+    ram = num(first.get("ram_bytes"))
     runtimes = sorted({f"{ln.get('runtime_package') or ln.get('runtime')} {ln.get('runtime_version') or ''}".strip()
                        for ln in lines})
     facts = [f"CPU {first.get('cpu_model') or 'n/a'} ({first.get('arch') or 'n/a'}, {first.get('cores') or 'n/a'} cores)",
@@ -623,23 +268,23 @@ def _device_table(lines: list[dict]) -> list[str]:
     rows = []
     for ln in sorted(lines, key=lambda x: (str(x.get("artifact_id")), str(x.get("runtime")),
                                            int(x.get("threads") or 0), str(x.get("mode")))):
-        low, high = _num(ln.get("latency_ms_p50_ci_low")), _num(ln.get("latency_ms_p50_ci_high"))
-        p50 = _ms(_num(ln.get("latency_ms_p50"))) + (f" [{_ms(low)}, {_ms(high)}]" if low is not None and high is not None else "")
-        acc = _num(ln.get("accuracy"))
-        a_low, a_high = _line_ci(ln) if acc is not None else (None, None)
+        low, high = num(ln.get("latency_ms_p50_ci_low")), num(ln.get("latency_ms_p50_ci_high"))
+        p50 = ms_text(num(ln.get("latency_ms_p50"))) + (f" [{ms_text(low)}, {ms_text(high)}]" if low is not None and high is not None else "")
+        acc = num(ln.get("accuracy"))
+        a_low, a_high = line_ci(ln) if acc is not None else (None, None)
         notes = [str(n) for n in ln.get("notes") or [] if str(n) not in common]
         if is_emulated(ln):
             notes.insert(0, "EMULATED: latency not meaningful")
         share = _majority_share(ln.get("label_indices"))
         if acc is not None and share is not None and a_low is not None and a_low <= share:
-            notes.insert(0, f"NOT ABOVE CHANCE: its interval reaches {_pct(share)}, the score of always answering "
+            notes.insert(0, f"NOT ABOVE CHANCE: its interval reaches {pct(share)}, the score of always answering "
                             f"the most common class of these images")
         rows.append([str(ln.get("artifact_id")), _family(str(ln.get("backbone"))), str(ln.get("runtime")),
-                     str(ln.get("threads")), str(ln.get("mode")), p50, _ms(_num(ln.get("latency_ms_p90"))),
-                     _ms(_num(ln.get("latency_ms_p99"))), _mb(ln.get("peak_rss_bytes")),
+                     str(ln.get("threads")), str(ln.get("mode")), p50, ms_text(num(ln.get("latency_ms_p90"))),
+                     ms_text(num(ln.get("latency_ms_p99"))), _mb(ln.get("peak_rss_bytes")),
                      _mb(ln.get("rss_increase_bytes")), _size_mb(ln.get("size_bytes")),
-                     f"{_pct(acc)} [{_pct(a_low)}, {_pct(a_high)}]", _sci(_num(ln.get("macro_f1"))),
-                     _pct(_num(ln.get("agreement"))), _short("; ".join(notes), 300)])
+                     f"{pct(acc)} [{pct(a_low)}, {pct(a_high)}]", _sci(num(ln.get("macro_f1"))),
+                     pct(num(ln.get("agreement"))), _short("; ".join(notes), 300)])
     return _table(["Artifact", "Family", "Runtime", "Threads", "Mode", "p50 ms [95% CI]", "p90 ms", "p99 ms",
                    "Peak RSS MB", "RSS increase MB", "Size MB", "Accuracy [Wilson 95%]", "Macro-F1", "Agreement",
                    "Notes"], rows)
@@ -661,158 +306,16 @@ def _verdict_lines(v: DeviceVerdict) -> list[str]:
     if v.points:
         lines += _table(["Model", "Family", "Accuracy [Wilson 95%]", "p50 ms", "Size MB", "Latency front",
                          "Size front"],
-                        [[p.label, p.family, _acc_ci(p),
-                          _ms(p.p50_ms) + (" (emulated)" if is_emulated(p.line) else ""),
+                        [[p.label, p.family, acc_ci(p),
+                          ms_text(p.p50_ms) + (" (emulated)" if is_emulated(p.line) else ""),
                           _size_mb(p.size_bytes),
                           "yes" if p in v.latency_front else ("n/a" if p not in v.latency_points else "no"),
                           "yes" if p in v.size_front else "no"] for p in v.points])
     if v.budgets:
         lines += _table(["p50 budget", "Most accurate model within it", "Family", "Accuracy", "p50 ms"],
                         [[f"{b:g} ms", p.label if p else "none fits", p.family if p else "",
-                          _pct(p.accuracy) if p else "", _ms(p.p50_ms) if p else ""] for b, p in v.budgets])
+                          pct(p.accuracy) if p else "", ms_text(p.p50_ms) if p else ""] for b, p in v.budgets])
     return lines
-
-
-# --- figures ------------------------------------------------------------------------------
-
-STYLE = {True: ("o", "tab:blue", "mobile backbone"), False: ("s", "tab:red", "non-mobile backbone"),
-         None: ("^", "tab:gray", "backbone of unknown family")}
-
-
-def _plot(points: list[Point], front: list[Point], cost, xlabel: str, title: str, budgets=()) -> bytes:
-    # Figure + the Agg canvas directly rather than pyplot, as train.summary does: no global
-    # backend switch, no figure registry.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    shown = [p for p in points if cost(p) is not None and cost(p) > 0]
-    handles = []
-    for family, (marker, colour, name) in STYLE.items():
-        members = [p for p in shown if p.mobile is family]
-        if not members:
-            continue
-        x = np.array([cost(p) for p in members])
-        y = np.array([100 * p.accuracy for p in members])
-        err = np.clip(np.array([[100 * (p.accuracy - p.ci_low) for p in members],
-                                [100 * (p.ci_high - p.accuracy) for p in members]]), 0, None)
-        ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, capsize=3, markersize=7, linestyle="none", zorder=3)
-        handles.append(Line2D([], [], marker=marker, color=colour, linestyle="none", markersize=7, label=name))
-    steps: tuple[list, list] = ([], [])
-    if front:
-        xs = [cost(p) for p in front]
-        ys = [100 * p.accuracy for p in front]
-        # The best accuracy stays on offer at any higher cost: carry the last step to the
-        # costliest point, so a front of one model still shows as a line.
-        right = max(cost(p) for p in shown)
-        if right > xs[-1]:
-            xs, ys = xs + [right], ys + [ys[-1]]
-        ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1.2, zorder=2)
-        steps = (xs, ys)
-        ax.scatter([cost(p) for p in front], [100 * p.accuracy for p in front], s=170, facecolors="none",
-                   edgecolors="black", linewidths=1.2, zorder=4)
-        handles.append(Line2D([], [], color="black", linestyle="--", marker="o", markerfacecolor="none",
-                              markersize=10, label="Pareto front"))
-    ax.set_xscale("log")
-    ax.margins(x=0.12, y=0.08)
-    _annotate(ax, shown, cost, front, steps)
-    lo, hi = ax.get_xlim()
-    inside = [b for b in budgets if lo <= b <= hi]
-    for budget in inside:
-        ax.axvline(budget, color="tab:green", linestyle=":", linewidth=1, zorder=1)
-        ax.text(budget, 1.0, f" {budget:g} ms", transform=ax.get_xaxis_transform(), fontsize=8,
-                color="tab:green", va="bottom", ha="center")
-    if inside:
-        handles.append(Line2D([], [], color="tab:green", linestyle=":", label="p50 latency budget"))
-    # Plain numbers read better than powers of ten for milliseconds and megabytes.
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    # Over a decade or two the few major ticks do not give a value away: label the minor ticks
-    # at 2, 3 and 5 times a power of ten as well; over more decades they would crowd.
-    decades = math.log10(max(cost(p) for p in shown) / min(cost(p) for p in shown)) if shown else 3.0
-    ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label) if decades < 2.0 else NullFormatter())
-    ax.set_xlabel(xlabel)
-    splits = {str(p.line.get("split") or "validation") for p in shown}
-    split = splits.pop() if len(splits) == 1 else None
-    ax.set_ylabel(f"accuracy on the {'validation' if split == 'val' else split} images (%)" if split else "accuracy (%)")
-    ax.set_title(title, pad=18 if inside else 6)
-    ax.grid(True, which="both", alpha=0.25)
-    if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=len(handles),
-                  fontsize="small", frameon=False)
-    fig.text(0.99, 0.01, "error bars: Wilson 95% interval of accuracy", ha="right", va="bottom", fontsize=7,
-             color="dimgray")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
-
-
-def _minor_label(value: float, _position) -> str:
-    # 2, 3 and 5 times a power of ten: enough to read a value off, sparse enough not to collide.
-    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
-    return f"{value:g}" if mantissa in (2.0, 3.0, 5.0) else ""
-
-
-def _annotate(ax, points: list[Point], cost, front: list[Point] = (), steps: tuple[list, list] = ([], [])) -> None:
-    # Each label takes the first of a few positions around its point that overlaps nothing:
-    # no label placed before it, no marker or error bar, and stays inside the axes. When every
-    # position overlaps something, it takes the least bad one (another label counts most, then
-    # leaving the axes, then a marker or error bar), so clusters of models with similar latency
-    # and accuracy stay readable.
-    from matplotlib.transforms import Bbox
-
-    ax.set_xlim(ax.get_xlim())
-    ax.set_ylim(ax.get_ylim())
-    renderer = ax.figure.canvas.get_renderer()
-    pixels = ax.figure.dpi / 72.0
-    frame = ax.get_window_extent(renderer)
-    obstacles = []
-    for p in points:
-        x, y = ax.transData.transform((cost(p), 100 * p.accuracy))
-        low = ax.transData.transform((cost(p), 100 * p.ci_low))[1]
-        high = ax.transData.transform((cost(p), 100 * p.ci_high))[1]
-        half = 4 * pixels  # the marker (7 pt) and the error bar's caps (3 pt)
-        ring = 7 * pixels if any(p is q for q in front) else half  # the Pareto front's circle
-        obstacles += [Bbox([[x - ring, y - ring], [x + ring, y + ring]]),
-                      Bbox([[x - half, min(low, high)], [x + half, max(low, high)]])]
-    # the front's dashed step line: each horizontal and vertical piece as a thin box
-    xs, ys = steps
-    for i in range(len(xs) - 1):
-        (x0, y0), (x1, y1) = ax.transData.transform((xs[i], ys[i])), ax.transData.transform((xs[i + 1], ys[i + 1]))
-        obstacles += [Bbox([[x0, y0 - pixels], [x1, y0 + pixels]]),
-                      Bbox([[x1 - pixels, min(y0, y1)], [x1 + pixels, max(y0, y1)]])]
-    # beside the point first, then above or below it, then further away
-    offsets = ((9, 0), (6, 7), (6, -7), (-9, 0), (-6, 7), (-6, -7), (6, 17), (6, -17), (-6, 17), (-6, -17),
-               (6, 27), (6, -27), (-6, 27), (-6, -27))
-    placed = []
-    for p in sorted(points, key=lambda q: (cost(q), q.accuracy)):
-        text = f"{p.backbone} {p.variant}" + ("" if p.format == "tflite" else f" ({p.format})")
-        best = None
-        for dx, dy in offsets:
-            label = ax.annotate(text, (cost(p), 100 * p.accuracy), xytext=(dx, dy), textcoords="offset points",
-                                fontsize=7.5, ha="left" if dx > 0 else "right",
-                                va="center" if dy == 0 else "bottom" if dy > 0 else "top")
-            box = label.get_window_extent(renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            badness = (100 * sum(box.overlaps(other) for other in placed) + 10 * (not inside)
-                       + sum(box.overlaps(other) for other in obstacles))
-            if best is None or badness < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (badness, label, box, dx, dy)
-            else:
-                label.remove()
-            if badness == 0:
-                break
-        _, _, box, dx, dy = best
-        placed.append(box)
-        if abs(dy) > 7:  # a label set apart from its point gets a thin leader line
-            ax.annotate("", (cost(p), 100 * p.accuracy), xytext=(dx, dy), textcoords="offset points",
-                        arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 5})
 
 
 def _slug(text: str) -> str:
@@ -828,7 +331,7 @@ def _evidence_section(runs: str | os.PathLike | None, by_device: dict[str, list[
         try:
             from train import summary
 
-            ok, _failed, _ = summary.load_runs(sweep)
+            ok, _failed, _ = load_runs(sweep)
             lines += summary.provenance(sweep, ok)[:-1]
             floors = summary.read_floors(sweep)
         except (ImportError, ValueError) as exc:
@@ -910,16 +413,16 @@ def _floors_section(files: list[dict], pairs: list[dict], unmatched: int, alpha:
     for f in files:
         lines.append(f"- `{f['_source']}`: {f.get('n')} `{f.get('split')}` images of `{f.get('data')}`; floors fitted "
                      f"on the training split of `{f.get('train_data')}`: always {f.get('majority_class')} "
-                     f"{_pct(f['majority_accuracy'])}, logistic regression on image features "
-                     f"{_pct(f['features_accuracy'])} [{_pct(f.get('features_accuracy_ci_low'))}, "
-                     f"{_pct(f.get('features_accuracy_ci_high'))}].")
+                     f"{pct(f['majority_accuracy'])}, logistic regression on image features "
+                     f"{pct(f['features_accuracy'])} [{pct(f.get('features_accuracy_ci_low'))}, "
+                     f"{pct(f.get('features_accuracy_ci_high'))}].")
     lines += [""]
     if pairs:
         lines += [f"McNemar's exact test of each model against the feature baseline on the same images (b: model "
                   f"right and baseline wrong; c: the reverse). Beats it: higher accuracy and p < {alpha:g}.", ""]
         lines += _table(["Device", "Model", "Family", "Accuracy", "Feature floor", "Difference (points)", "b / c",
                          "McNemar p", "Beats it"],
-                        [[q["device"], q["label"], q["family"], _pct(q["accuracy"]), _pct(q["features_accuracy"]),
+                        [[q["device"], q["label"], q["family"], pct(q["accuracy"]), pct(q["features_accuracy"]),
                           f"{100 * q['accuracy_diff']:+.1f}", f"{q['b']} / {q['c']}", f"{q['p_value']:.2g}",
                           "yes" if q["beats_features"] else "no"] for q in pairs])
     if unmatched:
@@ -995,7 +498,7 @@ def _figures_section(out: Path, verdicts: dict, md: list[str]) -> list[Path]:
         md += [f"### {device}", ""]
         if v.latency_points:
             path = out / f"accuracy_vs_latency_{slug}.png"
-            write_bytes(path, _plot(v.latency_points, v.latency_front, lambda p: p.p50_ms,
+            write_bytes(path, plot_front(v.latency_points, v.latency_front, lambda p: p.p50_ms,
                                     f"p50 latency, {v.mode} mode (ms, log scale)",
                                     f"{device}: accuracy against latency", [b for b, _ in v.budgets]))
             figures.append(path)
@@ -1007,7 +510,7 @@ def _figures_section(out: Path, verdicts: dict, md: list[str]) -> list[Path]:
             md += ["No size plot: no line of this device records its model's file size.", ""]
         else:
             path = out / f"accuracy_vs_size_{slug}.png"
-            write_bytes(path, _plot(v.points, v.size_front, lambda p: p.size_bytes / MB if p.size_bytes else None,
+            write_bytes(path, plot_front(v.points, v.size_front, lambda p: p.size_bytes / MB if p.size_bytes else None,
                                     "model file size (MB, log scale)", f"{device}: accuracy against model size"))
             figures.append(path)
             md += [f"![{device}: accuracy against model size]({path.name})", ""]

@@ -21,6 +21,7 @@ from device.backbones import Backbone, get
 from device.checksum import sha256_file
 from device.dataset import LABELS, DatasetError, open_dataset
 from device import exports_manifest as manifest
+from device.sweep_results import RESULTS, aggregate, best_level, load_runs
 from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
 from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
 from export.verify import align, read_reference, strict_failure, verify
@@ -96,20 +97,18 @@ def versions() -> dict[str, str | None]:
 
 
 def _finished_runs(runs_root: Path) -> list[dict]:
-    """The sweep's successful runs, by ``train.summary.load_runs``'s rule (the last successful
-    line of a run wins), so that export and the sweep summary read the same results."""
-    from train.summary import load_runs
-
+    """The sweep's successful runs, by ``device.sweep_results.load_runs``'s rule (the last
+    successful line of a run wins), so that export and the sweep summary read the same results."""
     if not runs_root.is_dir():
         raise ExportError(f"--runs {runs_root}: no such folder; expected a train.sweep output folder")
-    if not (runs_root / "results.jsonl").is_file():
-        raise ExportError(f"--runs {runs_root}: no results.jsonl; expected a train.sweep output folder")
+    if not (runs_root / RESULTS).is_file():
+        raise ExportError(f"--runs {runs_root}: no {RESULTS}; expected a train.sweep output folder")
     try:
         finished, _, _ = load_runs(runs_root)
     except ValueError as exc:
         raise ExportError(f"--runs {runs_root}: {exc}") from None
     if not finished:
-        raise ExportError(f"--runs {runs_root}: results.jsonl has no finished run")
+        raise ExportError(f"--runs {runs_root}: {RESULTS} has no finished run")
     return finished
 
 
@@ -119,8 +118,6 @@ def pick_records(records: list[dict], spec: str) -> list[dict]:
     if spec == "all":
         return sorted(records, key=lambda r: (r["backbone"], r["level"], r["seed"]))
     if spec == "best":
-        from train.summary import aggregate, best_level
-
         # the level the sweep summary calls best (mean accuracy over seeds; ties: fewer
         # trainable parameters, then the lower level), exported from its seed-0 run (its
         # lowest seed when seed 0 did not finish there)

@@ -201,7 +201,7 @@ def test_figures_are_valid_pngs(report):
 
 
 def test_pareto_front_and_images_mismatch():
-    from bench.report import Point, decide, pareto_front
+    from bench.verdict import Point, decide, pareto_front
 
     def point(name, acc, p50):
         return Point(name, name, "fp32", "tflite", None, acc, acc, acc, p50, 1.0, {})

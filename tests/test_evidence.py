@@ -15,7 +15,7 @@ from conftest import make_image
 from device.atomic import read_jsonl
 from device.dataset import LABELS, index_tree, read_manifest, stratified_split, write_manifest
 from device.predictions import read_predictions
-from train.summary import best_level, load_runs, aggregate
+from device.sweep_results import aggregate, best_level, load_runs
 from train.sweep import SweepConfig, run_sweep
 
 

@@ -198,7 +198,7 @@ def test_best_selection_picks_seed0_best_level(exported):
 
 def test_best_selection_breaks_ties_like_the_sweep_summary():
     from export.pipeline import pick_records
-    from train.summary import aggregate, best_level
+    from device.sweep_results import aggregate, best_level
 
     def run(level, seed, acc, params):
         return {"run_id": f"mobilenetv2-L{level:03d}-s{seed}", "backbone": "mobilenetv2", "level": level,

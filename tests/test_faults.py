@@ -387,6 +387,42 @@ def test_exports_manifest_round_trips_through_its_one_owner(tmp_path):
         load_manifest(tmp_path / "missing")
 
 
+def test_sweep_results_round_trip_through_their_one_owner(tmp_path):
+    # #13 item 1: load_runs, aggregate and best_level lived in train.summary among CSV, Markdown and plots
+    from device import sweep_results as sr
+
+    def record(level, seed, acc, **extra):
+        return {"run_id": f"m-L{level:03d}-s{seed}", "backbone": "m", "level": level, "seed": seed,
+                "val_accuracy": acc, "val_n": 100, "trainable_params": 10 * (level + 1), **extra}
+
+    sr.append_run(tmp_path, record(0, 0, 0.5, error="out of memory"))
+    for level, seed, acc in ((0, 0, 0.6), (3, 0, 0.7), (3, 1, 0.8), (5, 0, 0.75)):
+        sr.append_run(tmp_path, record(level, seed, acc))
+    raw = sr.read_records(tmp_path)
+    assert len(raw) == 5 and {r["results_version"] for r in raw} == {sr.RESULTS_VERSION}
+    ok, failed, superseded = sr.load_runs(tmp_path)
+    assert [r["run_id"] for r in ok] == ["m-L000-s0", "m-L003-s0", "m-L003-s1", "m-L005-s0"]
+    assert failed == [] and superseded == 1 and sr.succeeded_ids(tmp_path) == {r["run_id"] for r in ok}
+    levels = sr.aggregate(ok)["m"]
+    best = sr.best_level(levels)
+    assert best.level == 3 and best.n_seeds == 2 and abs(best.acc_mean - 0.75) < 1e-12
+    assert sr.best_level([levels[2], levels[1]]).level == 3  # 0.75 each: fewer trainable parameters win
+
+    rows = [{"epoch": 1, "loss": 0.9, "accuracy": 0.6, "val_loss": 1.0, "val_accuracy": 0.55, "seconds": 3.0}]
+    sr.write_history(tmp_path / "history.csv", rows)
+    assert sr.read_history(tmp_path / "history.csv") == rows and sr.read_history(tmp_path / "none.csv") == []
+
+    # a line written before results_version existed is read as version 1; another version is refused
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / sr.RESULTS).write_text(json.dumps(record(0, 0, 0.6)) + "\n")
+    assert sr.load_runs(tmp_path / "old")[0][0]["val_accuracy"] == 0.6
+    sr.append_run(tmp_path, {**record(7, 0, 0.9), "results_version": 2})
+    with pytest.raises(sr.ResultsError, match=r"results.jsonl: record 6 has results_version 2; this SkyEdge reads version 1"):
+        sr.load_runs(tmp_path)
+    with pytest.raises(sr.ResultsError, match="no such file"):
+        sr.load_runs(tmp_path / "missing")
+
+
 def test_a_worker_job_is_a_typed_record_refused_when_its_keys_differ():
     # #13 item 3: the job crossing into the bench worker was a dict whose keys only a docstring named
     from dataclasses import asdict

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.atomic import read_jsonl, write_json
+from device.atomic import write_json
+from device.sweep_results import read_records
 from device.predictions import read_probabilities
 from train.sweep import SweepConfig, run_sweep
 
@@ -40,8 +41,8 @@ def compare(data: str, out: Path, backbones: tuple[str, ...], levels: str, epoch
         t0 = time.perf_counter()
         run_sweep(config, log=log)
         timings[mode] = time.perf_counter() - t0
-    cached = {r["run_id"]: r for r in read_jsonl(out / "cache-auto" / "results.jsonl")}
-    plain = {r["run_id"]: r for r in read_jsonl(out / "cache-off" / "results.jsonl")}
+    cached = {r["run_id"]: r for r in read_records(out / "cache-auto")}
+    plain = {r["run_id"]: r for r in read_records(out / "cache-off")}
     errors = [k for k, r in {**cached, **plain}.items() if "error" in r]
     common = sorted(k for k in cached if k in plain and "error" not in cached[k] and "error" not in plain[k])
     acc_diff = max((abs(cached[k]["val_accuracy"] - plain[k]["val_accuracy"]) for k in common), default=float("nan"))

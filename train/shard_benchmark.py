@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from device.atomic import read_jsonl, write_json
+from device.atomic import write_json
+from device.sweep_results import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,8 +78,8 @@ def compare(data: str, out: Path, backbones: str, levels: str, epochs: int, img_
         placement[f"{i}/{shards}"] = sorted({run.split("-L")[0] for run in record["runs"]})
         for backbone, count in record.get("frozen_passes", {}).items():
             passes[backbone] = passes.get(backbone, 0) + count
-    one = {r["run_id"]: r for r in read_jsonl(single / "results.jsonl") if "error" not in r}
-    many = {r["run_id"]: r for r in read_jsonl(sharded / "results.jsonl") if "error" not in r}
+    one = {r["run_id"]: r for r in load_runs(single)[0]}
+    many = {r["run_id"]: r for r in load_runs(sharded)[0]}
     same = sum(one[k]["val_accuracy"] == many[k]["val_accuracy"] for k in one if k in many)
     result = {"cpu_seconds_single": round(cpu_single, 1), "cpu_seconds_shards": round(cpu_sharded, 1),
               "cpu_ratio": round(cpu_sharded / cpu_single, 3), "wall_seconds_single": round(wall_single, 1),

@@ -23,19 +23,18 @@ import io
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from device.atomic import read_jsonl, write_bytes, write_text
+from device.atomic import write_bytes, write_text
 from device.dataset import LABELS
-from device.metrics import mcnemar, wilson_interval
+from device.metrics import mcnemar
 from device.predictions import PredictionsError, correct_by_path
+from device.sweep_results import (HISTORY, LevelStats, aggregate, as_float, as_int, best_level,
+                                   load_runs, overall_best, read_history)
 
-RESULTS = "results.jsonl"
-HISTORY = "history.csv"
 PREDICTIONS = "val_predictions.csv"
 TEST_PREDICTIONS = "test_predictions.csv"
 BASELINE = "baseline.json"
@@ -57,100 +56,6 @@ EXCLUDED = frozenset({"val_confusion", "test_confusion", "error"})
 
 FIGSIZE = (7.0, 4.5)
 DPI = 120
-
-
-@dataclass(frozen=True)
-class LevelStats:
-    """The successful runs of one backbone at one level, aggregated over seeds.
-
-    Attributes:
-        backbone: backbone name.
-        level: trainable-layer level k.
-        runs: the runs, sorted by seed.
-        acc_mean, acc_std: validation accuracy over seeds (std is the sample std, nan for one seed).
-        acc_min, acc_max: range of validation accuracy over seeds.
-        ci_low, ci_high: Wilson 95% bounds, averaged over seeds.
-        f1_mean, f1_std: macro-F1 over seeds.
-        epochs_mean, epochs_std: epochs actually run over seeds.
-        wall_mean, wall_std: wall seconds over seeds.
-        trainable_params, total_params: from the lowest-seed run (the same for every seed).
-        ltr, ptr: layer and parameter tuning ratios.
-        test_mean, test_std, test_ci_low, test_ci_high: test accuracy over seeds (nan when
-            the runs have no test split); never used to choose anything.
-    """
-
-    backbone: str
-    level: int
-    runs: tuple[dict, ...]
-    acc_mean: float
-    acc_std: float
-    acc_min: float
-    acc_max: float
-    ci_low: float
-    ci_high: float
-    f1_mean: float
-    f1_std: float
-    epochs_mean: float
-    epochs_std: float
-    wall_mean: float
-    wall_std: float
-    trainable_params: int | None
-    total_params: int | None
-    ltr: float
-    ptr: float
-    test_mean: float = float("nan")
-    test_std: float = float("nan")
-    test_ci_low: float = float("nan")
-    test_ci_high: float = float("nan")
-
-    @property
-    def n_seeds(self) -> int:
-        return len(self.runs)
-
-    @property
-    def reference(self) -> dict:
-        """The run that stands for this level in paired tests and curves: the lowest seed."""
-        return self.runs[0]
-
-
-def load_runs(root: Path) -> tuple[list[dict], list[dict], int]:
-    """Read ``root/results.jsonl`` and resolve reruns.
-
-    A run is identified by ``run_id``. When it appears several times, the last successful
-    line wins; a run with no successful line is a failure, reported by its last line.
-
-    Args:
-        root: the sweep folder.
-
-    Returns:
-        ``(successes, failures, superseded)``: successful records sorted by backbone, level
-        and seed; failed records in file order; and the number of failed lines of runs that
-        later (or earlier) succeeded.
-
-    Raises:
-        ValueError: ``results.jsonl`` is missing or holds no complete record; the message
-            names the file.
-    """
-    path = Path(root) / RESULTS
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file; expected the sweep's results.jsonl in {root}")
-    records = [r for r in read_jsonl(path) if isinstance(r, dict)]
-    if not records:
-        raise ValueError(f"{path}: no complete JSON record in the file; nothing to summarise")
-    successes: dict[str, dict] = {}
-    failures: dict[str, dict] = {}
-    failed_lines: dict[str, int] = {}
-    for index, record in enumerate(records):
-        run_id = str(record.get("run_id") or f"line-{index + 1}")
-        if _failed(record):
-            failures[run_id] = _as_failure(record)
-            failed_lines[run_id] = failed_lines.get(run_id, 0) + 1
-        else:
-            successes[run_id] = record
-    superseded = sum(count for run_id, count in failed_lines.items() if run_id in successes)
-    ok = sorted(successes.values(), key=_run_key)
-    failed = [record for run_id, record in failures.items() if run_id not in successes]
-    return ok, failed, superseded
 
 
 def shard_status(root: Path, runs: list[dict], failures: list[dict]) -> list[dict]:
@@ -179,58 +84,6 @@ def shard_status(root: Path, runs: list[dict], failures: list[dict]) -> list[dic
         status += [{"shard": f"{i}/{count}", "runs": None, "missing": ["(this shard never started)"], "failed": []}
                    for i in range(count) if f"{i}/{count}" not in seen]
     return sorted(status, key=lambda s: tuple(int(p) for p in s["shard"].split("/"))[::-1])
-
-
-def aggregate(runs: list[dict]) -> dict[str, list[LevelStats]]:
-    """Group successful runs by backbone and level and summarise each group over seeds.
-
-    Args:
-        runs: successful records.
-
-    Returns:
-        ``{backbone: [LevelStats, ...]}`` with backbones and levels in ascending order.
-    """
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for run in sorted(runs, key=_run_key):
-        groups.setdefault((str(run["backbone"]), int(run["level"])), []).append(run)
-    out: dict[str, list[LevelStats]] = {}
-    for (backbone, level), members in sorted(groups.items()):
-        acc = np.array([float(r["val_accuracy"]) for r in members])
-        bounds = np.array([_interval(r) for r in members])
-        f1 = np.array([_float(r.get("val_macro_f1")) for r in members])
-        epochs = np.array([_float(r.get("epochs_run", r.get("epochs"))) for r in members])
-        wall = np.array([_float(r.get("wall_seconds")) for r in members])
-        test = np.array([_float(r.get("test_accuracy")) for r in members])
-        test_bounds = np.array([(_float(r.get("test_accuracy_ci_low")), _float(r.get("test_accuracy_ci_high")))
-                                for r in members])
-        first = members[0]
-        out.setdefault(backbone, []).append(LevelStats(
-            backbone=backbone, level=level, runs=tuple(members),
-            acc_mean=float(acc.mean()), acc_std=_std(acc), acc_min=float(acc.min()),
-            acc_max=float(acc.max()), ci_low=float(bounds[:, 0].mean()),
-            ci_high=float(bounds[:, 1].mean()), f1_mean=_mean(f1), f1_std=_std(f1),
-            epochs_mean=_mean(epochs), epochs_std=_std(epochs), wall_mean=_mean(wall),
-            wall_std=_std(wall), trainable_params=_int(first.get("trainable_params")),
-            total_params=_int(first.get("total_params")), ltr=_float(first.get("ltr")),
-            ptr=_float(first.get("ptr")), test_mean=_mean(test), test_std=_std(test),
-            test_ci_low=_mean(test_bounds[:, 0]), test_ci_high=_mean(test_bounds[:, 1]),
-        ))
-    return out
-
-
-def best_level(levels: list[LevelStats]) -> LevelStats:
-    """The level with the highest mean validation accuracy over seeds.
-
-    Ties go to fewer trainable parameters, then to the lower level, so the cheaper model
-    wins when the accuracy cannot tell them apart.
-
-    Args:
-        levels: the levels of one backbone.
-
-    Returns:
-        The best ``LevelStats``.
-    """
-    return min(levels, key=lambda s: (-s.acc_mean, _params_key(s), s.level))
 
 
 def read_floors(root: Path) -> dict | None:
@@ -336,68 +189,6 @@ def write_summary(root: Path, log: Callable[[str], object] = print) -> dict[str,
     return paths
 
 
-# --- records ------------------------------------------------------------------------------
-
-def _failed(record: dict) -> bool:
-    return bool(record.get("error")) or not _finite(record.get("val_accuracy"))
-
-
-def _as_failure(record: dict) -> dict:
-    if record.get("error"):
-        return record
-    return {**record, "error": "record has no val_accuracy"}
-
-
-def _run_key(record: dict) -> tuple:
-    return (str(record.get("backbone", "")), _int(record.get("level")) or 0,
-            _int(record.get("seed")) or 0, str(record.get("run_id", "")))
-
-
-def overall_best(best: dict[str, LevelStats]) -> LevelStats:
-    """The most accurate of the backbones' best levels; ties go to fewer trainable parameters."""
-    return min(best.values(), key=lambda s: (-s.acc_mean, _params_key(s), s.backbone))
-
-
-def _params_key(stats: LevelStats) -> float:
-    return float(stats.trainable_params) if stats.trainable_params is not None else math.inf
-
-
-def _interval(record: dict) -> tuple[float, float]:
-    low, high = _float(record.get("val_accuracy_ci_low")), _float(record.get("val_accuracy_ci_high"))
-    if math.isfinite(low) and math.isfinite(high):
-        return low, high
-    n = _int(record.get("val_n")) or 0
-    return wilson_interval(round(float(record["val_accuracy"]) * n), n)
-
-
-def _finite(value) -> bool:
-    return math.isfinite(_float(value))
-
-
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _int(value) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _mean(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else float("nan")
-
-
-def _std(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
-
-
 def _run_file(root: Path, run: dict, name: str) -> Path | None:
     return Path(root) / str(run["run_dir"]) / name if run.get("run_dir") else None
 
@@ -410,16 +201,6 @@ def _correct(path: Path | None) -> dict[str, bool] | None:
         return correct_by_path(path)
     except PredictionsError:
         return None
-
-
-def _read_history(path: Path) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return None
-    return {key: np.array([_float(row.get(key)) for row in rows]) for key in rows[0]}
 
 
 # --- summary.csv --------------------------------------------------------------------------
@@ -459,8 +240,8 @@ def _test_cell(stats: LevelStats) -> str:
 
 
 def _floor_cell(floors: dict, name: str) -> str:
-    return (f"{_pct(_float(floors.get(name + '_accuracy')))}% [{_pct(_float(floors.get(name + '_accuracy_ci_low')))}, "
-            f"{_pct(_float(floors.get(name + '_accuracy_ci_high')))}]")
+    return (f"{_pct(as_float(floors.get(name + '_accuracy')))}% [{_pct(as_float(floors.get(name + '_accuracy_ci_low')))}, "
+            f"{_pct(as_float(floors.get(name + '_accuracy_ci_high')))}]")
 
 
 def provenance(root: Path, runs: list[dict]) -> list[str]:
@@ -526,16 +307,16 @@ def _floors_section(floors: dict | None) -> list[str]:
         return lines + ["No floors: the dataset has no test split (or `baseline.json` is missing).", ""]
     lines += markdown_table(["Floor", "Test accuracy [95% CI]", "Macro-F1"],
                             [["majority class (" + str(floors.get("majority_class")) + ")",
-                              _floor_cell(floors, "majority"), f"{_float(floors.get('majority_macro_f1')):.3f}"],
+                              _floor_cell(floors, "majority"), f"{as_float(floors.get('majority_macro_f1')):.3f}"],
                              ["logistic regression on " + str(len(floors.get("features", []))) + " image features",
-                              _floor_cell(floors, "features"), f"{_float(floors.get('features_macro_f1')):.3f}"]])
+                              _floor_cell(floors, "features"), f"{as_float(floors.get('features_macro_f1')):.3f}"]])
     return lines + [f"Both floors are trained on the training split and scored on the same {floors.get('n')} test "
                     "images as every run (`device.baseline`). A model is evidence only where it beats both.", ""]
 
 
 def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]],
                 failures: list[dict], superseded: int, plots: dict[str, Path]) -> str:
-    n_values = sorted({_int(r.get("val_n")) for r in runs if _int(r.get("val_n")) is not None})
+    n_values = sorted({as_int(r.get("val_n")) for r in runs if as_int(r.get("val_n")) is not None})
     lines = ["# Sweep summary", ""]
     lines += provenance(root, runs)
     counts = (f"{len(runs)} successful runs of {len(levels)} backbones; {len(failures)} failed run{'' if len(failures) == 1 else 's'}"
@@ -686,10 +467,11 @@ def _plots(root: Path, levels: dict[str, list[LevelStats]], log: Callable[[str],
     for backbone, stats in levels.items():
         top = best_level(stats)
         run = top.reference
-        history = _read_history(root / str(run.get("run_dir", "")) / HISTORY)
-        if history is None or "epoch" not in history:
+        rows = read_history(root / str(run.get("run_dir", "")) / HISTORY)
+        if not rows:
             log(f"no {HISTORY} for {run.get('run_id')}; curves of {backbone} skipped")
             continue
+        history = {key: np.array([row[key] for row in rows]) for key in rows[0]}
         out[f"curves_{backbone}"] = png(_plot_curves(new_figure(), backbone, top, history))
     return out
 
@@ -766,7 +548,7 @@ def _plot_all(fig, levels: dict[str, list[LevelStats]]):
 def _plot_curves(fig, backbone: str, top: LevelStats, history: dict[str, np.ndarray]):
     run = top.reference
     epoch = history["epoch"]
-    best_epoch = _int(run.get("best_epoch"))
+    best_epoch = as_int(run.get("best_epoch"))
     panels = (("accuracy", "accuracy (%)", 100.0), ("loss", "loss (cross-entropy)", 1.0))
     for index, (key, ylabel, scale) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, 2, index)

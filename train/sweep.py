@@ -26,13 +26,14 @@ from typing import Callable
 
 import numpy as np
 
-from device.atomic import append_jsonl, check_output_folder, read_jsonl, try_lock, write_json
+from device.atomic import check_output_folder, try_lock, write_json
 from device.checksum import sha256_file
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
 from device.predictions import write_predictions
 from device.preprocess import preprocess
+from device.sweep_results import RESULTS, append_run, succeeded_ids
 from train.console import VERBOSE_HELP, quiet_tensorflow, run_command
 from train.levels import BN_MODES
 from train.shards import assign, groups, layer_macs
@@ -282,11 +283,9 @@ def _fmt_eta(seconds: float) -> str:
 
 def _ensure_results_line(out: Path, run: RunPlan) -> None:
     """A run whose metrics.json exists but whose results line was lost (kill in between)."""
-    results = out / "results.jsonl"
-    if any(r.get("run_id") == run.run_id and "error" not in r for r in read_jsonl(results)):
+    if run.run_id in succeeded_ids(out):
         return
-    metrics = json.loads((out / run.rel_dir / "metrics.json").read_text())
-    append_jsonl(results, metrics)
+    append_run(out, json.loads((out / run.rel_dir / "metrics.json").read_text()))
 
 
 def _write_floors(data: str, out: Path, fingerprint: str, log: Callable[[str], None]) -> None:
@@ -331,9 +330,7 @@ def shard_file(out: Path, shard: tuple[int, int]) -> Path:
 def failed_runs(out: Path, run_ids: list[str]) -> list[str]:
     """The runs among ``run_ids`` with no successful line in ``results.jsonl`` (a later
     success supersedes an earlier failure)."""
-    wanted = set(run_ids)
-    succeeded = {r.get("run_id") for r in read_jsonl(out / "results.jsonl")
-                 if isinstance(r, dict) and r.get("run_id") in wanted and "error" not in r}
+    succeeded = succeeded_ids(out)
     return [run_id for run_id in run_ids if run_id not in succeeded]
 
 
@@ -370,7 +367,7 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
                               "frozen_passes": frozen_passes})
     if failed:
         log(f"{len(failed)} of {len(the_plan.runs)} runs failed: {', '.join(failed[:10])}"
-            f"{' ...' if len(failed) > 10 else ''} (errors in {out / 'results.jsonl'}; rerun to retry them)")
+            f"{' ...' if len(failed) > 10 else ''} (errors in {out / RESULTS}; rerun to retry them)")
     if config.shard[1] > 1 and not config.summary:
         log(f"shard {config.shard[0]}/{config.shard[1]}: no summary (other shards may still be running); after the "
             f"last one: python -m train.summary {out}")
@@ -477,7 +474,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
                     if lock == _ALREADY_DONE:
                         continue
                     record = _train_run(the_plan, run, out, loaded, splits, log)
-                    append_jsonl(out / "results.jsonl", record)
+                    append_run(out, record)
                     progress.done(run, record)
                 finally:
                     if lock != _ALREADY_DONE:
@@ -727,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         config = from_args(args)
         out = run_sweep(config)
-        print(f"results: {out / 'results.jsonl'}; summary: {out / 'summary.md'}")
+        print(f"results: {out / RESULTS}; summary: {out / 'summary.md'}")
         shard = json.loads(shard_file(out, config.shard).read_text())
         if shard.get("failed"):
             print(f"finished with failures: {len(shard['failed'])} of {len(shard['runs'])} runs failed",

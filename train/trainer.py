@@ -7,8 +7,6 @@ a kill at any moment loses at most the epoch in progress.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
@@ -21,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from device.atomic import write_json, write_text
+from device.atomic import write_json
+from device.sweep_results import HISTORY, read_history, write_history
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
 @dataclass(frozen=True)
@@ -79,26 +77,6 @@ def _learning_rate(config: FitConfig, n_train: int):
         raise ValueError(f"lr schedule {config.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
     steps = config.epochs * max(1, -(-n_train // config.batch_size))
     return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps)
-
-
-def _read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for row in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
-        try:
-            rows.append({k: (int(row[k]) if k == "epoch" else float(row[k])) for k in HISTORY_COLUMNS})
-        except (KeyError, ValueError, TypeError):
-            break
-    return rows
-
-
-def _write_history(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
 
 
 def _save_weights_atomic(model: keras.Model, path: Path) -> None:
@@ -175,7 +153,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
     # Only the top changes: the frozen layers come back identical from the seeded init or the
     # weights file, so checkpointing ``top`` (not ``full``) keeps per-epoch saves small.
     ckpt = tf.train.Checkpoint(model=top, optimizer=optimizer)
-    history_path, best_path, best_meta = run_dir / "history.csv", run_dir / "best.h5", run_dir / "best.json"
+    history_path, best_path, best_meta = run_dir / HISTORY, run_dir / "best.h5", run_dir / "best.json"
     history, manager = _resume(run_dir, full, ckpt, initial_weights, log)
     start_epoch = len(history)
     best_epoch, best_acc = 0, -1.0
@@ -207,7 +185,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
             _save_weights_atomic(full, best_path)
             write_json(best_meta, {"epoch": best_epoch, "val_accuracy": best_acc})
         history.append(row)
-        _write_history(history_path, history)
+        write_history(history_path, history)
         log(f"  epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, train acc {100 * row['accuracy']:.1f}%, "
             f"val loss {row['val_loss']:.3f}, val acc {100 * val_acc:.1f}%"
             f"{' (best)' if best_epoch == epoch + 1 else ''}, {row['seconds']:.0f}s")
@@ -252,7 +230,7 @@ def _resume(run_dir: Path, full, ckpt, initial_weights, log):
     run starts again from scratch, with a note.
     """
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
-    history = _read_history(run_dir / "history.csv")
+    history = read_history(run_dir / HISTORY)
     if not history:
         return [], manager
     saved = {int(Path(p).name.rsplit("-", 1)[1]): p for p in manager.checkpoints}
