@@ -23,6 +23,7 @@ from bench import fingerprint
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
 from bench.worker import WorkerJob
 from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
+from device.choices import first_bad_choice
 from device.runtime import DELEGATES, RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
 from device.dataset import LABELS, SPLITS
 
@@ -114,10 +115,9 @@ class RunConfig:
         if self.max_secs is not None and self.max_secs < self.min_secs:
             raise ValueError(f"--max-secs {self.max_secs:g} is below --min-secs {self.min_secs:g}; "
                              f"expected max >= min")
-        if self.delegate not in DELEGATES:
-            raise ValueError(f"--delegate {self.delegate!r}: expected one of {', '.join(DELEGATES)}")
-        if self.split not in SPLITS:
-            raise ValueError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
+        problem = first_bad_choice(("--delegate", self.delegate, DELEGATES), ("--split", self.split, SPLITS))
+        if problem:
+            raise ValueError(problem)
         if self.data is not None and not (Path(self.data) / "manifest.csv").is_file():
             raise ValueError(f"--data {self.data}: no manifest.csv there; expected a dataset folder "
                              f"(`python -m train.data index` makes one)")

@@ -63,12 +63,14 @@ class Point:
     line: dict
 
     @property
-    def label(self) -> str:
-        return f"{self.backbone} {self.variant} {self.format}"
+    def family(self) -> str:
+        """``mobile``, ``non-mobile`` or ``unknown family`` (a backbone the registry does not know)."""
+        return {True: "mobile", False: "non-mobile", None: "unknown family"}[self.mobile]
 
     @property
-    def family(self) -> str:
-        return {True: "mobile", False: "non-mobile", None: "unknown family"}[self.mobile]
+    def label(self) -> str:
+        """How the report names the model: backbone, variant and format."""
+        return f"{self.backbone} {self.variant} {self.format}"
 
 
 @dataclass

@@ -1,16 +1,16 @@
 """The backbone registry: one frozen record per supported Keras application.
 
-Importable without TensorFlow, so the device and the benchmark can look up a backbone's
+The table itself is ``backbones.csv`` beside this module (one row per backbone, a column per
+field of ``Backbone``). Importable without TensorFlow, so the device and the benchmark can look up a backbone's
 preprocessing and input size. Everything else (training, levels, export) looks backbones
 up here, by their lower-case command-line name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-def _steps(stop: int, step: int) -> tuple[int, ...]:
-    return tuple(range(0, stop + 1, step))
+import csv
+import io
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -49,42 +49,25 @@ class Backbone:
     weights_file: str
 
 
-BACKBONES: tuple[Backbone, ...] = (
-    Backbone("resnet50", "ResNet50", "resnet", "caffe", 224, 32, 2048, _steps(45, 5),
-             r"^(conv\d_block\d+)_", False, True,
-             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("vgg16", "VGG16", "vgg16", "caffe", 224, 32, 512, _steps(13, 1),
-             r"^(block\d)_", False, True,
-             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("densenet121", "DenseNet121", "densenet", "torch", 224, 32, 1024, _steps(45, 5),
-             r"^(conv\d_block\d+|pool\d)_", False, True,
-             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("xception", "Xception", "xception", "tf", 299, 71, 2048, _steps(26, 2),
-             r"^(block\d+)_", False, True,
-             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    Backbone("efficientnetb2", "EfficientNetB2", "efficientnet", "none", 260, 32, 1408, _steps(39, 3),
-             r"^(block\d+[a-z])_", False, True,
-             "efficientnetb2_notop.h5"),
-    Backbone("mobilenetv2", "MobileNetV2", "mobilenet_v2", "tf", 224, 32, 1280,
-             (0, 1, 3, 5, 7, 10, 15, 20, 25, 30), r"^(block_\d+|expanded_conv)_", True, True,
-             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
-    Backbone("nasnetmobile", "NASNetMobile", "nasnet", "tf", 224, 32, 1056, _steps(90, 10),
-             r"(?:normal|reduction|adjust).*?_((?:reduce_)?\d+)$", True, True,
-             "NASNet-mobile-no-top.h5"),
-    Backbone("mobilenetv3small", "MobileNetV3Small", "mobilenet_v3", "none", 224, 32, 576, _steps(45, 5),
-             r"^(expanded_conv(?:_\d+)?)/", True, False,
-             "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
-    Backbone("mobilenetv3large", "MobileNetV3Large", "mobilenet_v3", "none", 224, 32, 960, _steps(45, 5),
-             r"^(expanded_conv(?:_\d+)?)/", True, False,
-             "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
-    Backbone("efficientnetb0", "EfficientNetB0", "efficientnet", "none", 224, 32, 1280, _steps(39, 3),
-             r"^(block\d+[a-z])_", True, False,
-             "efficientnetb0_notop.h5"),
-    Backbone("efficientnetv2b0", "EfficientNetV2B0", "efficientnet_v2", "none", 224, 32, 1280, _steps(39, 3),
-             r"^(block\d+[a-z])_", True, False,
-             "efficientnetv2-b0_notop.h5"),
-)
+def _load(path: Path) -> tuple[Backbone, ...]:
+    """The registry table: one CSV row per backbone, columns named as ``Backbone``'s fields;
+    ``paper_levels`` space-separated, ``mobile`` and ``in_paper`` yes or no."""
+    types = {f.name: f.type for f in fields(Backbone)}
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    if not rows or set(rows[0]) != set(types):
+        raise RuntimeError(f"{path}: expected the columns {', '.join(types)}; the installed package is damaged")
 
+    def value(name: str, text: str):
+        if name == "paper_levels":
+            return tuple(int(v) for v in text.split())
+        if types[name] == "bool":
+            return text == "yes"
+        return int(text) if types[name] == "int" else text
+
+    return tuple(Backbone(**{name: value(name, text) for name, text in row.items()}) for row in rows)
+
+
+BACKBONES: tuple[Backbone, ...] = _load(Path(__file__).with_name("backbones.csv"))
 _BY_NAME = {b.name: b for b in BACKBONES}
 GROUPS: dict[str, tuple[str, ...]] = {
     "paper": tuple(b.name for b in BACKBONES if b.in_paper),

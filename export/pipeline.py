@@ -48,7 +48,19 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Resolved settings of one export command (command line beats defaults)."""
+    """Resolved settings of one export command (command line beats defaults).
+
+    Attributes:
+        runs, out: the sweep folder read and the exports folder written.
+        select: ``best`` (each backbone's best level), ``all``, or ``backbone:level[:seed]`` items.
+        variants: the artifacts to make per run (fp32, fp16, int8, ...).
+        calib, calib_seed, calib_method: the int8 calibration images (how many, which, and how
+            the ranges are taken from them).
+        qat_epochs: epochs of quantization-aware training for the ``qat`` variant.
+        opset: the ONNX opset (ONNX exports only).
+        strict: exit 1 when an artifact fails or agrees too little with the Keras model.
+        threads: runtime threads for verification (None: the runtime's default).
+    """
 
     runs: str
     out: str

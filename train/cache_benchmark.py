@@ -10,7 +10,6 @@ same accuracies).
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 from device.atomic import write_json
 from device.sweep_results import read_records
 from device.predictions import read_probabilities
+from train.console import command_parser
 from train.sweep import SweepConfig, run_sweep
 
 
@@ -59,8 +59,7 @@ def compare(data: str, out: Path, backbones: tuple[str, ...], levels: str, epoch
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.cache_benchmark", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("python -m train.cache_benchmark", __doc__)
     p.add_argument("--data", help="dataset folder (default: simulate --n images)")
     p.add_argument("--n", type=int, default=300, help="images to simulate without --data (default 300)")
     p.add_argument("--backbones", default="mobilenetv2,densenet121")

@@ -10,6 +10,7 @@ prints it.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -19,6 +20,12 @@ VERBOSE_HELP = "show TensorFlow's own start-up and warning messages (hidden by d
 
 
 _quiet = False  # set by quiet_tensorflow; read by hidden_output
+
+
+def command_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of a ``python -m train...`` command: its module docstring, line breaks kept,
+    is the ``--help`` description."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 @contextlib.contextmanager

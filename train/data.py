@@ -20,6 +20,7 @@ from pathlib import Path
 from device.dataset import LABELS, SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, index_tree, \
     open_dataset, stratified_split, write_manifest
 from device.images import ImageError, image_size
+from train.console import command_parser
 from train.sky_objects import STUDY_MIX
 
 
@@ -185,8 +186,7 @@ def _cmd_stats(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m train.data", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def split_args(p):

@@ -9,7 +9,6 @@ included in the total, not in the trainable count).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -17,6 +16,7 @@ import sys
 import numpy as np
 
 from device.backbones import Backbone, get
+from train.console import command_parser
 
 SCHEDULE_HELP = "paper | blocks | a list such as 0,5,10 | step:N[:max]"
 
@@ -168,8 +168,7 @@ def table(backbone_name: str, spec: str, img_size: int | None = None) -> list[di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.levels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m train.levels", __doc__)
     parser.add_argument("--backbone", required=True, help="e.g. resnet50, mobilenetv2")
     parser.add_argument("--levels", default="paper", help=SCHEDULE_HELP + " (default paper)")
     parser.add_argument("--img-size", type=int, default=None, help="input side (default: the backbone's)")

@@ -24,7 +24,6 @@ than always answering the majority class.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -33,10 +32,12 @@ from typing import Callable
 
 import numpy as np
 
-from train.console import VERBOSE_HELP, quiet_tensorflow, run_command
+from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow, run_command
+from train.sweep import AUGMENTS
 
 from device.atomic import write_json
 from device.backbones import get
+from device.choices import first_bad_choice
 from device.dataset import DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
 from device.preprocess import preprocess
@@ -80,12 +81,11 @@ def _check_settings(epochs: int, batch_size: int, lr: float, augment: str, bn_mo
 
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"--epochs {epochs}, --batch-size {batch_size}, --lr {lr}: expected positive values")
-    if augment not in ("none", "d4"):
-        raise ValueError(f"--augment {augment!r}: expected none or d4")
+    problem = first_bad_choice(("--augment", augment, AUGMENTS), ("--lr-schedule", lr_schedule, LR_SCHEDULES))
+    if problem:
+        raise ValueError(problem)
     if not 0.0 < bn_momentum < 1.0:
         raise ValueError(f"--bn-momentum {bn_momentum}: expected a number between 0 and 1 (such as 0.9)")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"--lr-schedule {lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
 
 
 def _target(out: str, backbone_name: str) -> Path:
@@ -198,8 +198,7 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("python -m train.pretrain", __doc__)
     p.add_argument("--data", required=True)
     p.add_argument("--backbone", required=True)
     p.add_argument("--out", required=True, help="folder (writes <backbone>.h5) or a .h5 file")
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--augment", default="d4", choices=("none", "d4"))
+    p.add_argument("--augment", default="d4", choices=AUGMENTS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bn-momentum", type=float, default=BN_MOMENTUM,
                    help=f"momentum of every BatchNorm layer while pretraining (default {BN_MOMENTUM})")

@@ -12,7 +12,6 @@ backbone (target: one per backbone in all) and whether the two sweeps' results a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from device.atomic import write_json
 from device.sweep_results import load_runs
+from train.console import command_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,8 +92,7 @@ def compare(data: str, out: Path, backbones: str, levels: str, epochs: int, img_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.shard_benchmark", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("python -m train.shard_benchmark", __doc__)
     p.add_argument("--data", help="dataset folder (default: the SDSS sample shipped with SkyEdge)")
     p.add_argument("--backbones", default="mobilenetv2,mobilenetv3small,densenet121",
                    help="(default: %(default)s)")

@@ -28,19 +28,21 @@ import numpy as np
 
 from device.atomic import check_output_folder, try_lock, write_json
 from device.checksum import sha256_file
+from device.choices import first_bad_choice
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
 from device.predictions import write_predictions
 from device.preprocess import preprocess
 from device.sweep_results import RESULTS, append_run, succeeded_ids
-from train.console import VERBOSE_HELP, quiet_tensorflow, run_command
+from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow, run_command
 from train.levels import BN_MODES
 from train.shards import assign, groups, layer_macs
 
 CACHE_MODES = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed_float16")
 STRATEGIES = ("none", "mirrored")
+AUGMENTS = ("none", "d4")  # d4: the 8 flips and quarter turns of the square, drawn per image and epoch
 
 # fields of a run's config that must match for a finished or half-done run to be reused
 RUN_IDENTITY = ("backbone", "level", "seed", "epochs", "batch_size", "lr", "img_size", "weights",
@@ -92,10 +94,12 @@ class RunPlan:
 
     @property
     def run_id(self) -> str:
+        """The run's name in results.jsonl and logs: ``mobilenetv2-L010-s0``."""
         return f"{self.backbone.name}-L{self.level:03d}-s{self.seed}"
 
     @property
     def rel_dir(self) -> str:
+        """The run's folder below the sweep folder: ``runs/mobilenetv2/L010-s0``."""
         return f"runs/{self.backbone.name}/L{self.level:03d}-s{self.seed}"
 
 
@@ -141,16 +145,11 @@ def _check_options(config: SweepConfig) -> None:
     if not 0 <= config.cache_budget_gb < float("inf"):
         raise SweepError(f"--cache-budget-gb {config.cache_budget_gb}: expected a size in GB, 0 or more "
                          f"(0 keeps every cached array on disk)")
-    if config.cache_features not in CACHE_MODES:
-        raise SweepError(f"--cache-features {config.cache_features!r}: expected one of {', '.join(CACHE_MODES)}")
-    if config.precision not in PRECISIONS:
-        raise SweepError(f"--precision {config.precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if config.strategy not in STRATEGIES:
-        raise SweepError(f"--strategy {config.strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    if config.augment not in ("none", "d4"):
-        raise SweepError(f"--augment {config.augment!r}: expected none or d4")
-    if config.bn not in BN_MODES:
-        raise SweepError(f"--bn {config.bn!r}: expected one of {', '.join(BN_MODES)}")
+    problem = first_bad_choice(("--cache-features", config.cache_features, CACHE_MODES),
+                               ("--precision", config.precision, PRECISIONS), ("--strategy", config.strategy, STRATEGIES),
+                               ("--augment", config.augment, AUGMENTS), ("--bn", config.bn, BN_MODES))
+    if problem:
+        raise SweepError(problem)
     if config.cache_features == "on" and config.augment != "none":
         raise SweepError("--cache-features on with --augment d4: augmented images change the frozen "
                          "features every epoch; use --cache-features auto or off")
@@ -656,8 +655,7 @@ def parse_shard(text: str, environ=None) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("python -m train.sweep", __doc__)
     d = {f.name: f.default for f in fields(SweepConfig) if f.default is not MISSING}  # the one set of defaults
     p.add_argument("--data", required=True, help="dataset folder (manifest.csv, labels.csv or class folders)")
     p.add_argument("--out", required=True, help="sweep output folder (shared by shards)")
@@ -673,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=d["weights"],
                    help="imagenet (downloaded by Keras) | none (random) | PATH (a file or folder of Keras weight files) "
                         "(default %(default)s)")
-    p.add_argument("--augment", default=d["augment"], choices=("none", "d4"),
+    p.add_argument("--augment", default=d["augment"], choices=AUGMENTS,
                    help="d4: the 8 rotations/flips (default %(default)s)")
     p.add_argument("--cache-features", default=d["cache_features"], choices=CACHE_MODES,
                    help="run the frozen layers once per image and train only the top (auto: when not augmenting; "
