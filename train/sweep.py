@@ -113,6 +113,10 @@ class Plan:
     layer_names: dict[str, list[str]] = field(default_factory=dict)
     data_fingerprint: str = ""
     notes: list[str] = field(default_factory=list)
+    dataset: object = None  # the opened dataset, read again by nothing else
+    # the bases built to plan, kept for the backbones this process trains (without a
+    # distribution strategy, whose scope they were not built in); training takes each once
+    bases: dict[str, object] = field(default_factory=dict)
 
 
 def _fingerprint(records) -> str:
@@ -191,6 +195,8 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
             run folder made with different settings.
         WeightsError: ImageNet weights not available offline (names the file).
     """
+    import tf_keras as keras
+
     from train.levels import LevelError, parse_schedule
     from train.model import build_base, resolve_weights
 
@@ -204,15 +210,15 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
 
     layer_names: dict[str, list[str]] = {}
     macs: dict[str, list[float]] = {}
+    bases: dict[str, object] = {}
     runs: list[RunPlan] = []
     for backbone in backbones:
         if config.img_size < backbone.min_size:
             raise SweepError(f"--img-size {config.img_size}: {backbone.name} needs at least {backbone.min_size} px")
-        weights = resolve_weights(backbone, config.weights)
-        base = build_base(backbone, config.img_size, weights)
+        keras.utils.set_random_seed(0)  # as train.model.build seeds it, so the base is the one training would build
+        bases[backbone.name] = base = build_base(backbone, config.img_size, resolve_weights(backbone, config.weights))
         layer_names[backbone.name] = [l.name for l in base.layers]
         macs[backbone.name] = layer_macs(base)
-        del base
         try:
             levels = parse_schedule(config.levels, backbone, layer_names[backbone.name])
         except LevelError as exc:
@@ -230,8 +236,9 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
                                                     or "no runs (more shards than runs)")
                      + f"; {100 * sum(g.cost for g in shares[index]) / total:.0f}% of the sweep's planned arithmetic")
     todo = _still_to_do(config, mine, fingerprint, notes)
-    return Plan(config=config, runs=mine, todo=todo, layer_names=layer_names,
-                data_fingerprint=fingerprint, notes=notes)
+    keep = {r.backbone.name for r in todo} if config.strategy == "none" else set()
+    return Plan(config=config, runs=mine, todo=todo, layer_names=layer_names, data_fingerprint=fingerprint,
+                notes=notes, dataset=dataset, bases={name: b for name, b in bases.items() if name in keep})
 
 
 def _still_to_do(config: SweepConfig, runs: list[RunPlan], fingerprint: str, notes: list[str]) -> list[RunPlan]:
@@ -287,7 +294,7 @@ def _ensure_results_line(out: Path, run: RunPlan) -> None:
     append_run(out, json.loads((out / run.rel_dir / "metrics.json").read_text()))
 
 
-def _write_floors(data: str, out: Path, fingerprint: str, log: Callable[[str], None]) -> None:
+def _write_floors(dataset, out: Path, fingerprint: str, log: Callable[[str], None]) -> None:
     """Score the majority class and the feature baseline on the test split, once per dataset."""
     from device.baseline import floors
     from train.summary import BASELINE, BASELINE_PREDICTIONS
@@ -300,7 +307,6 @@ def _write_floors(data: str, out: Path, fingerprint: str, log: Callable[[str], N
         except (OSError, ValueError):
             return False
 
-    dataset = open_dataset(data)
     if current() or not dataset.split("test"):
         return
     lock = try_lock(out / ".baseline.lock")
@@ -349,7 +355,7 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     for run in the_plan.runs:
         if run not in the_plan.todo:
             _ensure_results_line(out, run)
-    _write_floors(config.data, out, the_plan.data_fingerprint, log)
+    _write_floors(the_plan.dataset, out, the_plan.data_fingerprint, log)
     done = len(the_plan.runs) - len(the_plan.todo)
     log(f"sweep: {len(the_plan.runs)} runs in this shard ({done} already finished), output {out}")
     busy: list[str] = []
@@ -433,8 +439,8 @@ class _Loaded:
     strategy: object
 
 
-def _load_splits(config: SweepConfig, log: Callable[[str], None]) -> dict[str, _Split]:
-    loaded, skipped = open_dataset(config.data).load_splits(config.img_size)
+def _load_splits(dataset, img_size: int, log: Callable[[str], None]) -> dict[str, _Split]:
+    loaded, skipped = dataset.load_splits(img_size)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s): " + "; ".join(p for p, _ in skipped[:10]))
     return {name: _Split(*arrays) for name, arrays in loaded.items()}
@@ -453,7 +459,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
     from train.cache import FeatureStore
 
     config = the_plan.config
-    splits = _load_splits(config, log)
+    splits = _load_splits(the_plan.dataset, config.img_size, log)
     strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
     use_cache = _use_cache(config)
     store = FeatureStore(budget_bytes=int(config.cache_budget_gb * 2 ** 30), spill_dir=spill_dir(config, out))
@@ -463,7 +469,8 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
     try:
         for backbone in dict.fromkeys(r.backbone for r in the_plan.todo):
             runs = sorted((r for r in the_plan.todo if r.backbone == backbone), key=lambda r: (-r.level, r.seed))
-            loaded = _load_backbone(config, backbone, splits, store if use_cache else None, strategy, log)
+            loaded = _load_backbone(config, backbone, the_plan.bases.pop(backbone.name, None), splits,
+                                    store if use_cache else None, strategy, log)
             for run in runs:
                 lock = _claim(out, run, log)
                 if lock is None:
@@ -513,14 +520,18 @@ def _claim(out: Path, run: RunPlan, log: Callable[[str], None]) -> int | None:
     return lock
 
 
-def _load_backbone(config: SweepConfig, backbone: Backbone, splits: dict[str, _Split], store, strategy,
+def _load_backbone(config: SweepConfig, backbone: Backbone, base, splits: dict[str, _Split], store, strategy,
                    log: Callable[[str], None]) -> _Loaded:
-    """Build a backbone with its head, preprocess every split, set up its level caches."""
+    """Give a backbone its head (building it unless planning left its ``base``), preprocess
+    every split, set up its level caches."""
     from train.cache import LevelCache
-    from train.model import build, reestimate_batchnorm, resolve_weights
+    from train.model import Built, attach_head, build, reestimate_batchnorm, resolve_weights
 
-    with strategy.scope():
-        built = build(backbone, config.img_size, resolve_weights(backbone, config.weights), seed=0)
+    if base is not None:
+        built = Built(model=attach_head(base, seed=0), base=base)
+    else:
+        with strategy.scope():
+            built = build(backbone, config.img_size, resolve_weights(backbone, config.weights), seed=0)
     inputs = {name: preprocess(split.x, backbone.preprocess) for name, split in splits.items()}
     if _bn_reestimate(config):
         pick = np.random.default_rng(0).permutation(len(inputs["train"]))[:512]
