@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 from device.dataset import LABELS, SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, index_tree, \
     open_dataset, stratified_split, write_manifest
 from device.images import ImageError, image_size
+from device.progress import Progress
 from train.console import command_parser
 from train.sky_objects import STUDY_MIX
 
@@ -33,26 +33,6 @@ def parse_mix(text: str) -> tuple[float, float, float]:
     if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1.0) > 0.01:
         raise argparse.ArgumentTypeError(f"--mix {text!r}: expected three non-negative fractions G,Q,S summing to 1")
     return parts  # type: ignore[return-value]
-
-
-class Progress:
-    """A one-line progress report with rate and ETA, printed at most every ``every`` s."""
-
-    def __init__(self, label: str, every: float = 2.0, stream=sys.stderr):
-        self.label, self.every, self.stream = label, every, stream
-        self.start = time.monotonic()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < self.every:
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        print(f"{self.label}: {done}/{total} ({100.0 * done / max(total, 1):.0f}%), "
-              f"{rate:.1f}/s, elapsed {elapsed:.0f}s, ETA {eta:.0f}s", file=self.stream, flush=True)
 
 
 def describe(root: Path) -> str:
@@ -85,9 +65,10 @@ def describe(root: Path) -> str:
 def _cmd_synth(args) -> int:
     from train.synth import synthesize
 
+    line = Progress(args.n, "images", lambda text: print(text, file=sys.stderr, flush=True), every_s=2.0, label="synth")
     summary = synthesize(out=args.out, n=args.n, size=args.size, seed=args.seed, mix=args.mix,
                          workers=args.workers, val=args.val, test=args.test,
-                         progress=Progress("synth"))
+                         progress=lambda done, total: line.update(done))
     print(f"wrote {args.n} images to {args.out} in {summary.seconds:.1f}s")
     print(describe(Path(args.out)))
     return 0

@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from device.atomic import write_bytes, write_text
 from device.dataset import LABELS, MANIFEST, TEST_FRACTION, VAL_FRACTION, DatasetError, Record, read_manifest, \
     stratified_split, write_manifest
 from device.images import ImageError, is_jpeg, read_rgb
+from device.progress import Progress
 from train.polite_http import InvalidBody, PoliteClient, RequestFailed, Unreachable
 from train.sky_objects import (STUDY_MIX, SkyObject, class_counts, format_objects, parse_sql_answer,
                                read_catalog, sample, sql_for_class)
@@ -187,28 +188,19 @@ class _Outcome:
     attempts: int = 0
 
 
-@dataclass
 class _Progress:
-    total: int
-    log: Callable[[str], None]
-    start: float = field(default_factory=time.monotonic)
-    counts: dict = field(default_factory=lambda: {"downloaded": 0, "present": 0, "failed": 0})
-    size: int = 0
-    done: int = 0
-    _last_line: float = field(default_factory=time.monotonic)
-    _last_done: int = 0
+    """The download's counts by outcome, with a progress line every few seconds."""
+
+    def __init__(self, total: int, log: Callable[[str], None]):
+        self.counts = {"downloaded": 0, "present": 0, "failed": 0}
+        self.size = 0
+        self.line = Progress(total, "images", log, every_s=PROGRESS_EVERY_S, every_share=0.05, label="fetch")
 
     def add(self, outcome: _Outcome) -> None:
         self.counts[outcome.status] += 1
         self.size += outcome.size
-        self.done += 1
-        now = time.monotonic()
-        step = max(1, self.total // 20)
-        if self.done == self.total or self.done - self._last_done >= step or now - self._last_line >= PROGRESS_EVERY_S:
-            self._last_line, self._last_done = now, self.done
-            self.log(f"fetch: {self.done}/{self.total} ({100 * self.done // max(1, self.total)}%), "
-                     f"{self.counts['downloaded']} downloaded, {self.counts['present']} present, "
-                     f"{self.counts['failed']} failed, {self.size / 1e6:.1f} MB, {now - self.start:.0f} s")
+        self.line.update(self.line.count + 1, f"{self.counts['downloaded']} downloaded, {self.counts['present']} "
+                                              f"present, {self.counts['failed']} failed, {self.size / 1e6:.1f} MB")
 
 
 def prepare_output(out: Path) -> None:

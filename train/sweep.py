@@ -33,6 +33,7 @@ from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
 from device.predictions import write_predictions
+from device.progress import Progress
 from device.preprocess import preprocess
 from device.sweep_results import RESULTS, append_run, succeeded_ids
 from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow, run_command
@@ -280,13 +281,6 @@ def _damaged_checkpoint(run_dir: Path) -> bool:
     return not (run_dir / "best.h5").is_file() or sha256_file(run_dir / "best.h5") != recorded
 
 
-def _fmt_eta(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def _ensure_results_line(out: Path, run: RunPlan) -> None:
     """A run whose metrics.json exists but whose results line was lost (kill in between)."""
     if run.run_id in succeeded_ids(out):
@@ -465,7 +459,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
     store = FeatureStore(budget_bytes=int(config.cache_budget_gb * 2 ** 30), spill_dir=spill_dir(config, out))
     busy: list[str] = []
     frozen_passes: dict[str, int] = {}
-    progress = _Progress(len(the_plan.todo), config.epochs, log)
+    progress = Progress(len(the_plan.todo), "runs", log)
     try:
         for backbone in dict.fromkeys(r.backbone for r in the_plan.todo):
             runs = sorted((r for r in the_plan.todo if r.backbone == backbone), key=lambda r: (-r.level, r.seed))
@@ -481,7 +475,7 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
                         continue
                     record = _train_run(the_plan, run, out, loaded, splits, log)
                     append_run(out, record)
-                    progress.done(run, record)
+                    progress.done(run.run_id, _run_line(record, config.epochs))
                 finally:
                     if lock != _ALREADY_DONE:
                         os.close(lock)
@@ -613,23 +607,14 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
     return record
 
 
-class _Progress:
-    """One line per finished run: its scores, its time and the sweep's ETA."""
-
-    def __init__(self, total: int, epochs: int, log: Callable[[str], None]):
-        self.total, self.epochs, self.log = total, epochs, log
-        self.finished, self.t0 = 0, time.perf_counter()
-
-    def done(self, run: RunPlan, record: dict) -> None:
-        self.finished += 1
-        eta = (time.perf_counter() - self.t0) / self.finished * (self.total - self.finished)
-        status = (f"error: {record['error']}" if "error" in record else
-                  f"val acc {100 * record['val_accuracy']:.1f}% [{100 * record['val_accuracy_ci_low']:.1f}, "
-                  f"{100 * record['val_accuracy_ci_high']:.1f}]"
-                  + (f", test acc {100 * record['test_accuracy']:.1f}%" if "test_accuracy" in record else "")
-                  + f", best epoch {record['best_epoch']}/{self.epochs}")
-        self.log(f"[{self.finished}/{self.total}] {run.run_id}: {status}, {record['wall_seconds']:.1f}s; "
-                 f"sweep ETA {_fmt_eta(eta)}")
+def _run_line(record: dict, epochs: int) -> str:
+    """What a finished run gave, for its progress line."""
+    if "error" in record:
+        return f"error: {record['error']}, {record['wall_seconds']:.1f}s"
+    return (f"val acc {100 * record['val_accuracy']:.1f}% [{100 * record['val_accuracy_ci_low']:.1f}, "
+            f"{100 * record['val_accuracy_ci_high']:.1f}]"
+            + (f", test acc {100 * record['test_accuracy']:.1f}%" if "test_accuracy" in record else "")
+            + f", best epoch {record['best_epoch']}/{epochs}, {record['wall_seconds']:.1f}s")
 
 
 def parse_shard(text: str, environ=None) -> tuple[int, int]:

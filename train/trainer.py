@@ -20,6 +20,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from device.atomic import write_json
+from device.progress import Progress
 from device.sweep_results import HISTORY, read_history, write_history
 
 
@@ -161,6 +162,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
         if row["val_accuracy"] > best_acc:
             best_epoch, best_acc = row["epoch"], row["val_accuracy"]
     train_seconds = 0.0
+    epochs = Progress(config.epochs, "epochs", log, already=start_epoch)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])
@@ -188,7 +190,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
         write_history(history_path, history)
         log(f"  epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, train acc {100 * row['accuracy']:.1f}%, "
             f"val loss {row['val_loss']:.3f}, val acc {100 * val_acc:.1f}%"
-            f"{' (best)' if best_epoch == epoch + 1 else ''}, {row['seconds']:.0f}s")
+            f"{' (best)' if best_epoch == epoch + 1 else ''}, {row['seconds']:.0f}s; {epochs.advance()}")
     if best_epoch == 0:
         raise RuntimeError("no epoch finished (epochs must be >= 1)")
     full.load_weights(str(best_path))
