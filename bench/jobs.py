@@ -4,6 +4,8 @@ append one flat JSON line per job, resume, and flag int8 models slower than fp32
 One job is one artifact x runtime x threads x mode. Each runs in ``python -m bench.worker``
 so memory high-water marks and runtime thread pools start fresh; a worker that
 crashes (a signal, a non-zero exit, a timeout) still gives a line, with ``error``.
+Each kernel-mode line also gets the artifact's MACs, its GMAC/s and its fraction of the CPU's
+fp32 peak (``bench.peak``).
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from pathlib import Path
 
 from bench import fingerprint
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
+from bench.peak import Efficiency
 from bench.worker import WorkerJob
 from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
 from device.choices import first_bad_choice
+from device.progress import Progress
 from device.runtime import DELEGATES, RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
 from device.dataset import LABELS, SPLITS
 
@@ -46,6 +50,7 @@ LINE_FIELDS = (
     "latency_ms_std",
     "latency_ms_min", "latency_ms_max",
     "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "latency_ms_p90_ci_low", "latency_ms_p90_ci_high",
+    "macs", "gmacs_per_s", "peak_gmacs_per_s", "peak_source", "fraction_of_peak",  # bench.peak
     "runs", "seconds_measured", "peak_rss_bytes", "idle_rss_bytes", "rss_increase_bytes",
     "data", "split", "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1",
 )
@@ -259,11 +264,6 @@ def run_worker(job: dict, command: list[str], timeout_s: float) -> dict:
     return result
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def run_benchmarks(config: RunConfig, progress=None) -> dict:
     """Run every planned job and append its line to ``config.out``.
 
@@ -299,15 +299,17 @@ def run_benchmarks(config: RunConfig, progress=None) -> dict:
     runs = max(config.runs, STRICT_MIN_QUERIES) if config.strict else config.runs
     min_secs = max(config.min_secs, STRICT_MIN_SECONDS) if config.strict else config.min_secs
     command = list(config.worker_command or (sys.executable, "-m", "bench.worker", "-"))
+    efficiency = Efficiency(config.models)  # MACs per artifact, the peak once per runtime x threads
     written = errors = 0
-    started = time.perf_counter()
-    for number, job in enumerate(jobs, start=1):
+    progress = Progress(len(jobs), "jobs", say)
+    for job in jobs:
         artifact = job.artifact
         note = fingerprint.cooldown(config.cooldown_temp_c, config.cooldown_secs, config.cooldown_timeout_s)
         if note:
             job.notes.append(note)
         job_started = time.perf_counter()
         line = _measure(config, job, static, command, runs, min_secs)
+        line.update(efficiency.fields(artifact, job.runtime, job.threads, job.delegate, line))
         line["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         line = complete_line(line, tuple(artifact.get("labels") or LABELS))
         if "error" not in line and line.get("latency_ms_p50") is None:  # never a line with neither
@@ -315,15 +317,14 @@ def run_benchmarks(config: RunConfig, progress=None) -> dict:
         append_jsonl(config.out, line)
         written += 1
         errors += "error" in line
-        elapsed = time.perf_counter() - started
-        eta = elapsed / number * (len(jobs) - number)
-        what = f"[{number}/{len(jobs)}] {line['artifact_id']} {job.runtime} threads={job.threads} {job.mode}"
+        what = f"{line['artifact_id']} {job.runtime} threads={job.threads} {job.mode}"
+        seconds = f"{time.perf_counter() - job_started:.1f}s"
         if "error" in line:
-            say(f"{what}: ERROR {line['error']} ({time.perf_counter() - job_started:.1f} s, ETA {_fmt_eta(eta)})")
+            progress.done(what, f"ERROR {line['error']}, {seconds}")
         else:
-            say(f"{what}: p50 {line['latency_ms_p50']:.3f} ms, accuracy {line['accuracy']:.3f}, "
-                f"agreement {line['agreement'] if line['agreement'] is None else round(line['agreement'], 3)} "
-                f"({time.perf_counter() - job_started:.1f} s, ETA {_fmt_eta(eta)})")
+            agreement = line["agreement"] if line["agreement"] is None else round(line["agreement"], 3)
+            progress.done(what, f"p50 {line['latency_ms_p50']:.3f} ms, accuracy {line['accuracy']:.3f}, "
+                                f"agreement {agreement}, {seconds}")
     flagged = annotate_int8(config.out)
     if flagged:
         say(f"{flagged} line(s) noted: a quantized variant clearly slower than its fp32")

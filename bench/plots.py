@@ -130,7 +130,7 @@ def _annotate(ax, points: list[Point], cost, front: list[Point] = (), steps: tup
                (6, 27), (6, -27), (-6, 27), (-6, -27))
     placed = []
     for p in sorted(points, key=lambda q: (cost(q), q.accuracy)):
-        text = f"{p.backbone} {p.variant}" + ("" if p.format == "tflite" else f" ({p.format})")
+        text = f"{p.backbone} {p.variant} ({p.format})"
         best = None
         for dx, dy in offsets:
             label = ax.annotate(text, (cost(p), 100 * p.accuracy), xytext=(dx, dy), textcoords="offset points",

@@ -13,7 +13,8 @@ Writes ``REPORT/report.md`` and its figures (``REPORT/*.png``), atomically:
 1. the study's tables from ``RUNS/results.jsonl`` (built by ``train.summary``, not rewritten);
 2. the export table from ``EXPORTS/manifest.json``;
 3. per device (result lines grouped by ``device_name``; several results files combine): one
-   row per artifact x runtime x threads x mode with latency, memory, size and accuracy;
+   row per artifact x runtime x threads x mode with latency, efficiency (GMAC/s and its share of
+   the CPU's fp32 peak, each peak stated with its source: ``bench.peak``), memory, size and accuracy;
 4. per device: accuracy against p50 latency and against model size, with the Pareto fronts;
 5. per device: the verdict on the claim (see ``DECISION_RULE``), with its reasons as sentences
    built from the numbers.
@@ -41,8 +42,9 @@ from bench.options import comma_separated
 from bench.plots import plot_front
 from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MIN_IMAGES, DeviceVerdict, Point,
                            acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, pct)
+from device import exports_manifest
 from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
-from device.metrics import mcnemar
+from device.metrics import MCNEMAR_CONVENTION, mcnemar
 from device.sweep_results import RESULTS, aggregate, best_level, load_runs, overall_best
 
 MB = 1e6
@@ -193,18 +195,25 @@ def _export_section(exports: Path | None) -> list[str]:
         ratio = "1.00" if a.get("variant") == "fp32" and size else (
             f"{size / base_size:.2f}" if size and base_size else "n/a")
         rows.append([str(a.get("artifact_id")), str(a.get("backbone")), _family(str(a.get("backbone"))),
-                     str(a.get("variant")), str(a.get("format")), _size_mb(size), ratio,
+                     str(a.get("variant")), str(a.get("format")), _size_mb(size), ratio, _mmacs(a.get("macs")),
                      pct(num(a.get("val_accuracy"))), _points(num(a.get("accuracy_delta"))),
                      pct(num(a.get("agreement"))), _sci(num(a.get("max_abs_diff"))),
-                     _short(str(a.get("error"))) if a.get("error") else ""])
+                     _short(str(a.get("error"))) if a.get("error") else
+                     f"WARNING: {_short(str(a['warning']))}" if a.get("warning") else ""])
     lines += [f"From `{Path(exports) / 'manifest.json'}`: {len(artifacts)} artifact(s), "
               f"{sum(bool(a.get('error')) for a in artifacts)} with an export error. Size ratio: the artifact's "
-              "size over the fp32 artifact of the same model and format. Delta: accuracy minus the Keras model's; "
+              "size over the fp32 artifact of the same model and format. MMAC: millions of multiply-accumulates "
+              "per image, counted from the artifact's graph. Delta: accuracy minus the Keras model's; "
               "agreement: share of images where its prediction equals the Keras model's; max diff: largest "
               "absolute difference of a class probability.", ""]
-    lines += _table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32",
-                     "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Error"], rows)
+    lines += _table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32", "MMAC",
+                     "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Error or warning"], rows)
     return lines
+
+
+def _mmacs(value) -> str:
+    value = num(value)
+    return "n/a" if value is None else f"{value / 1e6:.4g}"
 
 
 def _points(value: float | None) -> str:
@@ -245,7 +254,32 @@ def _device_header(device: str, lines: list[dict]) -> list[str]:
              f"from {', '.join(sorted({Path(ln['_source']).name for ln in lines}))}"]
     common = _common_notes(lines)
     shared = ["Notes on every line: " + "; ".join(common) + ".", ""] if common else []
-    return [f"### {device}", "", "; ".join(facts) + ".", ""] + shared
+    return [f"### {device}", "", "; ".join(facts) + ".", ""] + shared + _efficiency_text(lines)
+
+
+def _efficiency_cell(line: dict) -> str:
+    """``GMAC/s (NN%)`` of a line: its MACs per image over its p50, and its share of the peak."""
+    gmacs, fraction = num(line.get("gmacs_per_s")), num(line.get("fraction_of_peak"))
+    if gmacs is None or is_emulated(line):
+        return "n/a"
+    return f"{gmacs:.3g}" + (f" ({100 * fraction:.0f}%)" if fraction is not None else "")
+
+
+def _efficiency_text(lines: list[dict]) -> list[str]:
+    """How the efficiency column is computed, and each peak it divides by, with its source."""
+    measured = [ln for ln in lines if num(ln.get("gmacs_per_s")) is not None and not is_emulated(ln)]
+    if not measured:
+        return ["No line of this device has its model's multiply-accumulates (`macs`) and a kernel-mode "
+                "latency outside emulation, so the efficiency column is empty.", ""]
+    peaks = sorted({(str(ln.get("runtime")), int(ln.get("threads") or 0), num(ln.get("peak_gmacs_per_s")),
+                     str(ln.get("peak_source"))) for ln in measured})
+    text = ["Efficiency: GMAC/s is the model's multiply-accumulates per image (`macs`, counted from the "
+            "exported graph's convolution, dense and matmul ops) over its p50 latency; % of peak divides it by "
+            "the CPU's fp32 peak for the line's runtime and threads (1 MAC = 1 fused multiply-add; int8 "
+            "kernels can exceed the fp32 peak):", ""]
+    text += [f"- {runtime}, {threads} thread(s): "
+             + (f"{peak:.4g} GMAC/s, {source}" if peak is not None else source) for runtime, threads, peak, source in peaks]
+    return text + [""]
 
 
 def _common_notes(lines: list[dict]) -> list[str]:
@@ -273,6 +307,8 @@ def _device_table(lines: list[dict]) -> list[str]:
         acc = num(ln.get("accuracy"))
         a_low, a_high = line_ci(ln) if acc is not None else (None, None)
         notes = [str(n) for n in ln.get("notes") or [] if str(n) not in common]
+        if ln.get("export_warning"):
+            notes.insert(0, f"EXPORT WARNING: {ln['export_warning']}")
         if is_emulated(ln):
             notes.insert(0, "EMULATED: latency not meaningful")
         share = _majority_share(ln.get("label_indices"))
@@ -281,12 +317,12 @@ def _device_table(lines: list[dict]) -> list[str]:
                             f"the most common class of these images")
         rows.append([str(ln.get("artifact_id")), _family(str(ln.get("backbone"))), str(ln.get("runtime")),
                      str(ln.get("threads")), str(ln.get("mode")), p50, ms_text(num(ln.get("latency_ms_p90"))),
-                     ms_text(num(ln.get("latency_ms_p99"))), _mb(ln.get("peak_rss_bytes")),
+                     ms_text(num(ln.get("latency_ms_p99"))), _efficiency_cell(ln), _mb(ln.get("peak_rss_bytes")),
                      _mb(ln.get("rss_increase_bytes")), _size_mb(ln.get("size_bytes")),
                      f"{pct(acc)} [{pct(a_low)}, {pct(a_high)}]", _sci(num(ln.get("macro_f1"))),
                      pct(num(ln.get("agreement"))), _short("; ".join(notes), 300)])
     return _table(["Artifact", "Family", "Runtime", "Threads", "Mode", "p50 ms [95% CI]", "p90 ms", "p99 ms",
-                   "Peak RSS MB", "RSS increase MB", "Size MB", "Accuracy [Wilson 95%]", "Macro-F1", "Agreement",
+                   "GMAC/s (% of peak)", "Peak RSS MB", "RSS increase MB", "Size MB", "Accuracy [Wilson 95%]", "Macro-F1", "Agreement",
                    "Notes"], rows)
 
 
@@ -353,7 +389,23 @@ def _evidence_section(runs: str | os.PathLike | None, by_device: dict[str, list[
     if on_val:
         lines.append(f"- **Warning**: the verdict for {', '.join(sorted(set(on_val)))} rests on images that are "
                      "not the test split; validation images chose epochs and levels, so their accuracy is optimistic.")
+    lines.append(f"- Paired tests: {MCNEMAR_CONVENTION}")
     return lines + [""]
+
+
+def with_export_warnings(by_device: dict[str, list[dict]], exports: Path | None) -> dict[str, list[dict]]:
+    """The lines, each given ``export_warning`` where its artifact's manifest record has a
+    ``warning`` (an agreement with the Keras model below the variant's threshold at export),
+    so that the device tables and the verdict show it, not only the export's console."""
+    if exports is None:
+        return by_device
+    try:
+        warnings = {aid: str(r["warning"]) for aid, r in exports_manifest.read(exports).items() if r.get("warning")}
+    except ValueError:
+        return by_device  # the export section says why the manifest cannot be read
+    return {device: [{**ln, "export_warning": warnings[str(ln.get("artifact_id"))]}
+                     if str(ln.get("artifact_id")) in warnings else ln for ln in lines]
+            for device, lines in by_device.items()}
 
 
 def read_floors_file(path: str | os.PathLike) -> dict:
@@ -418,8 +470,8 @@ def _floors_section(files: list[dict], pairs: list[dict], unmatched: int, alpha:
                      f"{pct(f.get('features_accuracy_ci_high'))}].")
     lines += [""]
     if pairs:
-        lines += [f"McNemar's exact test of each model against the feature baseline on the same images (b: model "
-                  f"right and baseline wrong; c: the reverse). Beats it: higher accuracy and p < {alpha:g}.", ""]
+        lines += [f"McNemar's exact test of each model against the feature baseline on the same images (b and c "
+                  f"as stated at the top). Beats it: higher accuracy and p < {alpha:g}.", ""]
         lines += _table(["Device", "Model", "Family", "Accuracy", "Feature floor", "Difference (points)", "b / c",
                          "McNemar p", "Beats it"],
                         [[q["device"], q["label"], q["family"], pct(q["accuracy"]), pct(q["features_accuracy"]),
@@ -438,7 +490,7 @@ DEVICES_CSV_COLUMNS = (
     "threads", "mode", "emulated", "latency_ms_p50", "latency_ms_p50_ci_low", "latency_ms_p50_ci_high",
     "latency_ms_p5", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "peak_rss_bytes", "rss_increase_bytes", "size_bytes", "data", "split",
     "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "agreement", "cpu_model", "arch",
-    "error",
+    "error", "macs", "gmacs_per_s", "peak_gmacs_per_s", "fraction_of_peak", "peak_source",
 )
 
 
@@ -475,7 +527,7 @@ def verdict_record(config: "ReportConfig", verdicts: dict, pairs: list[dict]) ->
         "min_images": config.min_images, "results": [str(p) for p in config.results],
         "devices": {d: {"verdict": v.verdict, "reasons": list(v.reasons), "mode": v.mode,
                         "emulated_lines": v.emulated, "best_mobile": _point_record(v.best_mobile),
-                        "best_other": _point_record(v.best_other), "mcnemar_other_vs_mobile": v.test,
+                        "best_other": _point_record(v.best_other), "mcnemar_mobile_vs_other": v.test,
                         "points": [_point_record(p) for p in v.points],
                         "latency_front": [p.artifact_id for p in v.latency_front],
                         "size_front": [p.artifact_id for p in v.size_front],
@@ -535,6 +587,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
     out = check_output_folder(config.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     by_device, errors = load_results(config.results, log)
+    by_device = with_export_warnings(by_device, config.exports)
     verdicts = {device: decide(device, lines, config.budgets_ms, config.alpha, config.min_images)
                 for device, lines in by_device.items()}
 

@@ -85,7 +85,8 @@ class DeviceVerdict:
         latency_points: the points whose latency may be used (not emulated).
         latency_front, size_front: the Pareto-optimal points, fastest or smallest first.
         best_mobile, best_other: the most accurate mobile and non-mobile points.
-        test: ``device.metrics.mcnemar`` of best_other (A) against best_mobile (B), or None.
+        test: ``device.metrics.mcnemar`` of best_mobile (A, the model the claim is about)
+            against best_other (B), or None: b = only the mobile model right, c = only the other.
         budgets: ``(budget_ms, best point or None)`` per budget.
         mode: the mode the points were taken from.
         emulated: lines whose latency was left out because they ran under emulation.
@@ -254,18 +255,18 @@ def _accuracy_condition(v: DeviceVerdict, alpha: float, min_images: int, blocker
     """S: is the best mobile model significantly less accurate than the best other (None: untested)?"""
     significant = None
     if v.best_mobile and v.best_other:
-        v.test, why = paired_test(v.best_other, v.best_mobile)
+        v.test, why = paired_test(v.best_mobile, v.best_other)
         if v.test is None:
             blockers.append(f"No paired test: {why}.")
         else:
             t = v.test
-            deficit = t["accuracy_diff"]
+            deficit = -t["accuracy_diff"]  # the mobile model's shortfall
             significant = deficit > 0 and t["p_value"] < alpha
             v.reasons.append(
                 f"Most accurate non-mobile model {v.best_other.label} ({acc_ci(v.best_other)}) against most accurate "
                 f"mobile model {v.best_mobile.label} ({acc_ci(v.best_mobile)}), Wilson 95% intervals: the mobile "
                 f"model is {abs(100 * deficit):.1f} points {'behind' if deficit >= 0 else 'ahead'}; McNemar exact p = {t['p_value']:.3g} on {t['n']} images "
-                f"(b = {t['b']} only the non-mobile right, c = {t['c']} only the mobile right): "
+                f"(b = {t['b']}, c = {t['c']}): "
                 + ("significant" if significant else "not significant") + f" at alpha = {alpha:g}"
                 + ("" if deficit > 0 or t["p_value"] >= alpha else " (and not a mobile deficit)") + ".")
             if t["n"] < min_images:
@@ -353,6 +354,10 @@ def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha:
         blockers.append(f"{present} ({len(v.points)} model(s)), so mobile and non-mobile models cannot be compared.")
 
     significant = _accuracy_condition(v, alpha, min_images, blockers)
+    for point in (v.best_mobile, v.best_other):
+        if point is not None and point.line.get("export_warning"):
+            v.reasons.append(f"{point.label} was flagged at export: {point.line['export_warning']}; its accuracy "
+                             f"here is measured on the device, but it does not behave like its Keras model.")
     on_front, win = _speed_conditions(v, budgets_ms, blockers)
 
     if blockers or significant is None or on_front is None:

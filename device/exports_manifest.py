@@ -9,6 +9,11 @@ on the manifest) and the file is replaced atomically, so neither loses the other
 An artifact is skipped on a rerun when its record has no error, its file still has the
 recorded sha256, and its ``source_key`` (checkpoint hash plus the export settings) is
 unchanged.
+
+``macs``: the multiply-accumulates of one call (one image), counted from the artifact's own
+graph by ``device.macs`` when it is exported (``None`` with ``macs_error`` when they cannot be
+counted); ``bench run`` divides it by the p50 latency. A record made before the field existed
+is counted from its file where it is read (``artifact_macs``).
 """
 from __future__ import annotations
 
@@ -110,3 +115,25 @@ def is_current(exports: str | os.PathLike, record: dict | None, key: str) -> boo
         return False
     path = Path(exports) / record["file"]
     return path.is_file() and sha256_file(path) == record.get("sha256")
+
+
+def macs_fields(path: str | os.PathLike) -> dict:
+    """``{"macs": N}`` for an artifact file, or ``{"macs": None, "macs_error": why}``."""
+    from device.macs import MacCountError, count_macs
+
+    try:
+        return {"macs": count_macs(path)}
+    except (MacCountError, OSError) as exc:
+        return {"macs": None, "macs_error": str(exc)}
+
+
+def artifact_macs(exports: str | os.PathLike, record: dict) -> tuple[int | None, str | None]:
+    """``(macs, note)`` of a record: its ``macs``, else counted from its file (note when not possible)."""
+    if isinstance(record.get("macs"), int):
+        return record["macs"], None
+    if not record.get("file"):
+        return None, None
+    counted = macs_fields(Path(exports) / record["file"])
+    if counted["macs"] is None:
+        return None, f"MACs unknown, so no GMAC/s: {counted['macs_error']}"
+    return counted["macs"], None

@@ -96,6 +96,12 @@ def binomial_lower_tail(k: int, m: int) -> float:
     return float(math.exp(top + math.log(np.exp(log_terms - top).sum()) - m * math.log(2.0)))
 
 
+# How every table and sentence of SkyEdge reads McNemar's counts: the model under test comes
+# first (A: the row's model, the mobile model of the verdict), what it is compared with second.
+MCNEMAR_CONVENTION = ("McNemar's b = images only the model under test (the row's, or the mobile model) got right, "
+                      "c = images only the model it is compared with got right.")
+
+
 def mcnemar(correct_a, correct_b) -> dict:
     """McNemar's test of two classifiers on the same items.
 

@@ -20,6 +20,7 @@ from device.atomic import check_output_folder, write_text
 from device.backbones import Backbone, get
 from device.checksum import sha256_file
 from device.dataset import LABELS, DatasetError, open_dataset
+from device.progress import Progress
 from device import exports_manifest as manifest
 from device.sweep_results import RESULTS, aggregate, best_level, load_runs
 from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
@@ -318,21 +319,20 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
     (exports / "reference").mkdir(exist_ok=True)
     common = {"versions": versions(), "runs_root": str(Path(config.runs).resolve())}
     written, failures = [], []
-    total, done = len(sources) * len(variants), 0
+    progress = Progress(len(sources) * len(variants), "artifacts", log)
     for source in sources:
         ctx = Context(source=source, config=config, exports=exports, log=log, dataset=datasets[source.data])
         reference_rel = f"reference/{source.stem}.csv"
         _write_reference(source, exports / reference_rel)
         check = _Verifier(source, ctx.dataset, read_reference(source.predictions), config.threads)
         for variant in variants:
-            done += 1
             artifact_id = f"{source.stem}-{variant}-{fmt}"
             settings = _settings(config, fmt, variant, len(ctx.dataset.split("train")))
             key = manifest.source_key(source.checkpoint_sha256, settings)
             previous = manifest.read(exports).get(artifact_id)
             if manifest.is_current(exports, previous, key):
-                log(f"[{done}/{total}] {artifact_id}: unchanged, skipped")
-                written.append(previous)
+                progress.done(artifact_id, "unchanged, skipped")
+                written.append(_with_macs(exports, previous))
                 continue
             record = {"artifact_id": artifact_id, "backbone": source.backbone.name, "level": source.level,
                       "seed": source.seed, "variant": variant, "format": fmt, "file": f"{fmt}/{source.stem}-{variant}.{fmt}",
@@ -340,6 +340,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
                       "source_run": source.rel_dir, "checkpoint_sha256": source.checkpoint_sha256,
                       "reference_predictions": reference_rel, "data": str(source.data), **common,
                       "settings": settings, "source_key": key}
+            progress.started(f"{artifact_id}: converting {source.run_id} to {fmt} {variant}, then verifying it")
             problem = _make_artifact(ctx, variant, convert, check, record)
             if problem:
                 failures.append(f"{artifact_id}: {problem}")
@@ -347,7 +348,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
             manifest.merge(exports, [kept])
             manifest.write_sidecar(exports, kept)
             written.append(record)
-            log(f"[{done}/{total}] {artifact_id}: {_status(record)}, {record['seconds']:.1f}s")
+            progress.done(artifact_id, f"{_status(record)}, {record['seconds']:.1f}s")
     if failures and config.strict:
         raise StrictFailure("; ".join(failures))
     return written
@@ -400,6 +401,7 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         record["converter"] = converter_name
         record.update(extra)
         record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
+        record.update(manifest.macs_fields(path))  # multiply-accumulates per image, from the graph
         record.update(_io_fields(path))
         result = check(path)
         record.update(result.as_record())
@@ -438,6 +440,16 @@ def _keep_good_record(exports: Path, previous: dict | None, record: dict) -> dic
         return record
     failure = {k: record[k] for k in ("error", "seconds", "source_key", "checkpoint_sha256") if k in record}
     return {**previous, "last_failure": failure}
+
+
+def _with_macs(exports: Path, record: dict) -> dict:
+    """An unchanged artifact's record, given its ``macs`` (stored) when it was made before the field."""
+    if "macs" in record:
+        return record
+    record = {**record, **manifest.macs_fields(exports / record["file"])}
+    manifest.merge(exports, [record])
+    manifest.write_sidecar(exports, record)
+    return record
 
 
 class StrictFailure(RuntimeError):

@@ -51,10 +51,13 @@ def line(device: str, backbone: str, variant: str, p50: float, correct: np.ndarr
             "notes": [], **extra}
 
 
-# pi5: mobile significantly worse (b=45, c=0) and slower than the int8 ResNet50: supported
+# pi5: mobile significantly worse (mobile first: b=0, c=45) and slower than the int8 ResNet50: supported
 SUP_OTHER, SUP_MOBILE = masks(285, 45, 0)
-# pi4: mobile 1 point behind (b=6, c=3), much faster: contradicted
+# pi4: mobile 1 point behind (b=3, c=6), much faster: contradicted
 CON_OTHER, CON_MOBILE = masks(282, 6, 3)
+
+
+EXPORT_WARNING = "int8 agrees with the Keras model on 88.0% of images, below the 95% threshold"
 
 
 def device_lines() -> tuple[list[dict], list[dict]]:
@@ -103,6 +106,7 @@ def write_inputs(root: Path) -> dict:
                               "sha256": "0" * 64, "size_bytes": size, "input_dtype": "float32", "img_size": 224,
                               "keras_val_accuracy": 0.95, "val_accuracy": 0.94, "accuracy_delta": -0.01,
                               "agreement": 0.98, "max_abs_diff": 0.012})
+    artifacts[-1].update(agreement=0.88, warning=EXPORT_WARNING)  # mobilenetv2 int8
     artifacts.append({"artifact_id": "vgg16-l3-s0-int8-onnx", "backbone": "vgg16", "level": 3, "seed": 0,
                       "variant": "int8", "format": "onnx", "error": "quantizer failed"})
     (exports / "manifest.json").write_text(json.dumps({"format_version": 1, "artifacts": artifacts}))
@@ -177,9 +181,12 @@ def test_verdicts_follow_the_data(report):
 
 
 def test_mcnemar_matches_device_metrics(report):
+    # #12 item 7: one convention everywhere, stated once at the top: the model under test (the
+    # mobile model of the verdict, the row's model of a table) is A, so b counts its wins
     _, text = report
+    assert text.count("McNemar's b = images only the model under test") == 2  # the top, and the sweep's own table
     for device, other, mobile in (("pi5", SUP_OTHER, SUP_MOBILE), ("pi4", CON_OTHER, CON_MOBILE)):
-        expected = mcnemar(other, mobile)
+        expected = mcnemar(mobile, other)
         block = section(text, f"### {device}: the claim")
         got = re.search(r"McNemar exact p = ([0-9.e+-]+) on (\d+) images \(b = (\d+).*?c = (\d+)", block)
         assert got, block
@@ -274,3 +281,14 @@ def test_default_budgets_span_each_devices_measured_range(tmp_path):
         # the smallest budget fits the fastest model, the largest every model
         assert all(b["artifact_id"] for b in record["budgets"]), device
 
+
+
+def test_export_warnings_reach_the_notes_and_the_verdict(report):
+    # #12 item 7: an int8 agreement below the threshold was said on the export's console only
+    result, text = report
+    pi5 = section(text, "### pi5: the claim")
+    assert "mobilenetv2 int8 tflite was flagged at export: " + EXPORT_WARNING in pi5
+    exported, *measured = [r for r in text.splitlines() if r.startswith("| mobilenetv2-l5-s0-int8-tflite |")]
+    assert exported.endswith("| WARNING: " + EXPORT_WARNING + " |")  # section 2, the export table
+    assert measured and all("EXPORT WARNING: " + EXPORT_WARNING in r for r in measured)
+    assert not any("EXPORT WARNING" in r for r in text.splitlines() if r.startswith("| mobilenetv2-l5-s0-fp32"))

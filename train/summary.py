@@ -30,7 +30,7 @@ import numpy as np
 
 from device.atomic import write_bytes, write_text
 from device.dataset import LABELS
-from device.metrics import mcnemar
+from device.metrics import MCNEMAR_CONVENTION, mcnemar
 from device.predictions import PredictionsError, correct_by_path
 from device.sweep_results import (HISTORY, LevelStats, aggregate, as_float, as_int, best_level,
                                    load_runs, overall_best, read_history)
@@ -414,8 +414,7 @@ def best_section(root: Path, best: dict[str, LevelStats], overall: LevelStats) -
                     "McNemar p vs features (test)"], rows)
     lines += [f"Best backbone overall: {overall.backbone} at level {overall.level}. McNemar: exact two-sided "
               f"test on the discordant images between the lowest-seed run of each best level and that of "
-              f"{overall.backbone} (seed {ref_run.get('seed')}), joined on `path`. In every McNemar cell, b = images "
-              f"only the row's model got right, c = images only the other got right. The best level is chosen on "
+              f"{overall.backbone} (seed {ref_run.get('seed')}), joined on `path`. {MCNEMAR_CONVENTION} The best level is chosen on "
               f"validation accuracy; the test column is measured once, after every choice.", ""]
     return lines
 

@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -466,19 +466,13 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
             loaded = _load_backbone(config, backbone, the_plan.bases.pop(backbone.name, None), splits,
                                     store if use_cache else None, strategy, log)
             for run in runs:
-                lock = _claim(out, run, log)
-                if lock is None:
-                    busy.append(run.run_id)
-                    continue
-                try:
-                    if lock == _ALREADY_DONE:
-                        continue
-                    record = _train_run(the_plan, run, out, loaded, splits, log)
-                    append_run(out, record)
-                    progress.done(run.run_id, _run_line(record, config.epochs))
-                finally:
-                    if lock != _ALREADY_DONE:
-                        os.close(lock)
+                with _claimed(out, run, log) as claim:
+                    if claim == "busy":
+                        busy.append(run.run_id)
+                    elif claim == "mine":
+                        record = _train_run(the_plan, run, out, loaded, splits, log)
+                        append_run(out, record)
+                        progress.done(run.run_id, _run_line(record, config.epochs))
             if loaded.caches is not None:
                 frozen_passes[backbone.name] = loaded.caches["train"].passes_from_images
                 log(f"{backbone.name}: {frozen_passes[backbone.name]} frozen pass(es) over the images shared by "
@@ -493,25 +487,30 @@ def _execute(the_plan: Plan, out: Path, log: Callable[[str], None]) -> tuple[lis
     return busy, frozen_passes
 
 
-_ALREADY_DONE = -1  # _claim's answer for a run another process finished meanwhile
+@contextlib.contextmanager
+def _claimed(out: Path, run: RunPlan, log: Callable[[str], None]) -> Iterator[str]:
+    """Hold a run's lock while the block trains it: one process per run, so a second sweep
+    on the same folder takes the other runs.
 
-
-def _claim(out: Path, run: RunPlan, log: Callable[[str], None]) -> int | None:
-    """Lock a run for this process: a file descriptor to close when done, ``None`` when
-    another process holds it, ``_ALREADY_DONE`` when it was finished meanwhile."""
+    Yields ``"mine"`` (train it), ``"busy"`` (another process holds it) or ``"done"`` (another
+    process finished it meanwhile; its results line is made sure of).
+    """
     run_dir = out / run.rel_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    # one process per run: a second sweep on the same folder takes the other runs
     lock = try_lock(run_dir / RUN_LOCK)
     if lock is None:
         log(f"{run.run_id}: being trained by another process on {out}; left to it")
-        return None
-    if (run_dir / "metrics.json").is_file() and not _damaged_checkpoint(run_dir):
+        yield "busy"
+        return
+    try:
+        if (run_dir / "metrics.json").is_file() and not _damaged_checkpoint(run_dir):
+            _ensure_results_line(out, run)
+            log(f"{run.run_id}: finished meanwhile by another process")
+            yield "done"
+        else:
+            yield "mine"
+    finally:
         os.close(lock)
-        _ensure_results_line(out, run)
-        log(f"{run.run_id}: finished meanwhile by another process")
-        return _ALREADY_DONE
-    return lock
 
 
 def _load_backbone(config: SweepConfig, backbone: Backbone, base, splits: dict[str, _Split], store, strategy,
