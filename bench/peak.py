@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -340,20 +339,14 @@ class Efficiency:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.peak [JOB.json | -]``: measure one peak, print it as one JSON line."""
-    argv = sys.argv[1:] if argv is None else argv
-    result_fd = os.dup(1)
-    os.dup2(2, 1)  # runtime chatter on stdout goes to stderr
-    sys.stdout = sys.stderr
-    try:
-        text = Path(argv[0]).read_text() if argv and argv[0] != "-" else sys.stdin.read()
-        job = json.loads(text)
+    from bench.worker import answer_one_job
+
+    def measure(job: dict) -> dict:
         peak = measure_peak(job["runtime"], int(job["threads"]), job.get("delegate"))
-        result = {"peak_gmacs_per_s": peak.gmacs_per_s, "peak_source": peak.source}
-    except Exception as exc:  # every failure is the answer's error, never a lost line
-        result = {"error": f"{type(exc).__name__}: {exc}"}
-    with os.fdopen(result_fd, "w") as fh:
-        fh.write(json.dumps(result) + "\n")
-    return 0
+        return {"peak_gmacs_per_s": peak.gmacs_per_s, "peak_source": peak.source}
+
+    # every failure is the answer's error, never a lost line
+    return answer_one_job(argv, measure, lambda exc: {"error": f"{type(exc).__name__}: {exc}"}, (Exception,))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -382,20 +383,29 @@ def _load_rect(dataset, split, size):
     return arr, np.array([r.label_index for r in kept], dtype=np.int64), kept, skipped
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Read a job, run it, print the result as one JSON line on the original stdout."""
+def answer_one_job(argv: list[str] | None, handle: Callable[[dict], dict], on_error: Callable[[Exception], dict],
+                   errors: tuple[type[Exception], ...] = (OSError, ValueError)) -> int:
+    """The body of a one-job process (this worker, ``bench.peak``): read a JSON job from the
+    file ``argv[0]`` or stdin, ``handle`` it while whatever a runtime prints on stdout goes to
+    stderr, and print the answer (``on_error``'s for an exception of ``errors``) as one JSON
+    line on the original stdout."""
     argv = sys.argv[1:] if argv is None else argv
     result_fd = os.dup(1)
     os.dup2(2, 1)  # runtime chatter on stdout goes to stderr
     sys.stdout = sys.stderr
     try:
         text = Path(argv[0]).read_text() if argv and argv[0] != "-" else sys.stdin.read()
-        result = run_job(json.loads(text))
-    except (OSError, ValueError) as exc:
-        result = {"error": f"bad job: {exc}", "notes": []}
+        result = handle(json.loads(text))
+    except errors as exc:
+        result = on_error(exc)
     with os.fdopen(result_fd, "w") as fh:
         fh.write(json.dumps(result) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Read a job, run it, print the result as one JSON line on the original stdout."""
+    return answer_one_job(argv, run_job, lambda exc: {"error": f"bad job: {exc}", "notes": []})
 
 
 if __name__ == "__main__":
