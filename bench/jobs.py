@@ -366,8 +366,9 @@ def _measure(config: RunConfig, job: Job, static: dict, command: list[str], runs
 
 def _int8_cause(runtime: str, variant: str) -> str:
     if runtime == "onnxruntime":
-        return ("ONNX QDQ ops left unfused (QuantizeLinear/DequantizeLinear not folded into integer kernels) "
-                "or no fast int8 kernels (VNNI / dot-product) on this CPU")
+        return ("ONNX QDQ ops left unfused: on x86, ONNX Runtime fuses only uint8-activation groups into "
+                "integer kernels, so an int8-activation model (--onnx-int8 qdq-s8) runs dequantize, float op, "
+                "quantize (export with qoperator there); or no fast int8 kernels (VNNI / dot-product) on this CPU")
     if variant == "dynamic":
         return ("dynamic-range ops quantize activations at run time and XNNPACK does not take them, "
                 "so they run on the slower builtin hybrid kernels")

@@ -1,15 +1,29 @@
 """Export trained runs to ONNX (fp32, int8), verified on ONNX Runtime with the device code.
 
     python -m export.onnx --runs RUNS --out EXPORTS [--select ...] [--variants fp32,int8]
-        [--opset N] [--calib N] [--calib-seed S] [--calib-method minmax|average|percentile] [--strict]
+        [--opset N] [--calib N] [--calib-seed S] [--calib-method minmax|average|percentile]
+        [--onnx-int8 qoperator|qdq-u8|qdq-s8] [--strict]
 
 Variants:
     fp32  tf2onnx conversion of the deployable graph (raw pixels in, probabilities out).
-    int8  onnxruntime static quantization of the fp32 model: QDQ format, per-channel int8
-          weights, int8 activations calibrated on training images. The input stays float32
-          raw pixels and is quantized by the graph's first QuantizeLinear. Dynamic
-          quantization (weights only, activations quantized per call) is slow for CNNs on
-          ONNX Runtime, so it is not offered.
+    int8  onnxruntime static quantization of the fp32 model: per-channel int8 weights,
+          8-bit activations calibrated on training images, in the form ``--onnx-int8`` names
+          (below). The input stays float32 raw pixels and is quantized by the graph's first
+          QuantizeLinear. Dynamic quantization (weights only, activations quantized per call)
+          is slow for CNNs on ONNX Runtime, so it is not offered.
+
+int8 forms (--onnx-int8; measured in docs/export.md, "ONNX int8 speed on x86"):
+    qoperator  QOperator file (QLinearConv, QLinearAdd, ...), uint8 activations, int8
+               weights (U8S8). The default: the fastest form on x86 (uint8 activations are
+               what ONNX Runtime's x86 integer kernels take).
+    qdq-u8     QDQ file (QuantizeLinear/DequantizeLinear around float ops), U8S8: fused by
+               ONNX Runtime into the same integer kernels on x86.
+    qdq-s8     QDQ file, int8 activations and weights (S8S8; the only form before): ONNX
+               Runtime's documented default and the choice for ARM, where it fuses int8 QDQ
+               groups into integer kernels; on x86 it leaves many of them in float (here
+               1.1x fp32's time on MobileNetV2, 2.8x on EfficientNetB2).
+    QOperator with int8 activations is not offered: ONNX Runtime documents it as slow on
+    x86-64 (measured 3.4-4.8x slower than fp32 at 1 thread here).
 
 Calibration methods (--calib-method) set each activation's int8 range:
     minmax      the extremes over all calibration images (default; what TFLite's converter
@@ -25,16 +39,48 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from device.atomic import write_bytes
-from export.pipeline import Context, ExportError, run_cli
+from export.pipeline import Context, ExportConfig, ExportError, run_cli
 
 ONNX_VARIANTS = ("fp32", "int8")
 DEFAULT_OPSET = 17
 CALIB_METHODS = ("minmax", "average", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Form:
+    """How an int8 ONNX model is written: file format and activation type (weights are int8)."""
+
+    name: str
+    quant_format: str  # onnxruntime ``QuantFormat`` member: QOperator or QDQ
+    activations: str  # onnxruntime ``QuantType`` member of activations: QUInt8 or QInt8
+
+    @property
+    def label(self) -> str:
+        """E.g. ``QOperator per-channel U8S8`` (the manifest's converter text)."""
+        return f"{self.quant_format} per-channel {'U8' if self.activations == 'QUInt8' else 'S8'}S8"
+
+
+INT8_FORMS = {form.name: form for form in (Int8Form("qoperator", "QOperator", "QUInt8"),
+                                           Int8Form("qdq-u8", "QDQ", "QUInt8"),
+                                           Int8Form("qdq-s8", "QDQ", "QInt8"))}
+DEFAULT_INT8_FORM = ExportConfig.onnx_int8
+
+
+def int8_form(name: str) -> Int8Form:
+    """The ``INT8_FORMS`` entry called ``name``.
+
+    Raises:
+        ValueError: an unknown name (one line naming the choices).
+    """
+    if name not in INT8_FORMS:
+        raise ValueError(f"--onnx-int8 {name!r}: expected one of {', '.join(INT8_FORMS)}")
+    return INT8_FORMS[name]
 
 
 def to_onnx_bytes(ctx: Context, opset: int) -> bytes:
@@ -82,11 +128,13 @@ class _CalibrationReader:
         self.position = 0
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = "minmax") -> bool:
-    """Static QDQ int8 quantization (per-channel weights) calibrated on ``images``.
+def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = "minmax",
+                  form: str = DEFAULT_INT8_FORM) -> bool:
+    """Static int8 quantization (per-channel int8 weights) calibrated on ``images``.
 
     Args:
         method: one of ``CALIB_METHODS`` (see the module doc).
+        form: one of ``INT8_FORMS`` (see the module doc).
 
     Returns:
         Whether ONNX Runtime's pre-processing (shape inference, BatchNorm folding) ran.
@@ -97,6 +145,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, method: s
 
     if method not in CALIB_METHODS:
         raise ValueError(f"calibration method {method!r}: expected one of {', '.join(CALIB_METHODS)}")
+    chosen = int8_form(form)
     calibrate_method = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax
     # onnxruntime's "moving average" over one-image batches, all collected in one pass, is the
     # plain mean of the per-image minima and maxima
@@ -127,9 +176,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, method: s
         level = root.level
         root.setLevel(logging.ERROR)
         try:
-            quantize_static(str(source), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=calibrate_method, extra_options=extra_options)
+            quantize_static(str(source), str(tmp_out), reader, quant_format=QuantFormat[chosen.quant_format],
+                            per_channel=True, activation_type=QuantType[chosen.activations],
+                            weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
+                            extra_options=extra_options)
         finally:
             root.setLevel(level)
         write_bytes(out_path, tmp_out.read_bytes())
@@ -137,7 +187,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, method: s
 
 
 def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
-    """Write one ONNX variant of the source to ``path``.
+    """Write one ONNX variant of the source to ``path`` (the int8 variant in the form
+    ``ctx.config.onnx_int8`` names, one of ``INT8_FORMS``).
 
     Returns:
         ``(converter name, extra record fields)``.
@@ -148,7 +199,7 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
     import onnxruntime
     import tf2onnx
 
-    opset = ctx.config.opset
+    opset, int8 = ctx.config.opset, ctx.config.onnx_int8
     if variant == "fp32":
         write_bytes(path, to_onnx_bytes(ctx, opset))
         return f"tf2onnx {tf2onnx.__version__} (opset {opset})", {"opset": opset}
@@ -157,10 +208,10 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             fp32.write_bytes(to_onnx_bytes(ctx, opset))
-            preprocessed = quantize_int8(fp32, path, images, ctx.config.calib_method)
+            preprocessed = quantize_int8(fp32, path, images, ctx.config.calib_method, int8)
         return (f"tf2onnx {tf2onnx.__version__} (opset {opset}) + onnxruntime {onnxruntime.__version__} "
-                f"quantize_static QDQ per-channel S8S8, {ctx.config.calib_method} calibration",
-                {"opset": opset, "calib_n": int(len(images)), "onnx_preprocessed": preprocessed})
+                f"quantize_static {int8_form(int8).label}, {ctx.config.calib_method} calibration",
+                {"opset": opset, "calib_n": int(len(images)), "onnx_preprocessed": preprocessed, "onnx_int8": int8})
     raise ValueError(f"unknown ONNX variant {variant!r}")
 
 
@@ -169,11 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
         p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
                        help="how int8 activation ranges are set from the calibration images (default minmax)")
+        p.add_argument("--onnx-int8", default=DEFAULT_INT8_FORM, metavar="|".join(INT8_FORMS),
+                       help=f"form of the int8 variant (default {DEFAULT_INT8_FORM}; see above)")
 
     def config_extra(args):
         if not 13 <= args.opset <= 21:
             raise ExportError(f"--opset {args.opset}: expected 13..21 (QDQ per-channel needs 13 or later)")
-        return {"opset": args.opset, "calib_method": args.calib_method}
+        try:
+            form = int8_form(args.onnx_int8).name
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+        return {"opset": args.opset, "calib_method": args.calib_method, "onnx_int8": form}
 
     return run_cli(argv, "python -m export.onnx", __doc__, "onnx", ONNX_VARIANTS, convert_onnx, extra, config_extra)
 

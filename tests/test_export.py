@@ -257,8 +257,11 @@ def test_tflite_variants_export_and_verify(exported):
     assert by["fp16"]["size_bytes"] < 0.6 * by["fp32"]["size_bytes"]
     assert by["int8"]["size_bytes"] < 0.45 * by["fp32"]["size_bytes"]
     assert (out / by["fp32"]["reference_predictions"]).is_file()
-    progress = [line for line in exported.lines if line.startswith("[")]
-    assert len(progress) == len(TFLITE) and all("agreement" in line for line in progress), exported.lines
+    # each artifact: a line saying what it converts before it starts, and one with its result and the ETA
+    started = [line for line in exported.lines if line.startswith("[") and line.endswith("then verifying it ...")]
+    progress = [line for line in exported.lines if line.startswith("[") and line not in started]
+    assert len(started) == len(TFLITE) and "converting" in started[0], exported.lines
+    assert len(progress) == len(TFLITE) and all("agreement" in line and "ETA" in line for line in progress)
     assert any(line.startswith("  QAT epoch 1/1") for line in exported.lines)  # no silent QAT stretch
 
 
