@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device import exports_manifest as manifest
 from device.atomic import write_bytes
 from export.pipeline import Context, ExportConfig, ExportError, run_cli
 
@@ -209,9 +210,13 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
             fp32 = Path(tmp) / "fp32.onnx"
             fp32.write_bytes(to_onnx_bytes(ctx, opset))
             preprocessed = quantize_int8(fp32, path, images, ctx.config.calib_method, int8)
+            # the quantized graph does the fp32 graph's arithmetic; counted there, since ONNX shape
+            # inference stops at QOperator's com.microsoft ops (QLinearAdd, QLinearConcat, ...)
+            macs = manifest.macs_fields(fp32)
         return (f"tf2onnx {tf2onnx.__version__} (opset {opset}) + onnxruntime {onnxruntime.__version__} "
                 f"quantize_static {int8_form(int8).label}, {ctx.config.calib_method} calibration",
-                {"opset": opset, "calib_n": int(len(images)), "onnx_preprocessed": preprocessed, "onnx_int8": int8})
+                {"opset": opset, "calib_n": int(len(images)), "onnx_preprocessed": preprocessed, "onnx_int8": int8,
+                 **macs})
     raise ValueError(f"unknown ONNX variant {variant!r}")
 
 

@@ -404,7 +404,8 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         record["converter"] = converter_name
         record.update(extra)
         record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
-        record.update(manifest.macs_fields(path))  # multiply-accumulates per image, from the graph
+        if record.get("macs") is None:  # multiply-accumulates per image, from the graph (unless the converter counted them)
+            record.update(manifest.macs_fields(path))
         record.update(_io_fields(path))
         result = check(path)
         record.update(result.as_record())
