@@ -1,6 +1,7 @@
 """A sweep's results: ``RUNS/results.jsonl`` and each run's ``history.csv``. The one owner of
-the format: ``train.sweep`` and ``train.pretrain`` write it; the summary, export, ``bench
-report`` and the benchmarks read it through here; TensorFlow-free.
+the format: ``train.sweep`` writes ``results.jsonl`` and ``train.trainer`` each run's
+``history.csv`` (pretraining's too); the summary, export, ``bench report`` and the benchmarks
+read them through here; TensorFlow-free.
 
 ``results.jsonl`` holds one flat JSON record per finished or failed run, appended as runs end
 (several shards may append to one file). A record carries ``results_version`` (lines written
