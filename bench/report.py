@@ -376,7 +376,7 @@ def _evidence_section(runs: str | os.PathLike | None, by_device: dict[str, list[
         lines.append("- No sweep folder given (`--runs`): the data source and weights are not known to this report.")
     on_val = []
     for device, device_lines in by_device.items():
-        seen = sorted({(str(l.get("split", "?")), int(l.get("n_images") or 0), str(l.get("data", "?")))
+        seen = sorted({(str(l.get("split", "?")), int(l.get("n_images") or 0), shown_path(l.get("data", "?")))
                        for l in device_lines if l.get("accuracy") is not None})
         for split, n, data in seen:
             lines.append(f"- {device}: accuracy on the `{split}` split of `{data}`, {n} images.")
@@ -494,6 +494,17 @@ DEVICES_CSV_COLUMNS = (
 )
 
 
+def shown_path(path) -> str:
+    """A recorded path as the report shows it: relative to the folder ``bench report`` runs in
+    when it lies below it (a report copied elsewhere then names no folder of this machine),
+    else as recorded."""
+    text = str(path)
+    try:
+        return str(Path(text).relative_to(Path.cwd())) if Path(text).is_absolute() else text
+    except ValueError:
+        return text
+
+
 def devices_csv(by_device: dict[str, list[dict]], errors: list[dict]) -> str:
     """One row per results line (errors included), the columns of ``DEVICES_CSV_COLUMNS``."""
     import csv
@@ -502,7 +513,8 @@ def devices_csv(by_device: dict[str, list[dict]], errors: list[dict]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(DEVICES_CSV_COLUMNS)
     for line in [ln for lines in by_device.values() for ln in lines] + errors:
-        row = {**line, "family": _family(str(line.get("backbone"))), "emulated": is_emulated(line)}
+        row = {**line, "family": _family(str(line.get("backbone"))), "emulated": is_emulated(line),
+               "data": shown_path(line["data"]) if line.get("data") else None}
         writer.writerow(["" if row.get(k) is None else row.get(k) for k in DEVICES_CSV_COLUMNS])
     return buffer.getvalue()
 

@@ -292,3 +292,14 @@ def test_export_warnings_reach_the_notes_and_the_verdict(report):
     assert exported.endswith("| WARNING: " + EXPORT_WARNING + " |")  # section 2, the export table
     assert measured and all("EXPORT WARNING: " + EXPORT_WARNING in r for r in measured)
     assert not any("EXPORT WARNING" in r for r in text.splitlines() if r.startswith("| mobilenetv2-l5-s0-fp32"))
+
+
+def test_paths_below_the_working_folder_are_shown_relative(tmp_path, monkeypatch):
+    # a report copied elsewhere (docs/report-example) must not name a folder of this machine
+    from bench.report import devices_csv, shown_path
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "demo" / "data") == "demo/data"
+    assert shown_path("/elsewhere/data") == "/elsewhere/data" and shown_path("rel/data") == "rel/data"
+    csv_text = devices_csv({"pi": [{"device_name": "pi", "backbone": "mobilenetv2", "data": str(tmp_path / "d")}]}, [])
+    assert str(tmp_path) not in csv_text and ",d," in csv_text

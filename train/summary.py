@@ -255,7 +255,7 @@ def provenance(root: Path, runs: list[dict]) -> list[str]:
             continue
     weights = sorted({str(r.get("weights")) for r in runs if r.get("weights") is not None})
     bn = sorted({str(r.get("bn", "study")) for r in runs})
-    data = config.get("data_resolved") or config.get("data") or "unknown"
+    data = config.get("data") or config.get("data_resolved") or "unknown"  # as the user named it
     split = (f"{config.get('train_n', '?')} train / {config.get('val_n', '?')} validation / "
              f"{config.get('test_n', 0)} test images")
     return [f"- Data: `{data}` ({split}); validation chooses epochs and levels, test is only scored.",
