@@ -23,16 +23,12 @@ from bench.android import AndroidConfig
 from bench.jobs import RunConfig
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
 from bench.options import at_least, names, positive_ints
+from device.command import Exit, run_command
 from device.runtime import DELEGATES
 
 EXTERNAL = {"report": "bench.report"}
 EXTERNAL_HELP = {"report": "tables, plots and the verdict on the study's claim from bench run results "
                            "(needs skyedge[report]; see `bench report --help`)"}
-
-
-EXIT_BAD_INPUT = 2  # nothing ran: a bad option or input; the message names it
-EXIT_FAILURES = 3   # finished, but some jobs failed (their lines carry an error)
-EXIT_INTERRUPTED = 130  # Ctrl-C: every finished line kept; rerun with --resume
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -82,18 +78,18 @@ def _cmd_run(args) -> int:
                        seed=args.seed, cooldown_temp_c=args.cooldown_temp, cooldown_secs=args.cooldown_secs,
                        cooldown_timeout_s=args.cooldown_timeout, device_name=args.device_name, max_secs=args.max_secs, delegate=args.delegate,
                        resume=args.resume, select=args.select, job_timeout_s=args.job_timeout)
-    try:
-        summary = run_benchmarks(config, progress=lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished job's line is in {args.out}; rerun the same command with "
-              f"--resume to run the rest", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    summary = run_benchmarks(config, progress=lambda line: print(line, flush=True))
     print(f"{summary['written']} line(s) ({summary['errors']} with error) appended to {summary['out']}")
-    if summary["errors"]:
-        print(f"{summary['errors']} of {summary['written']} job(s) failed (exit status {EXIT_FAILURES}); "
-              f"their lines carry the error", file=sys.stderr)
-        return EXIT_FAILURES
-    return 0
+    return _failures(summary["errors"], summary["written"])
+
+
+def _failures(errors: int, written: int) -> int:
+    """``Exit.PARTIAL`` with a line saying so when some jobs failed, else ``Exit.OK``."""
+    if errors:
+        print(f"{errors} of {written} job(s) failed (exit status {Exit.PARTIAL:d}); their lines carry the error",
+              file=sys.stderr)
+        return Exit.PARTIAL
+    return Exit.OK
 
 
 def _add_overhead(p: argparse.ArgumentParser) -> None:
@@ -197,21 +193,13 @@ def _cmd_android(args) -> int:
                            device_name=args.device_name)
     artifacts = load_manifest(args.models)
     n = errors = 0
-    try:
-        for record in run_android(config, artifacts, progress=lambda line: print(line, flush=True)):
-            line = complete_line(record)
-            append_jsonl(args.out, line)
-            n += 1
-            errors += "error" in line
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the {n} finished line(s) are in {args.out}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    for record in run_android(config, artifacts, progress=lambda line: print(line, flush=True)):
+        line = complete_line(record)
+        append_jsonl(args.out, line)
+        n += 1
+        errors += "error" in line
     print(f"{n} line(s) ({errors} with error) appended to {args.out}")
-    if errors:
-        print(f"{errors} of {n} job(s) failed (exit status {EXIT_FAILURES}); their lines carry the error",
-              file=sys.stderr)
-        return EXIT_FAILURES
-    return 0
+    return _failures(errors, n)
 
 
 COMMANDS = {
@@ -249,11 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from bench.jobs import BenchError
 
-    try:
-        return COMMANDS[args.command][1](args)
-    except (BenchError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    out = getattr(args, "out", None)
+    return run_command(lambda: COMMANDS[args.command][1](args), (BenchError, ValueError),
+                       INTERRUPTED.get(args.command, "nothing further was written").format(out=out))
+
+
+# what Ctrl-C / SIGTERM leaves, per subcommand (the rest write one file at the end, atomically)
+INTERRUPTED = {
+    "run": "every finished job's line is in {out}; rerun the same command with --resume to run the rest",
+    "android": "every finished job's line is in {out}",
+}
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEF
                            acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, pct)
 from device import exports_manifest
 from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
+from device.command import Exit, run_command
 from device.metrics import MCNEMAR_CONVENTION, mcnemar
 from device.sweep_results import RESULTS, aggregate, best_level, load_runs, overall_best
 
@@ -678,22 +679,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floors", type=Path, nargs="+", default=(),
                         help="`bench floors` file(s): each model is tested against the feature baseline on the same images")
     args = parser.parse_args(argv)
+    return run_command(lambda: _report(args), (ValueError,), "the report folder is written only when it is complete")
+
+
+def _report(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("matplotlib") is None:
-        print("error: bench report draws its figures with matplotlib, which is not installed: "
-              "pip install 'skyedge[report]' (a device only needs skyedge[device] for bench run)", file=sys.stderr)
-        return 2
-    try:
-        config = ReportConfig(results=tuple(args.results), out=args.out, runs=args.runs, exports=args.exports,
-                              budgets_ms=args.budgets, alpha=args.alpha, min_images=args.min_images,
-                              floors=tuple(args.floors))
-        result = write_report(config, log=lambda line: print(line, file=sys.stderr))
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError("bench report draws its figures with matplotlib, which is not installed: "
+                         "pip install 'skyedge[report]' (a device only needs skyedge[device] for bench run)")
+    config = ReportConfig(results=tuple(args.results), out=args.out, runs=args.runs, exports=args.exports,
+                          budgets_ms=args.budgets, alpha=args.alpha, min_images=args.min_images,
+                          floors=tuple(args.floors))
+    result = write_report(config, log=lambda line: print(line, file=sys.stderr))
     for device, verdict in result["verdicts"].items():
         print(f"{device}: claim {verdict}")
     print(result["report"])
-    return 0
+    return Exit.OK
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from device.atomic import read_jsonl, write_json
+from device.command import Exit, run_command
 
 FLOAT_VARIANTS = ("fp32", "fp16")
 DEFAULT_ATOL = 1e-4
@@ -210,24 +211,26 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     c.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "predict":
-            result = predict_exports(args.models, args.data, args.split)
-            write_json(args.out, result)
-            print(f"{len(result['artifacts'])} artifact(s) predicted on {result['arch']} -> {args.out}")
-            return 0
-        a, b = read_prediction_file(args.a), read_prediction_file(args.b)
-        lines = [read_jsonl(path) for path in args.lines] if args.lines else (None, None)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _predict(args) if args.command == "predict" else _compare(args), (ValueError, KeyError))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    result = predict_exports(args.models, args.data, args.split)
+    write_json(args.out, result)
+    print(f"{len(result['artifacts'])} artifact(s) predicted on {result['arch']} -> {args.out}")
+    return Exit.OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    a, b = read_prediction_file(args.a), read_prediction_file(args.b)
+    lines = [read_jsonl(path) for path in args.lines] if args.lines else (None, None)
     rows, ok = compare(a, b, args.atol, *lines)
     print(format_table(rows, a["arch"], b["arch"]))
     print(f"runtimes {a['arch']}: {a['runtimes']}; {b['arch']}: {b['runtimes']}")
     if args.out:
         write_json(args.out, {"arch_a": a["arch"], "arch_b": b["arch"], "atol": args.atol, "ok": ok, "rows": rows})
     print("PASS: predictions agree" if ok else "FAIL: predictions differ (see the table)")
-    return 0 if ok else 1
+    return Exit.OK if ok else Exit.DIFFERS
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from device import exports_manifest as manifest
+from device.command import run_command
 from device.dataset import open_dataset
 from device.runtime import load
 from export.onnx import INT8_FORMS, quantize_int8
@@ -166,19 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", type=int, default=None, help="calibration images (default 200, or all when fewer)")
     p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw (default 0)")
     args = p.parse_args(argv)
-    try:
-        forms = tuple(dict.fromkeys(f.strip() for f in args.forms.split(",") if f.strip()))
-        if not forms or any(f not in INT8_FORMS for f in forms):
-            raise ValueError(f"--forms {args.forms!r}: expected a comma-separated subset of {','.join(INT8_FORMS)}")
-        threads = _ints(args.threads, "--threads")
-        if args.rounds < 1:
-            raise ValueError(f"--rounds {args.rounds}: expected a positive integer")
-        select = tuple(s.strip() for s in args.select.split(",") if s.strip())
-        print(f"machine: {cpu_description()}")
-        rows = run(Path(args.exports), forms, threads, args.rounds, args.calib, args.calib_seed, select)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _benchmark(args), (ValueError,))
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    forms = tuple(dict.fromkeys(f.strip() for f in args.forms.split(",") if f.strip()))
+    if not forms or any(f not in INT8_FORMS for f in forms):
+        raise ValueError(f"--forms {args.forms!r}: expected a comma-separated subset of {','.join(INT8_FORMS)}")
+    threads = _ints(args.threads, "--threads")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds {args.rounds}: expected a positive integer")
+    select = tuple(s.strip() for s in args.select.split(",") if s.strip())
+    print(f"machine: {cpu_description()}")
+    rows = run(Path(args.exports), forms, threads, args.rounds, args.calib, args.calib_seed, select)
     print(table(rows, forms))
     return 0
 

@@ -19,6 +19,7 @@ from typing import Callable
 from device.atomic import check_output_folder, write_text
 from device.backbones import Backbone, get
 from device.checksum import sha256_file
+from device.command import Exit, run_command
 from device.dataset import LABELS, DatasetError, open_dataset
 from device.progress import Progress
 from device import exports_manifest as manifest
@@ -35,7 +36,6 @@ _VERSION_PACKAGES = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tfmot"
 
 
 CALIB_DEFAULT = 200
-EXIT_FAILURES = 3  # finished, but some artifacts failed (their manifest records carry the error)
 
 
 def calib_count(requested: int | None, available: int) -> int:
@@ -502,27 +502,31 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
     extra_arguments(p)
     args = p.parse_args(argv)
     quiet_tensorflow(args.verbose)
-    try:
+
+    def work() -> int:
         if args.calib_seed < 0:
             raise ExportError(f"--calib-seed {args.calib_seed}: expected a non-negative integer")
         config = ExportConfig(runs=args.runs, out=args.out, select=args.select,
                               variants=parse_variants(args.variants, allowed), calib=args.calib, calib_seed=args.calib_seed,
                               strict=args.strict, threads=args.threads, **config_extra(args))
-        records = export_runs(config, fmt, config.variants, convert)
-    except (ExportError, CalibrationError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StrictFailure as exc:
-        print(f"error: --strict: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: finished artifacts are in {Path(args.out) / manifest.MANIFEST}; rerun the same "
-              f"command to make the rest (unchanged ones are skipped)", file=sys.stderr)
-        return 130
+        try:
+            records = export_runs(config, fmt, config.variants, convert)
+        except StrictFailure as exc:
+            print(f"error: --strict: {exc}", file=sys.stderr)
+            return Exit.DIFFERS
+        return _report_records(config, records)
+
+    return run_command(work, (ExportError, CalibrationError, ValueError),
+                       f"finished artifacts are in {Path(args.out) / manifest.MANIFEST}; rerun the same command to "
+                       f"make the rest (unchanged ones are skipped)")
+
+
+def _report_records(config: ExportConfig, records: list[dict]) -> int:
+    """Print the manifest's path and the failures; the exit status."""
     failed = [r for r in records if "error" in r]
     print(f"manifest: {Path(config.out) / manifest.MANIFEST} ({len(records) - len(failed)} artifacts ok, {len(failed)} failed)")
     if failed:
         print(f"finished with failures: {len(failed)} of {len(records)} artifact(s) failed (exit status "
-              f"{EXIT_FAILURES}); their manifest records carry the error", file=sys.stderr)
-        return EXIT_FAILURES
-    return 0
+              f"{Exit.PARTIAL:d}); their manifest records carry the error", file=sys.stderr)
+        return Exit.PARTIAL
+    return Exit.OK

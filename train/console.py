@@ -79,25 +79,3 @@ def quiet_tensorflow(verbose: bool = False) -> None:
             os.dup2(saved, 2)
             os.close(saved)
     tf.get_logger().setLevel("ERROR")
-
-
-EXIT_BAD_INPUT = 2  # nothing done: the one "error:" line names the input and what was expected
-EXIT_INTERRUPTED = 130  # Ctrl-C: what is finished is kept
-
-
-def run_command(work, errors: tuple[type[BaseException], ...], interrupted: str) -> int:
-    """Run a command's work and turn its known failures into exit codes.
-
-    Args:
-        work: a callable with no arguments returning the exit status (``None`` is 0).
-        errors: exception types that mean bad input: one ``error:`` line, exit 2.
-        interrupted: what the Ctrl-C message says after ``interrupted:`` (exit 130).
-    """
-    try:
-        return int(work() or 0)
-    except errors as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
-        return EXIT_INTERRUPTED

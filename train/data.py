@@ -18,6 +18,7 @@ from pathlib import Path
 
 from device.dataset import LABELS, SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetError, index_tree, \
     open_dataset, stratified_split, write_manifest
+from device.command import run_command
 from device.images import ImageError, image_size
 from device.progress import Progress
 from train.console import command_parser
@@ -226,15 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "n", None) is None and args.command == "sdss" and not args.catalog:
         args.n = 1000
-    try:
-        return args.func(args)
-    except (DatasetError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: files written so far are complete; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args), (DatasetError, ValueError),
+                       "files written so far are complete; rerun the same command to resume")
 
 
 if __name__ == "__main__":

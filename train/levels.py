@@ -9,6 +9,7 @@ included in the total, not in the trainable count).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -16,6 +17,7 @@ import sys
 import numpy as np
 
 from device.backbones import Backbone, get
+from device.command import run_command
 from train.console import command_parser
 
 SCHEDULE_HELP = "paper | blocks | a list such as 0,5,10 | step:N[:max]"
@@ -174,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, default=None, help="input side (default: the backbone's)")
     parser.add_argument("--json", action="store_true", help="print a JSON list")
     args = parser.parse_args(argv)
-    try:
-        rows = table(args.backbone, args.levels, args.img_size)
-    except (KeyError, ValueError) as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _print_table(args), (KeyError, ValueError))
+
+
+def _print_table(args: argparse.Namespace) -> int:
+    rows = table(args.backbone, args.levels, args.img_size)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

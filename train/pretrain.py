@@ -32,12 +32,13 @@ from typing import Callable
 
 import numpy as np
 
-from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow, run_command
+from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow
 from train.sweep import AUGMENTS
 
 from device.atomic import write_json
 from device.backbones import get
 from device.choices import first_bad_choice
+from device.command import run_command
 from device.dataset import DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
 from device.preprocess import preprocess

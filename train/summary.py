@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from device.atomic import write_bytes, write_text
+from device.command import Exit, run_command
 from device.dataset import LABELS
 from device.metrics import MCNEMAR_CONVENTION, mcnemar
 from device.predictions import PredictionsError, correct_by_path
@@ -581,19 +582,20 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Rebuild summary.csv, summary.md and plots/ of a sweep folder.")
     parser.add_argument("root", type=Path, help="sweep folder holding results.jsonl")
     args = parser.parse_args(argv)
-    try:
-        paths = write_summary(root=args.root, log=lambda line: print(line, file=sys.stderr))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _summarize(args.root), (ValueError,), "rerun the same command")
+
+
+def _summarize(root: Path) -> int:
+    """Write the summary of ``root`` and name every shard's missing or failed runs."""
+    paths = write_summary(root=root, log=lambda line: print(line, file=sys.stderr))
     print(paths["summary_md"])
-    runs, failures, _ = load_runs(args.root)
-    incomplete = [s for s in shard_status(args.root, runs, failures) if s["missing"] or s["failed"]]
+    runs, failures, _ = load_runs(root)
+    incomplete = [s for s in shard_status(root, runs, failures) if s["missing"] or s["failed"]]
     for s in incomplete:
         missing = "never started" if s["runs"] is None else f"{len(s['missing'])} run(s) missing ({_ids(s['missing'])})"
         print(f"shard {s['shard']}: {missing}, {len(s['failed'])} failed ({_ids(s['failed'])}); "
               f"run that shard again to finish", file=sys.stderr)
-    return 3 if incomplete else 0
+    return Exit.PARTIAL if incomplete else Exit.OK
 
 
 if __name__ == "__main__":

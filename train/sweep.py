@@ -29,6 +29,7 @@ import numpy as np
 from device.atomic import check_output_folder, try_lock, write_json
 from device.checksum import sha256_file
 from device.choices import first_bad_choice
+from device.command import Exit, run_command
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
@@ -36,7 +37,7 @@ from device.predictions import write_predictions
 from device.progress import Progress
 from device.preprocess import preprocess
 from device.sweep_results import RESULTS, append_run, succeeded_ids
-from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow, run_command
+from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow
 from train.levels import BN_MODES
 from train.shards import assign, groups, layer_macs
 
@@ -50,7 +51,6 @@ RUN_IDENTITY = ("backbone", "level", "seed", "epochs", "batch_size", "lr", "img_
                 "augment", "bn_reestimate", "bn", "data_fingerprint")
 
 
-EXIT_FAILURES = 3  # the sweep finished, but some runs failed (2: bad input, nothing ran)
 RUN_LOCK = ".lock"  # in each run folder, held while a process trains that run
 
 
@@ -722,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         if shard.get("failed"):
             print(f"finished with failures: {len(shard['failed'])} of {len(shard['runs'])} runs failed",
                   file=sys.stderr)
-            return EXIT_FAILURES
+            return Exit.PARTIAL
         return 0
 
     return run_command(work, (SweepError, WeightsError, DatasetError),

@@ -1,0 +1,82 @@
+"""How every SkyEdge command ends: one set of exit codes and one runner, TensorFlow-free.
+
+Every command's ``main`` parses its arguments, builds its config and hands the work to
+``run_command``, which turns the known endings into the codes of ``Exit`` (the README's
+exit-code table is tested against it):
+
+- the work's own return value (``Exit.OK``, ``Exit.PARTIAL`` when it finished with some
+  items failed, ``Exit.DIFFERS`` when a check it ran failed);
+- one ``error:`` line and ``Exit.BAD_INPUT`` for the exception types the command names as
+  bad input, and for any ``OSError`` (a missing path, a read-only folder, a full disk): the
+  line names the path and the system's reason, never a traceback;
+- ``Exit.INTERRUPTED`` on Ctrl-C and ``Exit.TERMINATED`` on SIGTERM (what Slurm's
+  ``scancel`` and a job's time limit send): both unwind the same way, so whatever cleanup a
+  Ctrl-C runs also runs for SIGTERM, and the message says what was kept.
+"""
+from __future__ import annotations
+
+import enum
+import signal
+import sys
+import threading
+from typing import Callable
+
+
+class Exit(enum.IntEnum):
+    """Exit codes shared by every command (the README's table lists them per command)."""
+
+    OK = 0
+    DIFFERS = 1       # the work ran and a check it makes failed (--strict, compare_predictions)
+    BAD_INPUT = 2     # bad input or option, or the system refused a read or write: one error line
+    PARTIAL = 3       # finished, but some items failed (each named, their records carry the error)
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): what is finished is kept
+    TERMINATED = 143   # SIGTERM (128 + SIGTERM): as Ctrl-C
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process gets SIGTERM, so it unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 (signal handler signature)
+    raise Terminated()
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line an exception becomes: a KeyError's own text, an OSError's path and reason."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.strerror:
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{where}: {exc.strerror}" if where else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def run_command(work: Callable[[], int | None], errors: tuple[type[BaseException], ...] = (),
+                interrupted: str = "finished work is kept; rerun the same command to resume") -> int:
+    """Run a command's work and turn its known endings into ``Exit`` codes.
+
+    Args:
+        work: a callable with no arguments returning the exit status (``None`` is 0).
+        errors: exception types that mean bad input: one ``error:`` line, ``Exit.BAD_INPUT``.
+            ``OSError`` is always handled so.
+        interrupted: what the Ctrl-C / SIGTERM message says after ``interrupted:``.
+
+    Returns:
+        The exit status (an ``int``; ``Exit`` members compare equal to their codes).
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    try:
+        return int(work() or 0)
+    except Terminated:
+        print(f"\nterminated (SIGTERM): {interrupted}", file=sys.stderr)
+        return Exit.TERMINATED
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
+        return Exit.INTERRUPTED
+    except (*errors, OSError) as exc:
+        print(f"error: {error_message(exc)}", file=sys.stderr)
+        return Exit.BAD_INPUT
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
