@@ -15,9 +15,12 @@ exit-code table is tested against it):
 """
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 import signal
 import sys
+import tempfile
 import threading
 from typing import Callable
 
@@ -80,3 +83,32 @@ def run_command(work: Callable[[], int | None], errors: tuple[type[BaseException
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def native_output_hidden(hide: bool = True):
+    """Hide what native code prints on stdout and stderr inside the block (LiteRT's "Created
+    TensorFlow Lite XNNPACK delegate" note, converters' notes); shown after all if the block
+    fails. ``hide=False`` leaves everything as it is printed."""
+    if not hide:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", errors="replace"))
+            raise
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

@@ -60,6 +60,16 @@ def read_rgb(source: str | os.PathLike | bytes) -> np.ndarray:
     Raises:
         ImageError: the file is missing, truncated, corrupt or not an image.
     """
+    return decode(source)[0]
+
+
+def decode(source: str | os.PathLike | bytes) -> tuple[np.ndarray, str]:
+    """``read_rgb`` that also says the file's own Pillow mode (``RGB``, ``L``, ``I;16``, ...),
+    so a caller can tell which images were converted.
+
+    Raises:
+        ImageError: as ``read_rgb``.
+    """
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     try:
         stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
@@ -68,6 +78,7 @@ def read_rgb(source: str | os.PathLike | bytes) -> np.ndarray:
     try:
         with stream, Image.open(stream) as img:
             img.load()
+            mode = img.mode
             rgb = _to_rgb(img)
             arr = np.array(rgb, dtype=np.uint8)
     except Image.DecompressionBombError as exc:  # a header claiming far more pixels than a cutout
@@ -76,7 +87,7 @@ def read_rgb(source: str | os.PathLike | bytes) -> np.ndarray:
         raise ImageError(f"{name}: not a readable JPEG/PNG image ({exc})") from exc
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(f"{name}: decoded to shape {arr.shape}, expected (H, W, 3)")
-    return arr
+    return arr, mode
 
 
 def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -24,6 +24,8 @@ import os
 import struct
 from pathlib import Path
 
+from device.flatbuffer import Table
+
 # TFLite BuiltinOperator codes (tensorflow/lite/schema/schema.fbs)
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV, BATCH_MATMUL, CONV_3D = 3, 4, 9, 67, 126, 132
 TFLITE_OPS = {CONV_2D: "CONV_2D", DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D", FULLY_CONNECTED: "FULLY_CONNECTED",
@@ -59,51 +61,12 @@ def _prod(values) -> int:
     return out
 
 
-class _Table:
-    """A flatbuffer table: enough of the format to read a TFLite model (little-endian)."""
-
-    def __init__(self, buf: bytes, pos: int):
-        self.buf, self.pos = buf, pos
-        self.vtable = pos - struct.unpack_from("<i", buf, pos)[0]
-        self.vtable_size = struct.unpack_from("<H", buf, self.vtable)[0]
-
-    def _offset(self, slot: int) -> int:
-        voff = 4 + 2 * slot
-        return struct.unpack_from("<H", self.buf, self.vtable + voff)[0] if voff < self.vtable_size else 0
-
-    def scalar(self, slot: int, fmt: str, default: int = 0) -> int:
-        off = self._offset(slot)
-        return struct.unpack_from("<" + fmt, self.buf, self.pos + off)[0] if off else default
-
-    def _target(self, slot: int) -> int | None:
-        off = self._offset(slot)
-        if not off:
-            return None
-        at = self.pos + off
-        return at + struct.unpack_from("<I", self.buf, at)[0]
-
-    def ints(self, slot: int) -> list[int]:
-        start = self._target(slot)
-        if start is None:
-            return []
-        n = struct.unpack_from("<I", self.buf, start)[0]
-        return list(struct.unpack_from(f"<{n}i", self.buf, start + 4))
-
-    def tables(self, slot: int) -> list["_Table"]:
-        start = self._target(slot)
-        if start is None:
-            return []
-        n = struct.unpack_from("<I", self.buf, start)[0]
-        items = [start + 4 + 4 * i for i in range(n)]
-        return [_Table(self.buf, at + struct.unpack_from("<I", self.buf, at)[0]) for at in items]
-
-
-def _tflite_graph(data: bytes) -> tuple[list[int], list[list[int]], list[_Table]]:
+def _tflite_graph(data: bytes) -> tuple[list[int], list[list[int]], list[Table]]:
     """(builtin code per opcode index, shape per tensor, operators) of the main subgraph."""
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise MacCountError("not a TFLite flatbuffer (no TFL3 identifier)")
     try:
-        model = _Table(data, struct.unpack_from("<I", data, 0)[0])
+        model = Table(data, struct.unpack_from("<I", data, 0)[0])
         # the code is the larger of the int8 deprecated field (slot 0) and the int32 one (slot 3)
         codes = [max(c.scalar(0, "b"), c.scalar(3, "i")) for c in model.tables(1)]
         subgraphs = model.tables(2)

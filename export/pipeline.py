@@ -16,15 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from device.atomic import check_output_folder, write_text
 from device.backbones import Backbone, get
+from device.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from device.checksum import sha256_file
 from device.command import Exit, run_command
 from device.dataset import LABELS, DatasetError, open_dataset
+from device.model_info import description
 from device.progress import Progress
 from device import exports_manifest as manifest
 from device.sweep_results import RESULTS, aggregate, best_level, load_runs
 from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
+from export.embed import embed
 from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
 from export.verify import align, read_reference, strict_failure, verify
 
@@ -256,6 +261,11 @@ class Context:
             self._calibration = calibration_set(self.dataset, self.source.img_size, count, seed=self.config.calib_seed)
         return self._calibration
 
+    def train_prior(self) -> list[float]:
+        """The class mix of the training split, in label order (what the model learnt as its prior)."""
+        counts = np.bincount([LABELS.index(r.label) for r in self.dataset.split("train")], minlength=len(LABELS))
+        return [round(float(c) / max(int(counts.sum()), 1), 6) for c in counts]
+
     def model(self):
         if self._model is None:
             self._model = keras_model(self.source)
@@ -409,6 +419,9 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         record.update(_io_fields(path))
         result = check(path)
         record.update(result.as_record())
+        record.update(calibration_fields(result.probs, result.labels, ctx.train_prior()))
+        embed(path, description(record))  # the file describes itself; the graph is unchanged
+        record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
         problem = strict_failure(variant, result.agreement)
         if problem:
             record["warning"] = problem
@@ -419,6 +432,15 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         problem = record["error"]
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return problem
+
+
+def calibration_fields(probs: np.ndarray, labels: np.ndarray, train_prior: list[float]) -> dict:
+    """The artifact's temperature, fitted on the validation images, with the validation ECE
+    before and after it (15 bins), and the training mix its probabilities assume."""
+    temperature = fit_temperature(probs, labels)
+    return {"temperature": temperature, "train_prior": train_prior,
+            "val_ece": round(expected_calibration_error(probs, labels), 6),
+            "val_ece_scaled": round(expected_calibration_error(apply_temperature(probs, temperature), labels), 6)}
 
 
 def _status(record: dict) -> str:

@@ -52,6 +52,8 @@ class Verification:
     val_accuracy: float
     agreement: float
     max_abs_diff: float
+    probs: np.ndarray | None = None  # the artifact's probabilities (N, C), reference order
+    labels: np.ndarray | None = None  # the true labels of those images
 
     def as_record(self) -> dict:
         return {"val_n": self.val_n, "keras_val_accuracy": round(self.keras_val_accuracy, 6),
@@ -101,6 +103,7 @@ def verify(path: str | os.PathLike, images: np.ndarray, reference: Reference, th
         val_accuracy=float(np.mean(pred == reference.labels)),
         agreement=float(np.mean(pred == reference.probs.argmax(1))),
         max_abs_diff=float(np.max(np.abs(probs - reference.probs))),
+        probs=probs, labels=reference.labels,
     )
 
 

@@ -11,10 +11,11 @@ prints it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
+
+from device.command import native_output_hidden
 
 VERBOSE_HELP = "show TensorFlow's own start-up and warning messages (hidden by default)"
 
@@ -28,32 +29,10 @@ def command_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-@contextlib.contextmanager
 def hidden_output():
     """Hide what C++ code prints on stdout and stderr inside the block (the TFLite converter's
     and interpreter's notes), when the command is quiet; shown after all if the block fails."""
-    if not _quiet:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 1)
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode("utf-8", errors="replace"))
-            raise
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+    return native_output_hidden(_quiet)
 
 
 def quiet_tensorflow(verbose: bool = False) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.calibration import SURVEY_MIX
 from device.dataset import LABELS, DatasetError, normalize_label
 
 OBJECT_COLUMNS = ("objid", "class", "ra", "dec", "specobjid", "z")
@@ -47,8 +48,8 @@ class SkyObject:
         return f"{self.label}/{self.objid}.jpg"
 
 
-# the study's class mix (GALAXY, QSO, STAR), the default of every data command
-STUDY_MIX = (0.44, 0.062, 0.498)
+# the study's class mix (GALAXY, QSO, STAR), the default of every data command (one definition, in device)
+STUDY_MIX = SURVEY_MIX
 
 
 def class_counts(n: int, mix) -> dict[str, int]:

@@ -1,0 +1,506 @@
+"""``skyedge classify``: label your own sky images with an exported model, no TensorFlow.
+
+    skyedge classify --model MODEL_FILE_OR_EXPORTS_DIR [--artifact ID] INPUT... [--out F.csv|F.jsonl]
+                     [--threads N] [--min-confidence P] [--prior balanced|survey|a,b,c] [--resume]
+
+``python -m device.classify`` is the same command. INPUT: image files, folders (searched
+recursively for .jpg, .jpeg, .png, .tif, .tiff, .bmp, .gif, .webp) or CSV files with a
+``path`` column (relative paths are taken from the CSV's folder).
+
+``--model`` is a ``.tflite`` or ``.onnx`` file (it describes itself: labels, input size,
+temperature, training mix; see ``device.model_info``) or an exports folder, where
+``--artifact`` picks a model by id; without it, the report's recommendation
+(``recommendation.json``, written by ``bench report --exports``) or else the most accurate
+artifact on the validation images.
+
+One row per image: ``path``, ``class``, a probability per class (``p_GALAXY``...),
+``confidence`` (the top probability), ``abstained`` (confidence below ``--min-confidence``:
+the row keeps its probabilities, its class is empty) and ``error`` (a file that cannot be
+read; the others go on, and the exit status is 3). Probabilities are temperature-scaled
+with the model's fitted temperature (``--no-calibration`` keeps the raw ones) and, with
+``--prior``, moved from the training mix to another one (``survey``: 44% galaxies, 6.2%
+quasars, 49.8% stars; see ``device.calibration``).
+
+Images are decoded, converted and classified one at a time exactly as in training (any
+mode to RGB, resized with Pillow's antialiased bilinear filter to the model's square size, a
+non-square image stretched); each kind of conversion is said once, with how many images it
+concerned. Rows are written and flushed as they come, so memory stays flat and a killed run
+resumes with ``--resume`` (paths already in the output are skipped).
+
+From Python::
+
+    from device.classify import Classifier
+    for result in Classifier("exports/").predict(["a.jpg", "b.png"]):
+        print(result.path, result.label, result.confidence)
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from device import exports_manifest
+from device.calibration import adjust_prior, apply_temperature, parse_prior
+from device.command import Exit, native_output_hidden, run_command
+from device.images import ImageError, decode, resize
+from device.model_info import ModelInfo, ModelInfoError, model_info
+from device.progress import Progress
+from device.runtime import ModelLoadError, RuntimeUnavailable, load
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+RECOMMENDATION = "recommendation.json"  # written into an exports folder by `bench report --exports`
+OUTPUT_SUFFIXES = (".csv", ".jsonl")
+NAMED_FAILURES = 10  # unreadable images named on stderr; the rest only in the output
+
+
+class ClassifyError(ValueError):
+    """A model, input or option classify cannot use; the message names it and what was expected."""
+
+
+class Result(NamedTuple):
+    """One image's answer.
+
+    Attributes:
+        path: the image's path as given (``""`` for an array).
+        label: the class, ``None`` when abstained or failed.
+        probabilities: class -> probability (after temperature and prior), empty on error.
+        confidence: the top probability (``nan`` on error).
+        abstained: the confidence is below the classifier's ``min_confidence``.
+        error: why the image could not be classified (``None`` when it was).
+        conversions: what was done to the image beyond a plain resize, by kind: ``mode L``
+            (converted to RGB), ``non-square`` (stretched to the square input).
+    """
+
+    path: str
+    label: str | None
+    probabilities: dict
+    confidence: float
+    abstained: bool
+    error: str | None = None
+    conversions: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+def _choose_artifact(exports: Path, artifact: str | None) -> dict:
+    """The manifest record to classify with (see the module docstring for the default)."""
+    try:
+        records = [r for r in exports_manifest.read_artifacts(exports) if isinstance(r, dict)]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ClassifyError(str(exc)) from None
+    usable = [r for r in records if r.get("file") and not r.get("error") and (exports / r["file"]).is_file()]
+    by_id = {r.get("artifact_id"): r for r in usable}
+    if artifact is not None:
+        if artifact not in by_id:
+            raise ClassifyError(f"--artifact {artifact!r}: not a usable artifact of {exports}; expected one of "
+                                f"{', '.join(sorted(map(str, by_id))) or '(none)'}")
+        return by_id[artifact]
+    if not usable:
+        raise ClassifyError(f"{exports}: no exported model file to classify with (every artifact failed or is missing)")
+    recommended = exports / RECOMMENDATION
+    if recommended.is_file():
+        try:
+            chosen = json.loads(recommended.read_text(encoding="utf-8")).get("artifact_id")
+        except (OSError, ValueError, AttributeError):
+            chosen = None
+        if chosen in by_id:
+            return by_id[chosen]
+    # the most accurate on the validation images; ties: the smaller file, then the id
+    return min(usable, key=lambda r: (-float(r.get("val_accuracy") or 0.0), int(r.get("size_bytes") or 0),
+                                      str(r.get("artifact_id"))))
+
+
+def resolve_model(model: str | os.PathLike, artifact: str | None = None) -> tuple[Path, dict | None]:
+    """``(model file, its manifest record or None)`` for a model file or an exports folder.
+
+    Raises:
+        ClassifyError: not a model file or an exports folder, or no such artifact.
+    """
+    path = Path(model)
+    if path.is_dir():
+        if not (path / exports_manifest.MANIFEST).is_file():
+            raise ClassifyError(f"--model {path}: a folder without {exports_manifest.MANIFEST}; expected an exports "
+                                f"folder (or an extracted bundle) or a .tflite/.onnx file")
+        record = _choose_artifact(path, artifact)
+        return path / record["file"], record
+    if artifact is not None:
+        raise ClassifyError(f"--artifact {artifact!r} picks a model of an exports folder; --model {path} is a file")
+    if path.suffix.lower() not in (".tflite", ".onnx"):
+        raise ClassifyError(f"--model {path}: expected a .tflite or .onnx file or an exports folder")
+    if not path.is_file():
+        raise ClassifyError(f"--model {path}: no such file")
+    return path, None
+
+
+class Classifier:
+    """An exported model with everything needed to label images.
+
+    Args:
+        model: a ``.tflite``/``.onnx`` file or an exports folder.
+        artifact: an artifact id of the exports folder (default: see the module docstring).
+        threads: runtime threads (``None``: the runtime's default).
+        prior: ``balanced``, ``survey``, ``a,b,c`` or a sequence of fractions: the class mix
+            the probabilities are moved to (``None``: the training mix, unchanged).
+        min_confidence: below this top probability an answer abstains (0..1).
+        calibrated: apply the model's fitted temperature (``False``: raw probabilities).
+        runtime: ``litert``, ``onnxruntime`` or ``tensorflow`` (default: from the suffix).
+
+    Raises:
+        ClassifyError: an unusable model, prior or option.
+    """
+
+    def __init__(self, model: str | os.PathLike, artifact: str | None = None, threads: int | None = None,
+                 prior: str | Sequence[float] | None = None, min_confidence: float = 0.0, calibrated: bool = True,
+                 runtime: str | None = None):
+        if not (isinstance(min_confidence, (int, float)) and 0.0 <= min_confidence <= 1.0):
+            raise ClassifyError(f"min_confidence {min_confidence!r}: expected a number from 0 to 1")
+        self.path, record = resolve_model(model, artifact)
+        try:
+            with native_output_hidden():  # LiteRT's delegate note
+                self.model = load(self.path, runtime=runtime, threads=threads)
+            self.info: ModelInfo = model_info(self.path, record, self.model.input_shape)
+            self.prior = parse_prior(prior, self.info.labels)
+        except (ModelLoadError, RuntimeUnavailable, ModelInfoError) as exc:
+            raise ClassifyError(str(exc)) from None
+        except ValueError as exc:
+            raise ClassifyError(str(exc)) from None
+        size = self.info.img_size
+        if tuple(self.model.input_shape[1:3]) != (size, size):
+            raise ClassifyError(f"{self.path}: described as {size}x{size} px but its input is "
+                                f"{self.model.input_shape[1]}x{self.model.input_shape[2]}")
+        self.min_confidence = float(min_confidence)
+        self.temperature = self.info.temperature if calibrated else 1.0
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.info.labels
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Calibrated, prior-adjusted probabilities of one RGB uint8 image at the model's size."""
+        raw = self.model.predict(image)[None]
+        return adjust_prior(apply_temperature(raw, self.temperature), self.info.train_prior, self.prior)[0]
+
+    def classify(self, item: str | os.PathLike | np.ndarray) -> Result:
+        """One image: a path (decoded and converted as in training) or an RGB uint8 array."""
+        name, conversions = ("" if isinstance(item, np.ndarray) else str(item)), []
+        try:
+            image = self._image(item, conversions)
+        except ImageError as exc:
+            return Result(name, None, {}, math.nan, False, str(exc))
+        p = self.probabilities(image)
+        top = int(np.argmax(p))
+        confidence = float(p[top])
+        abstained = confidence < self.min_confidence
+        return Result(name, None if abstained else self.labels[top],
+                      {label: float(v) for label, v in zip(self.labels, p)}, confidence, abstained,
+                      None, tuple(conversions))
+
+    def _image(self, item, conversions: list[str]) -> np.ndarray:
+        size = self.info.img_size
+        if isinstance(item, np.ndarray):
+            image, mode = np.asarray(item), "RGB"
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ImageError(f"array of shape {image.shape} {image.dtype}: expected (H, W, 3) uint8 RGB")
+        else:
+            image, mode = decode(item)
+        if mode != "RGB":
+            conversions.append(f"mode {mode}")
+        if image.shape[0] != image.shape[1]:
+            conversions.append("non-square")
+        return resize(image, size)
+
+    def iter_predict(self, items: Iterable[str | os.PathLike | np.ndarray]) -> Iterator[Result]:
+        """Classify ``items`` one at a time, yielding each result as it is ready."""
+        for item in items:
+            yield self.classify(item)
+
+    def predict(self, items: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray) -> list[Result]:
+        """Classify paths or arrays (a single one is a list of one)."""
+        if isinstance(items, (str, os.PathLike)) or (isinstance(items, np.ndarray) and items.ndim == 3):
+            items = [items]
+        return list(self.iter_predict(items))
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def iter_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[str]:
+    """Image paths named by ``inputs``: files as they are, folders recursively (image
+    suffixes, sorted), CSV files by their ``path`` column.
+
+    Raises:
+        ClassifyError: an input that does not exist, or a CSV without a ``path`` column.
+    """
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            for folder, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.lower().endswith(IMAGE_SUFFIXES):
+                        yield str(Path(folder) / name)
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            yield from _csv_paths(path)
+        elif path.exists() or path.is_symlink():
+            yield str(path)
+        else:
+            raise ClassifyError(f"input {raw}: no such file or folder; expected images, folders or a CSV with a "
+                                f"'path' column")
+
+
+def _csv_paths(path: Path) -> Iterator[str]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if "path" not in (reader.fieldnames or []):
+            raise ClassifyError(f"input {path}: a CSV without a 'path' column (columns: "
+                                f"{', '.join(reader.fieldnames or []) or 'none'})")
+        for row in reader:
+            value = (row.get("path") or "").strip()
+            if value:
+                yield value if Path(value).is_absolute() else str(path.parent / value)
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def columns(labels: Sequence[str]) -> list[str]:
+    """The CSV columns of a results file."""
+    return ["path", "class", *[f"p_{label}" for label in labels], "confidence", "abstained", "error"]
+
+
+def _row(result: Result, labels: Sequence[str]) -> dict:
+    probs = {f"p_{label}": (f"{result.probabilities[label]:.6f}" if result.probabilities else "") for label in labels}
+    return {"path": result.path, "class": result.label or "", **probs,
+            "confidence": "" if result.error else f"{result.confidence:.6f}",
+            "abstained": "" if result.error else str(result.abstained).lower(), "error": result.error or ""}
+
+
+def _json_line(result: Result) -> str:
+    record = {"path": result.path, "class": result.label,
+              "probabilities": {k: round(v, 6) for k, v in result.probabilities.items()},
+              "confidence": None if result.error else round(result.confidence, 6),
+              "abstained": result.abstained, "error": result.error}
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def done_paths(out: Path) -> set[str]:
+    """Paths already in a results file (for ``--resume``); a torn last line is cut off first."""
+    if not out.is_file():
+        return set()
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with out.open("r+b") as fh:  # the row a killed run cut short is redone
+            fh.truncate(keep)
+        data = data[:keep]
+    text = data.decode("utf-8", errors="replace")
+    if out.suffix.lower() == ".jsonl":
+        paths = set()
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("path"), str):
+                paths.add(record["path"])
+        return paths
+    return {row["path"] for row in csv.DictReader(io.StringIO(text)) if row.get("path")}
+
+
+class _Writer:
+    """Appends result rows to a CSV or JSON-lines file (or CSV to stdout), flushed per row."""
+
+    def __init__(self, out: Path | None, labels: Sequence[str], resume: bool):
+        self.labels, self.jsonl = labels, out is not None and out.suffix.lower() == ".jsonl"
+        if out is None:
+            self.fh, self.close_fh = sys.stdout, False
+            self._csv_line(columns(labels))
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not resume or not out.is_file() or out.stat().st_size == 0
+            self.fh, self.close_fh = out.open("a", newline="", encoding="utf-8"), True
+            if not fresh and not self.jsonl:
+                with out.open(newline="", encoding="utf-8") as existing:
+                    header = next(csv.reader(existing), [])
+                if header != columns(labels):
+                    self.fh.close()
+                    raise ClassifyError(f"--out {out}: its columns {header} are not this model's {columns(labels)}; "
+                                        f"resume with the same model or write to another file")
+            if fresh and not self.jsonl:
+                self._csv_line(columns(labels))
+
+    def _csv_line(self, values: list[str]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(values)
+        self.fh.write(buf.getvalue())
+        self.fh.flush()
+
+    def write(self, result: Result) -> None:
+        if self.jsonl:
+            self.fh.write(_json_line(result))
+        else:
+            row = _row(result, self.labels)
+            self._csv_line([row[c] for c in columns(self.labels)])
+            return
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.close_fh:
+            self.fh.close()
+
+
+# ---------------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """``skyedge classify``'s settings, checked when built (the parser reads its defaults here)."""
+
+    model: Path
+    inputs: tuple[str, ...]
+    artifact: str | None = None
+    out: Path | None = None
+    threads: int | None = None
+    min_confidence: float = 0.0
+    prior: str | None = None
+    resume: bool = False
+    calibrated: bool = True
+    runtime: str | None = None
+    progress_every_s: float = 10.0
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ClassifyError("no INPUT: give image files, folders or a CSV with a 'path' column")
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ClassifyError(f"--threads {self.threads!r}: expected an integer >= 1")
+        if not (math.isfinite(self.min_confidence) and 0.0 <= self.min_confidence <= 1.0):
+            raise ClassifyError(f"--min-confidence {self.min_confidence!r}: expected a number from 0 to 1")
+        if self.out is not None:
+            if self.out.suffix.lower() not in OUTPUT_SUFFIXES:
+                raise ClassifyError(f"--out {self.out}: expected a .csv or .jsonl file")
+            if self.out.is_dir():
+                raise ClassifyError(f"--out {self.out}: is a folder; expected a .csv or .jsonl file")
+            if self.out.exists() and not self.resume:
+                raise ClassifyError(f"--out {self.out} exists: add --resume to continue it, or choose another file")
+        elif self.resume:
+            raise ClassifyError("--resume needs --out (the file whose paths are skipped)")
+
+
+def classify_files(config: ClassifyConfig, log=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
+    """Label every input image of ``config``, writing rows as they come.
+
+    Returns:
+        ``{"images", "failed", "abstained", "skipped", "seconds", "images_per_s", "p50_ms",
+        "artifact", "conversions"}``.
+
+    Raises:
+        ClassifyError: an unusable model, input or option (before any row is written).
+    """
+    classifier = Classifier(config.model, config.artifact, config.threads, config.prior, config.min_confidence,
+                            config.calibrated, config.runtime)
+    paths = list(iter_inputs(config.inputs))
+    done = done_paths(config.out) if config.resume and config.out else set()
+    todo = [p for p in paths if p not in done]
+    if not paths:
+        raise ClassifyError(f"no image found in {', '.join(config.inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    info = classifier.info
+    log(f"classify: {len(todo)} image(s) with {classifier.path} ({info.artifact_id or 'no manifest id'}; "
+        f"{info.img_size}x{info.img_size} px; temperature {classifier.temperature:g}; prior "
+        f"{'training mix' if classifier.prior is None else ','.join(f'{v:.3g}' for v in classifier.prior)}; "
+        f"description from {info.source})" + (f", {len(done)} already in {config.out}" if done else ""))
+    writer = _Writer(config.out, classifier.labels, config.resume)
+    progress = Progress(len(todo), "images", log, every_s=config.progress_every_s, label="classify")
+    kinds: dict[str, int] = {}
+    times, failed, abstained = [], 0, 0
+    started = time.perf_counter()
+    try:
+        for n, path in enumerate(todo, 1):
+            t0 = time.perf_counter_ns()
+            result = classifier.classify(path)
+            times.append(time.perf_counter_ns() - t0)
+            writer.write(result)
+            if result.error is not None:
+                failed += 1
+                if failed <= NAMED_FAILURES:
+                    log(f"cannot classify {result.error}" + (f" (further failures only in the output)"
+                                                              if failed == NAMED_FAILURES else ""))
+            abstained += result.abstained
+            for kind in result.conversions:
+                kinds[kind] = kinds.get(kind, 0) + 1
+            progress.update(n, f"{failed} failed" if failed else "")
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - started
+    for kind, count in sorted(kinds.items()):
+        what = (f"were not RGB ({kind}) and were converted to RGB, as in training" if kind.startswith("mode")
+                else f"were not square and were stretched to {info.img_size}x{info.img_size}, as in training")
+        log(f"warning: {count} image(s) {what}")
+    n = len(todo)
+    p50 = float(np.median(times)) / 1e6 if times else math.nan
+    return {"images": n, "failed": failed, "abstained": abstained, "skipped": len(paths) - n, "seconds": seconds,
+            "images_per_s": n / seconds if seconds > 0 else math.nan, "p50_ms": p50,
+            "artifact": info.artifact_id or str(classifier.path), "conversions": kinds}
+
+
+def build_parser(prog: str = "skyedge classify") -> argparse.ArgumentParser:
+    """The command's parser; defaults read from ``ClassifyConfig``."""
+    d = ClassifyConfig.__dataclass_fields__
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                epilog="See the module docs: python -m pydoc device.classify")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or CSVs with a 'path' column")
+    p.add_argument("--model", required=True, type=Path, help="a .tflite/.onnx file, or an exports folder (or bundle)")
+    p.add_argument("--artifact", default=d["artifact"].default, help="artifact id in the exports folder "
+                   "(default: the report's recommendation, else the most accurate on validation)")
+    p.add_argument("--out", type=Path, default=d["out"].default, help="results file, .csv or .jsonl (default: CSV on stdout)")
+    p.add_argument("--threads", type=int, default=d["threads"].default, help="runtime threads (default: the runtime's)")
+    p.add_argument("--min-confidence", type=float, default=d["min_confidence"].default,
+                   help="abstain below this top probability, 0..1 (default %(default)s: never)")
+    p.add_argument("--prior", default=d["prior"].default,
+                   help="class mix to answer for: balanced, survey (44%% galaxies, 6.2%% quasars, 49.8%% stars) or "
+                        "G,Q,S fractions (default: the training mix)")
+    p.add_argument("--resume", action="store_true", help="skip images already in --out and append the rest")
+    p.add_argument("--no-calibration", dest="calibrated", action="store_false",
+                   help="raw model probabilities (default: scaled by the temperature fitted at export)")
+    p.add_argument("--runtime", default=d["runtime"].default, choices=("litert", "onnxruntime", "tensorflow"),
+                   help="default: litert for .tflite, onnxruntime for .onnx; tensorflow only when named")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "skyedge classify") -> int:
+    """Run ``skyedge classify``; the exit status (``device.command.Exit``)."""
+    args = build_parser(prog).parse_args(argv)
+
+    def work() -> int:
+        config = ClassifyConfig(model=args.model, inputs=tuple(args.inputs), artifact=args.artifact, out=args.out,
+                                threads=args.threads, min_confidence=args.min_confidence, prior=args.prior,
+                                resume=args.resume, calibrated=args.calibrated, runtime=args.runtime)
+        summary = classify_files(config)
+        where = f"; rows in {config.out}" if config.out else ""
+        print(f"classify: {summary['images']} image(s) labelled with {summary['artifact']} in {summary['seconds']:.1f} s: "
+              f"{summary['images_per_s']:.1f} images/s, p50 {summary['p50_ms']:.2f} ms per image (decode + classify); "
+              f"{summary['abstained']} abstained, {summary['failed']} failed"
+              + (f", {summary['skipped']} already done" if summary["skipped"] else "") + where, file=sys.stderr)
+        if summary["failed"]:
+            print(f"{summary['failed']} image(s) could not be read (exit status {Exit.PARTIAL:d}); their rows carry "
+                  f"the error", file=sys.stderr)
+            return Exit.PARTIAL
+        return Exit.OK
+
+    return run_command(work, (ClassifyError,), f"every finished row is in {args.out}; rerun the same command with "
+                       f"--resume to label the rest" if args.out else "rows so far were printed")
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m device.classify"))
