@@ -3,8 +3,15 @@
 Contents (under one top folder named after the archive):
 ``manifest.json`` (the exports manifest, ``data`` rewritten to the bundle's ``data``),
 the model files at their manifest paths, the reference-prediction CSVs (rows of the
-bundled images only), ``data/`` (a labelled validation subset: the images and a
-``manifest.csv``), ``setup_pi.sh``, ``INSTALL.md`` and any wheel/sdist given.
+bundled images only), ``data/`` (labelled images of one split, the test split by default,
+with a ``manifest.csv``), ``setup_pi.sh``, ``INSTALL.md`` and the SkyEdge wheel.
+
+The wheel is built from the source tree this SkyEdge runs from, at bundle time (``pip
+wheel``), so ``setup_pi.sh`` installs exactly the code that made the bundle, with its
+``device`` extra; ``--wheel FILE`` ships a given wheel instead (an installed, non-editable
+SkyEdge has no source tree to build from). ``--offline`` also downloads the wheels of the
+``device`` extra for the Pi (``pip download`` for aarch64, the Pi's Python and glibc) into
+``wheels/``; ``setup_pi.sh`` then installs from them with no package index.
 
 Reference CSVs name images by their path in the dataset's manifest. Where a reference
 path is relative to another root (or absolute), it is matched to a dataset image by its
@@ -17,6 +24,8 @@ import csv
 import io
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -32,15 +41,17 @@ from device.checksum import sha256_file
 from device.atomic import atomic_open, write_text
 from device.dataset import LABELS, Dataset, Record, open_dataset, write_manifest
 
-INSTALL_MD = """# SkyEdge benchmark bundle
+INSTALL_MD = """# SkyEdge bundle
 
-This folder holds exported models (`manifest.json`), their reference predictions and a
-labelled validation subset (`data/`). On a Raspberry Pi (Raspberry Pi OS 64-bit):
+This folder holds exported models (`manifest.json`), the Keras models' reference predictions,
+labelled images of the {split} split (`data/`, {images} images), the SkyEdge wheel that made
+it{offline}. On a Raspberry Pi (Raspberry Pi OS 64-bit):
 
     bash setup_pi.sh            # python venv, skyedge[device], governor and cooling checks
     source ~/skyedge-venv/bin/activate
     bench run --models . --threads 1,4 --out results.jsonl
     bench run --models . --threads 1,4 --mode e2e --out results.jsonl --resume
+    skyedge classify --model . my-images/ --out labels.csv   # label your own images
 
 Useful options: `--cooldown-temp 55` (wait for the SoC to cool below 55 C before each
 job), `--strict` (MLPerf single-stream minimum: >= 1024 queries and >= 60 s per job),
@@ -60,10 +71,76 @@ class BundleConfig:
     split: str = "test"
     seed: int = 0
     wheels: tuple[Path, ...] = ()
+    offline: bool = False
+    pi_python: str = "3.11"   # Raspberry Pi OS Bookworm's Python
+    pi_glibc: str = "2.36"    # and its glibc
+    pi_machine: str = "aarch64"
 
     def __post_init__(self):
         if self.max_images is not None and self.max_images < 1:
             raise BenchError(f"max_images must be >= 1 (or None for all), got {self.max_images}")
+        for wheel in self.wheels:
+            if not Path(wheel).is_file() or not Path(wheel).name.endswith((".whl", ".tar.gz")):
+                raise BenchError(f"--wheel {wheel}: expected an existing skyedge .whl (or sdist .tar.gz) file")
+        if not _version_ok(self.pi_python, 2) or not _version_ok(self.pi_glibc, 2):
+            raise BenchError(f"--pi-python {self.pi_python!r} / --pi-glibc {self.pi_glibc!r}: expected versions such "
+                             f"as 3.11 and 2.36")
+
+
+def _version_ok(text: str, parts: int) -> bool:
+    bits = str(text).split(".")
+    return len(bits) == parts and all(b.isdigit() for b in bits)
+
+
+def pi_platforms(machine: str, glibc: str) -> list[str]:
+    """pip's platform tags a Pi with this glibc accepts (pip does not widen an explicit tag)."""
+    major, minor = (int(v) for v in glibc.split("."))
+    return [f"manylinux_{major}_{m}_{machine}" for m in range(minor, 16, -1)] + [f"manylinux2014_{machine}", "linux_" + machine]
+
+
+def build_wheel(dest: Path, log=print) -> Path:
+    """Build the SkyEdge wheel of the source tree this code runs from into ``dest``.
+
+    Raises:
+        BenchError: no source tree (an installed wheel), or pip failed (its last lines).
+    """
+    source = Path(__file__).resolve().parents[1]
+    if not (source / "pyproject.toml").is_file():
+        raise BenchError(f"this SkyEdge ({source}) is installed from a wheel, not a source tree, so the bundle's "
+                         f"wheel cannot be built here: pass --wheel FILE (pip wheel --no-deps -w dist SOURCE_TREE)")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="skyedge-build-") as build:
+        log(f"bundle: building the SkyEdge wheel from {source}")
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest), str(source)]
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TMPDIR": build,
+                                                                              "PIP_NO_INPUT": "1"})
+    wheels = sorted(dest.glob("skyedge-*.whl"))
+    if result.returncode != 0 or not wheels:
+        tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+        raise BenchError(f"building the SkyEdge wheel failed (pip wheel exit {result.returncode}): {tail}")
+    return wheels[-1]
+
+
+def download_device_wheels(wheel: Path, dest: Path, config: BundleConfig, log=print) -> int:
+    """``pip download`` the ``device`` extra's wheels for the Pi into ``dest``; how many.
+
+    Raises:
+        BenchError: pip failed (no network, or a package without a wheel for that platform).
+    """
+    platforms = pi_platforms(config.pi_machine, config.pi_glibc)
+    log(f"bundle: downloading the device extra's wheels for {config.pi_machine}, Python {config.pi_python}, "
+        f"glibc {config.pi_glibc}")
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--implementation", "cp",
+               "--python-version", config.pi_python, *[a for tag in platforms for a in ("--platform", tag)],
+               "--dest", str(dest), f"{wheel}[device]"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
+    if result.returncode != 0:
+        tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+        raise BenchError(f"--offline: downloading the device extra's wheels failed (pip download exit "
+                         f"{result.returncode}; it needs a package index once, here): {tail}")
+    for own in dest.glob("skyedge-*"):
+        own.unlink()  # the bundle's own wheel sits at its top
+    return len(list(dest.glob("*.whl")))
 
 
 def subset(records: list[Record], max_images: int | None, seed: int = 0) -> list[Record]:
@@ -131,7 +208,7 @@ def _read_reference(path: Path) -> tuple[list[str], list[dict]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def make_bundle(config: BundleConfig) -> dict:
+def make_bundle(config: BundleConfig, log=print) -> dict:
     """Write the bundle ``config.out`` atomically.
 
     Returns:
@@ -171,7 +248,7 @@ def make_bundle(config: BundleConfig) -> dict:
         write_manifest(stage / "data", [Record(path=new_path[r.path], label=r.label, split=config.split,
                                                objid=r.objid, ra=r.ra, dec=r.dec, source=r.source) for r in chosen])
 
-        matcher = _Matcher(dataset, split)
+        matcher = _Matcher(dataset, dataset.records)  # rows of other splits match too, and are left out quietly
         references: dict[str, str] = {}
         out_artifacts = []
         for artifact in usable:
@@ -196,9 +273,14 @@ def make_bundle(config: BundleConfig) -> dict:
             os.chmod(stage / "setup_pi.sh", 0o755)
         else:
             notes.append(f"setup_pi.sh not found at {setup}; bundle has no setup script")
-        write_text(stage / "INSTALL.md", INSTALL_MD)
         for wheel in config.wheels:
             shutil.copy2(wheel, stage / Path(wheel).name)
+        own = [stage / Path(w).name for w in config.wheels if Path(w).name.endswith(".whl")] \
+            or [build_wheel(stage, log)]
+        wheels = download_device_wheels(own[0], stage / "wheels", config, log) if config.offline else 0
+        offline = (f" and, in `wheels/`, the {wheels} wheels of its device extra for {config.pi_machine}, Python "
+                   f"{config.pi_python} (so setup_pi.sh needs no network)") if config.offline else ""
+        write_text(stage / "INSTALL.md", INSTALL_MD.format(split=config.split, images=len(chosen), offline=offline))
 
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(config.out, "wb") as fh, tarfile.open(fileobj=fh, mode="w:gz") as tar:
@@ -260,7 +342,8 @@ def _bundle_reference(exports: Path, ref: str, artifact: dict, matcher: _Matcher
         elif record.path in new_path:
             kept.append({**row, "path": new_path[record.path]})
     if unmatched:
-        notes.append(f"{ref}: {unmatched} of {len(rows)} reference rows match no image of the dataset")
+        notes.append(f"{ref}: {unmatched} of its {len(rows)} rows name images not in {matcher.dataset.root} "
+                     f"(a reference made on other data?); agreement is computed on the rest")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

@@ -20,6 +20,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from bench.android import AndroidConfig
+from bench.bundle import BundleConfig
 from bench.jobs import RunConfig
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
 from bench.options import at_least, names, positive_ints
@@ -116,14 +117,23 @@ def _add_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=at_least(1), help="images of --split to include (stratified; default all)")
     p.add_argument("--split", default="test", help="split shipped for on-device accuracy (default test)")
     p.add_argument("--wheel", type=Path, action="append", default=[],
-                   help="a skyedge wheel or sdist to ship in the bundle (repeatable)")
+                   help="ship this skyedge wheel instead of building one from this source tree (repeatable)")
+    b = {f.name: f.default for f in fields(BundleConfig) if f.default is not MISSING}
+    p.add_argument("--offline", action="store_true",
+                   help="also download the device extra's wheels for the Pi into the bundle (needs a package index "
+                        "here, none on the Pi)")
+    p.add_argument("--pi-python", default=b["pi_python"],
+                   help="--offline: the Pi's Python version (default %(default)s, Raspberry Pi OS Bookworm; 3.13 for Trixie)")
+    p.add_argument("--pi-glibc", default=b["pi_glibc"],
+                   help="--offline: the Pi's glibc version (default %(default)s, Bookworm; 2.41 for Trixie)")
 
 
 def _cmd_bundle(args) -> int:
     from bench.bundle import BundleConfig, make_bundle
 
     summary = make_bundle(BundleConfig(exports=args.exports, data=args.data, out=args.out,
-                                       max_images=args.max_images, split=args.split, wheels=tuple(args.wheel)))
+                                       max_images=args.max_images, split=args.split, wheels=tuple(args.wheel),
+                                       offline=args.offline, pi_python=args.pi_python, pi_glibc=args.pi_glibc))
     for note in summary["notes"]:
         print(note)
     print(f"bundle {summary['out']}: {summary['artifacts']} model(s), {summary['images']} image(s), "

@@ -4,10 +4,11 @@
 #   bash setup_pi.sh [VENV]        (default VENV: ~/skyedge-venv)
 #
 # Installs python3-venv, creates the venv and installs skyedge[device] (LiteRT + ONNX
-# Runtime, no TensorFlow): from a wheel or sdist next to this script when one is there,
-# else from a source tree above it, else from the package index. Then it checks the CPU
-# governor, the temperature and `vcgencmd get_throttled`, and prints advice; it changes
-# the governor only when SKYEDGE_SET_GOVERNOR=1.
+# Runtime, no TensorFlow): the SkyEdge wheel next to this script (every bundle has one), else
+# a source tree above it. Its dependencies come from the package index, or, when the bundle
+# was made with `bench bundle --offline`, from the wheels in wheels/ with no index at all.
+# Then it checks the CPU governor, the temperature and `vcgencmd get_throttled`, and prints
+# advice; it changes the governor only when SKYEDGE_SET_GOVERNOR=1.
 set -euo pipefail
 
 VENV="${1:-$HOME/skyedge-venv}"
@@ -36,13 +37,10 @@ if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
     sudo apt-get install -y python3-venv python3-pip
 fi
 
-echo "== virtual environment: $VENV"
-python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --upgrade pip
-
 shopt -s nullglob
 wheels=("$HERE"/skyedge-*.whl)
 sdists=("$HERE"/skyedge-*.tar.gz)
+offline=("$HERE"/wheels/*.whl)
 if [ ${#wheels[@]} -gt 0 ]; then
     target="${wheels[-1]}[device]"
 elif [ ${#sdists[@]} -gt 0 ]; then
@@ -50,10 +48,21 @@ elif [ ${#sdists[@]} -gt 0 ]; then
 elif [ -f "$HERE/../pyproject.toml" ]; then
     target="$(cd "$HERE/.." && pwd)[device]"
 else
-    target="skyedge[device]"
+    echo "error: no skyedge wheel next to $0 and no source tree above it; make the bundle with" >&2
+    echo "  bench bundle (it builds and ships the wheel), or pip install a skyedge wheel by hand" >&2
+    exit 2
 fi
-echo "== pip install '$target'"
-"$VENV/bin/python" -m pip install "$target"
+
+echo "== virtual environment: $VENV"
+python3 -m venv "$VENV"
+if [ ${#offline[@]} -gt 0 ]; then
+    echo "== pip install '$target' from the bundle's ${#offline[@]} wheels (no package index)"
+    "$VENV/bin/python" -m pip install --no-index --find-links "$HERE/wheels" "$target"
+else
+    "$VENV/bin/python" -m pip install --upgrade pip
+    echo "== pip install '$target' (dependencies from the package index)"
+    "$VENV/bin/python" -m pip install "$target"
+fi
 for module in $runtimes; do
     "$VENV/bin/python" -c "import $module" || { echo "error: $module does not import after the install" >&2; exit 1; }
     echo "$module imports fine"
