@@ -40,8 +40,10 @@ import numpy as np
 
 from bench.options import comma_separated
 from bench.plots import plot_front
-from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MIN_IMAGES, DeviceVerdict, Point,
-                           acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, pct)
+from bench.calibration import section as calibration_section
+from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MIN_IMAGES, RECOMMENDATION_RULE,
+                           DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, pct,
+                           recommend)
 from device import exports_manifest
 from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
 from device.command import Exit, run_command
@@ -640,6 +642,12 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         md += _verdict_lines(v)
     if not verdicts:
         md += ["No device has a line without error; no verdict.", ""]
+    md += _recommendation_section(config, verdicts, out, log)
+    md += ["## 7. Probabilities: calibration and abstention", ""]
+    for device, lines in by_device.items():
+        section_md, section_figures = calibration_section(device, lines, out, _slug(device))
+        md += [f"### {device}", ""] + section_md
+        figures += section_figures
 
     import json
 
@@ -653,6 +661,32 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         log(f"wrote {path}")
     log(f"wrote {report}")
     return {"report": report, "figures": figures, "verdicts": {d: v.verdict for d, v in verdicts.items()}}
+
+
+def _recommendation_section(config: ReportConfig, verdicts: dict, out: Path, log) -> list[str]:
+    """The model to deploy per device; ``recommendation.json`` in the report folder and, with
+    ``--exports``, in the exports folder too (where ``skyedge classify --model EXPORTS`` reads
+    it: the first device's pick)."""
+    import json
+
+    picks = {device: recommend(v, config.alpha) for device, v in verdicts.items()}
+    md = ["## 6. Recommendation", "", f"Rule: {RECOMMENDATION_RULE}. It is chosen on the scored images, so its "
+          f"accuracy there is a choice's, not a fresh estimate.", ""]
+    md += [f"- {device}: **{p.label if p else 'none'}** ({why})" for device, (p, why) in picks.items()] + [""]
+    first = next(((d, p, why) for d, (p, why) in picks.items() if p is not None), None)
+    if first is None:
+        return md
+    record = {"artifact_id": first[1].artifact_id, "device": first[0], "reason": first[2], "rule": RECOMMENDATION_RULE,
+              "per_device": {d: (p.artifact_id if p else None) for d, (p, _w) in picks.items()}}
+    write_text(out / "recommendation.json", json.dumps(record, indent=2) + "\n")
+    if config.exports is not None and (Path(config.exports) / exports_manifest.MANIFEST).is_file():
+        try:
+            write_text(Path(config.exports) / "recommendation.json", json.dumps(record, indent=2) + "\n")
+            log(f"wrote {Path(config.exports) / 'recommendation.json'} (skyedge classify --model EXPORTS uses it)")
+        except OSError as exc:
+            log(f"note: could not write the recommendation into {config.exports} ({exc.strerror or exc}); "
+                f"skyedge classify there picks the most accurate on validation instead")
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -378,3 +378,29 @@ def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha:
                          "Neither S nor F nor W: no significant difference, but no mobile model is a best "
                          "choice at any speed.")
     return v
+
+
+RECOMMENDATION_RULE = ("the fastest model (p50) on this device whose accuracy on the scored images is not "
+                       "significantly below the most accurate one's (McNemar, alpha), among the models whose export "
+                       "agreed with their Keras model (no export warning)")
+
+
+def recommend(v: DeviceVerdict, alpha: float = DEFAULT_ALPHA) -> tuple[Point | None, str]:
+    """The model to deploy on a device, by ``RECOMMENDATION_RULE``, and why (one sentence).
+
+    It is chosen on the scored images, so its accuracy there is that of a choice, not a fresh
+    estimate; the rule prefers speed only where accuracy gives no reason not to.
+    """
+    candidates = [p for p in (v.latency_points or v.points) if p.p50_ms is not None and not p.line.get("export_warning")]
+    best = most_accurate(candidates)
+    if best is None:
+        return None, "no model with a latency and without an export warning"
+    for point in sorted(candidates, key=lambda p: (p.p50_ms, -p.accuracy, p.artifact_id)):
+        if point is best:
+            return best, f"{best.label} is the most accurate ({pct(best.accuracy)}) and no faster model is as accurate"
+        test, _why = paired_test(point, best)
+        if test is not None and test["p_value"] >= alpha:
+            return point, (f"{point.label} ({pct(point.accuracy)}, p50 {ms_text(point.p50_ms)}) is the fastest model "
+                           f"not significantly less accurate than {best.label} ({pct(best.accuracy)}; McNemar "
+                           f"p = {test['p_value']:.2g})")
+    return best, f"{best.label} is the most accurate ({pct(best.accuracy)})"

@@ -327,6 +327,11 @@ def _score(job: WorkerJob, model, images, y_true, records, out: dict) -> None:
     out["images_sha256"] = images_sha256(paths)
     out["pred_indices"] = [int(y_pred[i]) for i in by_path]
     out["label_indices"] = [int(y_true[i]) for i in by_path]
+    # the raw probabilities (same order), for the report's calibration error before and after
+    # the artifact's temperature, its reliability diagram and its accuracy-coverage curve
+    out["probabilities"] = [[round(float(v), 6) for v in probs[i]] for i in by_path]
+    temperature = job.artifact.get("temperature")
+    out["temperature"] = float(temperature) if isinstance(temperature, (int, float)) and temperature > 0 else None
     out["agreement"] = None
     if job.reference and Path(job.reference).is_file():
         reference = {p: pred for p, (_label, pred) in read_predictions(job.reference).items()}
