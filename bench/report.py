@@ -42,12 +42,14 @@ from bench.options import comma_separated
 from bench.plots import plot_front
 from bench.calibration import section as calibration_section
 from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MIN_IMAGES, RECOMMENDATION_RULE,
-                           DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, pct,
+                           DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, percent,
                            recommend)
 from device import exports_manifest
 from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
 from device.command import Exit, run_command
 from device.metrics import MCNEMAR_CONVENTION, mcnemar
+from device import sweep_tables
+from device.sweep_tables import markdown_table, short
 from device.sweep_results import RESULTS, aggregate, best_level, load_runs, overall_best
 
 MB = 1e6
@@ -87,7 +89,7 @@ class ReportConfig:
             raise ValueError(f"budgets must be positive milliseconds, got {list(self.budgets_ms)}")
         if self.min_images < 1:
             raise ValueError(f"min_images must be >= 1, got {self.min_images}")
-        for option, folder, wanted in (("--runs", self.runs, "results.jsonl"), ("--exports", self.exports, "manifest.json")):
+        for option, folder, wanted in (("--runs", self.runs, RESULTS), ("--exports", self.exports, exports_manifest.MANIFEST)):
             if folder is not None and not (Path(folder) / wanted).is_file():
                 raise ValueError(f"{option} {folder}: no {wanted} there; expected the "
                                  f"{'sweep' if option == '--runs' else 'exports'} folder (or leave {option} out)")
@@ -134,40 +136,30 @@ def load_results(paths, log: Callable[[str], None] | None = None) -> tuple[dict[
 
 # --- markdown -----------------------------------------------------------------------------
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    from train.summary import markdown_table  # the sweep report's own table writer
-
-    return markdown_table(header, rows)
-
-
 def _study_section(runs: Path | None) -> list[str]:
     lines = ["## 1. The study's tables (training sweep)", ""]
     if runs is None:
         return lines + ["No sweep folder given (--runs); the study's tables are left out.", ""]
-    try:
-        from train import summary
-    except ImportError as exc:
-        return lines + [f"The study's tables need the `train` package, which is not importable here ({exc}).", ""]
     try:
         ok, failures, _superseded = load_runs(Path(runs))
     except ValueError as exc:
         return lines + [f"No study tables: {exc}", ""]
     levels = aggregate(ok)
     lines += [f"From `{Path(runs) / RESULTS}`: {len(ok)} successful runs of {len(levels)} backbones, "
-              f"{len(failures)} failed. Tables built by `train.summary`; Wilson 95% intervals.", ""]
+              f"{len(failures)} failed. Tables built as `train.summary` builds them (`device.sweep_tables`); Wilson 95% intervals.", ""]
     if not levels:
         return lines + ["No successful run.", ""]
     baseline = [s for stats in levels.values() for s in stats if s.level == 0]
     if baseline:
         lines += ["### Level 0 (head only)", ""]
-        lines += summary.markdown_table(["Backbone", "Family", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
-                                [[s.backbone, _family(s.backbone), summary.accuracy_cell(s),
-                                  summary.spread(s.f1_mean, s.f1_std, ".3f"), summary.params_text(s.trainable_params),
-                                  summary.ratio_text(s.ptr)] for s in baseline])
+        lines += sweep_tables.markdown_table(["Backbone", "Family", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
+                                [[s.backbone, _family(s.backbone), sweep_tables.accuracy_cell(s),
+                                  sweep_tables.spread(s.f1_mean, s.f1_std, ".3f"), sweep_tables.params_text(s.trainable_params),
+                                  sweep_tables.ratio_text(s.ptr)] for s in baseline])
     best = {backbone: best_level(stats) for backbone, stats in levels.items()}
     overall = overall_best(best)
     lines += ["### Best level per backbone", ""]
-    lines += summary.best_section(Path(runs), best, overall)
+    lines += sweep_tables.best_section(Path(runs), best, overall)
     families = {b: _family(b) for b in best}
     lines += ["Families (registry `mobile` flag): "
               + "; ".join(f"{b}: {f}" for b, f in families.items()) + ".", ""]
@@ -199,17 +191,17 @@ def _export_section(exports: Path | None) -> list[str]:
             f"{size / base_size:.2f}" if size and base_size else "n/a")
         rows.append([str(a.get("artifact_id")), str(a.get("backbone")), _family(str(a.get("backbone"))),
                      str(a.get("variant")), str(a.get("format")), _size_mb(size), ratio, _mmacs(a.get("macs")),
-                     pct(num(a.get("val_accuracy"))), _points(num(a.get("accuracy_delta"))),
-                     pct(num(a.get("agreement"))), _sci(num(a.get("max_abs_diff"))),
-                     _short(str(a.get("error"))) if a.get("error") else
-                     f"WARNING: {_short(str(a['warning']))}" if a.get("warning") else ""])
+                     percent(num(a.get("val_accuracy"))), _points(num(a.get("accuracy_delta"))),
+                     percent(num(a.get("agreement"))), _sci(num(a.get("max_abs_diff"))),
+                     short(str(a.get("error"))) if a.get("error") else
+                     f"WARNING: {short(str(a['warning']))}" if a.get("warning") else ""])
     lines += [f"From `{Path(exports) / 'manifest.json'}`: {len(artifacts)} artifact(s), "
               f"{sum(bool(a.get('error')) for a in artifacts)} with an export error. Size ratio: the artifact's "
               "size over the fp32 artifact of the same model and format. MMAC: millions of multiply-accumulates "
               "per image, counted from the artifact's graph. Delta: accuracy minus the Keras model's; "
               "agreement: share of images where its prediction equals the Keras model's; max diff: largest "
               "absolute difference of a class probability.", ""]
-    lines += _table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32", "MMAC",
+    lines += markdown_table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32", "MMAC",
                      "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Error or warning"], rows)
     return lines
 
@@ -238,11 +230,6 @@ def _size_mb(value) -> str:
         return "n/a"
     # Two decimals for real models; three significant digits keep a tiny test model above 0.00.
     return f"{value / MB:.2f}" if value >= MB else f"{value / MB:.3g}"
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _device_header(device: str, lines: list[dict]) -> list[str]:
@@ -316,15 +303,15 @@ def _device_table(lines: list[dict]) -> list[str]:
             notes.insert(0, "EMULATED: latency not meaningful")
         share = _majority_share(ln.get("label_indices"))
         if acc is not None and share is not None and a_low is not None and a_low <= share:
-            notes.insert(0, f"NOT ABOVE CHANCE: its interval reaches {pct(share)}, the score of always answering "
+            notes.insert(0, f"NOT ABOVE CHANCE: its interval reaches {percent(share)}, the score of always answering "
                             f"the most common class of these images")
         rows.append([str(ln.get("artifact_id")), _family(str(ln.get("backbone"))), str(ln.get("runtime")),
                      str(ln.get("threads")), str(ln.get("mode")), p50, ms_text(num(ln.get("latency_ms_p90"))),
                      ms_text(num(ln.get("latency_ms_p99"))), _efficiency_cell(ln), _mb(ln.get("peak_rss_bytes")),
                      _mb(ln.get("rss_increase_bytes")), _size_mb(ln.get("size_bytes")),
-                     f"{pct(acc)} [{pct(a_low)}, {pct(a_high)}]", _sci(num(ln.get("macro_f1"))),
-                     pct(num(ln.get("agreement"))), _short("; ".join(notes), 300)])
-    return _table(["Artifact", "Family", "Runtime", "Threads", "Mode", "p50 ms [95% CI]", "p90 ms", "p99 ms",
+                     f"{percent(acc)} [{percent(a_low)}, {percent(a_high)}]", _sci(num(ln.get("macro_f1"))),
+                     percent(num(ln.get("agreement"))), short("; ".join(notes), 300)])
+    return markdown_table(["Artifact", "Family", "Runtime", "Threads", "Mode", "p50 ms [95% CI]", "p90 ms", "p99 ms",
                    "GMAC/s (% of peak)", "Peak RSS MB", "RSS increase MB", "Size MB", "Accuracy [Wilson 95%]", "Macro-F1", "Agreement",
                    "Notes"], rows)
 
@@ -333,17 +320,17 @@ def _errors_section(errors: list[dict]) -> list[str]:
     lines = ["### Lines with an error (left out)", ""]
     if not errors:
         return lines + ["None.", ""]
-    return lines + _table(["Device", "Artifact", "Runtime", "Threads", "Mode", "File", "Error"],
+    return lines + markdown_table(["Device", "Artifact", "Runtime", "Threads", "Mode", "File", "Error"],
                           [[str(e.get("device_name")), str(e.get("artifact_id")), str(e.get("runtime")),
                             str(e.get("threads")), str(e.get("mode")), Path(e["_source"]).name,
-                            _short(str(e.get("error")))] for e in errors])
+                            short(str(e.get("error")))] for e in errors])
 
 
 def _verdict_lines(v: DeviceVerdict) -> list[str]:
     lines = [f"### {v.device}: the claim is **{v.verdict}**", ""]
     lines += [f"- {reason}" for reason in v.reasons] + [""]
     if v.points:
-        lines += _table(["Model", "Family", "Accuracy [Wilson 95%]", "p50 ms", "Size MB", "Latency front",
+        lines += markdown_table(["Model", "Family", "Accuracy [Wilson 95%]", "p50 ms", "Size MB", "Latency front",
                          "Size front"],
                         [[p.label, p.family, acc_ci(p),
                           ms_text(p.p50_ms) + (" (emulated)" if is_emulated(p.line) else ""),
@@ -351,9 +338,9 @@ def _verdict_lines(v: DeviceVerdict) -> list[str]:
                           "yes" if p in v.latency_front else ("n/a" if p not in v.latency_points else "no"),
                           "yes" if p in v.size_front else "no"] for p in v.points])
     if v.budgets:
-        lines += _table(["p50 budget", "Most accurate model within it", "Family", "Accuracy", "p50 ms"],
+        lines += markdown_table(["p50 budget", "Most accurate model within it", "Family", "Accuracy", "p50 ms"],
                         [[f"{b:g} ms", p.label if p else "none fits", p.family if p else "",
-                          pct(p.accuracy) if p else "", ms_text(p.p50_ms) if p else ""] for b, p in v.budgets])
+                          percent(p.accuracy) if p else "", ms_text(p.p50_ms) if p else ""] for b, p in v.budgets])
     return lines
 
 
@@ -368,12 +355,10 @@ def _evidence_section(runs: str | os.PathLike | None, by_device: dict[str, list[
     floors = None
     if sweep is not None:
         try:
-            from train import summary
-
             ok, _failed, _ = load_runs(sweep)
-            lines += summary.provenance(sweep, ok)[:-1]
-            floors = summary.read_floors(sweep)
-        except (ImportError, ValueError) as exc:
+            lines += sweep_tables.provenance(sweep, ok)[:-1]
+            floors = sweep_tables.read_floors(sweep)
+        except ValueError as exc:
             lines.append(f"- Sweep `{sweep}`: not readable here ({exc}).")
     else:
         lines.append("- No sweep folder given (`--runs`): the data source and weights are not known to this report.")
@@ -468,16 +453,16 @@ def _floors_section(files: list[dict], pairs: list[dict], unmatched: int, alpha:
     for f in files:
         lines.append(f"- `{f['_source']}`: {f.get('n')} `{f.get('split')}` images of `{f.get('data')}`; floors fitted "
                      f"on the training split of `{f.get('train_data')}`: always {f.get('majority_class')} "
-                     f"{pct(f['majority_accuracy'])}, logistic regression on image features "
-                     f"{pct(f['features_accuracy'])} [{pct(f.get('features_accuracy_ci_low'))}, "
-                     f"{pct(f.get('features_accuracy_ci_high'))}].")
+                     f"{percent(f['majority_accuracy'])}, logistic regression on image features "
+                     f"{percent(f['features_accuracy'])} [{percent(f.get('features_accuracy_ci_low'))}, "
+                     f"{percent(f.get('features_accuracy_ci_high'))}].")
     lines += [""]
     if pairs:
         lines += [f"McNemar's exact test of each model against the feature baseline on the same images (b and c "
                   f"as stated at the top). Beats it: higher accuracy and p < {alpha:g}.", ""]
-        lines += _table(["Device", "Model", "Family", "Accuracy", "Feature floor", "Difference (points)", "b / c",
+        lines += markdown_table(["Device", "Model", "Family", "Accuracy", "Feature floor", "Difference (points)", "b / c",
                          "McNemar p", "Beats it"],
-                        [[q["device"], q["label"], q["family"], pct(q["accuracy"]), pct(q["features_accuracy"]),
+                        [[q["device"], q["label"], q["family"], percent(q["accuracy"]), percent(q["features_accuracy"]),
                           f"{100 * q['accuracy_diff']:+.1f}", f"{q['b']} / {q['c']}", f"{q['p_value']:.2g}",
                           "yes" if q["beats_features"] else "no"] for q in pairs])
     if unmatched:

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from device.metrics import mcnemar, wilson_interval
+from device.sweep_tables import percent
 
 DEFAULT_BUDGETS_MS = None  # derived per device from its measured p50 range (derive_budgets)
 DEFAULT_ALPHA = 0.05
@@ -237,12 +238,9 @@ def paired_test(a: Point, b: Point) -> tuple[dict | None, str | None]:
     return mcnemar(np.asarray(la["pred_indices"]) == labels, np.asarray(lb["pred_indices"]) == labels), None
 
 
-def pct(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
-
 
 def acc_ci(p: Point) -> str:
-    return f"{pct(p.accuracy)} [{pct(p.ci_low)}, {pct(p.ci_high)}]"
+    return f"{percent(p.accuracy)} [{percent(p.ci_low)}, {percent(p.ci_high)}]"
 
 
 def ms_text(value: float | None) -> str:
@@ -301,7 +299,7 @@ def _speed_conditions(v: DeviceVerdict, budgets_ms, blockers: list[str]) -> tupl
         front_mobile = [p for p in v.latency_front if p.mobile is True]
         on_front = bool(front_mobile)
         v.reasons.append("Pareto front of accuracy against p50 latency: "
-                         + ", ".join(f"{p.label} ({p.family}, {ms_text(p.p50_ms)} ms, {pct(p.accuracy)})"
+                         + ", ".join(f"{p.label} ({p.family}, {ms_text(p.p50_ms)} ms, {percent(p.accuracy)})"
                                      for p in v.latency_front)
                          + (f"; mobile models on it: {', '.join(p.label for p in front_mobile)}." if front_mobile
                             else "; no mobile model on it."))
@@ -397,10 +395,10 @@ def recommend(v: DeviceVerdict, alpha: float = DEFAULT_ALPHA) -> tuple[Point | N
         return None, "no model with a latency and without an export warning"
     for point in sorted(candidates, key=lambda p: (p.p50_ms, -p.accuracy, p.artifact_id)):
         if point is best:
-            return best, f"{best.label} is the most accurate ({pct(best.accuracy)}) and no faster model is as accurate"
+            return best, f"{best.label} is the most accurate ({percent(best.accuracy)}) and no faster model is as accurate"
         test, _why = paired_test(point, best)
         if test is not None and test["p_value"] >= alpha:
-            return point, (f"{point.label} ({pct(point.accuracy)}, p50 {ms_text(point.p50_ms)}) is the fastest model "
-                           f"not significantly less accurate than {best.label} ({pct(best.accuracy)}; McNemar "
+            return point, (f"{point.label} ({percent(point.accuracy)}, p50 {ms_text(point.p50_ms)}) is the fastest model "
+                           f"not significantly less accurate than {best.label} ({percent(best.accuracy)}; McNemar "
                            f"p = {test['p_value']:.2g})")
-    return best, f"{best.label} is the most accurate ({pct(best.accuracy)})"
+    return best, f"{best.label} is the most accurate ({percent(best.accuracy)})"

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Prove that the device install and `bench run` work on 64-bit ARM Linux (as on a Raspberry
-# Pi 4/5 with 64-bit Raspberry Pi OS / Debian bookworm), by emulation on an x86 host:
+# The Raspberry Pi steps of docs/raspberry-pi.md, literally, on 64-bit ARM Linux by emulation
+# on an x86 host (a Pi 4/5 with 64-bit Raspberry Pi OS is Debian bookworm, Python 3.11):
 #
-#   1. an arm64 Debian bookworm root with its Python 3.11 (mmdebstrap, extract variant: no
-#      package scripts run, so nothing is emulated while building it);
-#   2. the device extra's aarch64 wheels (numpy, pillow, ai-edge-litert, onnxruntime, at the
-#      host's runtime versions) installed from the host with pip --platform;
-#   3. `bench run` on the host and under qemu-aarch64-static, on the same models and images;
-#   4. device/compare_predictions.py: fp32 probabilities within 1e-4, int8 classes identical,
-#      and the same predicted classes in both `bench run` result files.
+#   1. an arm64 Debian bookworm root (mmdebstrap, extract variant: nothing is emulated while
+#      building it) with bash, tar, Python 3.11 and python3-venv;
+#   2. qemu-aarch64 registered with binfmt_misc, so the root runs as a chroot in which every
+#      aarch64 program (bash, python, pip, bench's workers) starts as on a Pi;
+#   3. on the host, as the docs say for a Pi without network:
+#        bench bundle --exports EXPORTS --data DATA --out pi-bundle.tar.gz --offline
+#   4. in the chroot, the docs' commands: tar xzf, `bash setup_pi.sh` (a fresh venv, the
+#      bundle's wheel and its device extra from the bundle's wheels/, no index), `bench run
+#      --models .`, `skyedge classify --model . data`, and a per-image prediction pass;
+#   5. the same on the host, then device/compare_predictions.py: fp32 probabilities within
+#      1e-4, int8 classes identical, the same classes in both `bench run` files, and the same
+#      class for every image from `skyedge classify` on both.
 #
 # Emulated latency is meaningless (qemu translates every instruction): the arm64 lines are
 # marked `emulated` and must never be reported as device latency.
@@ -17,14 +22,16 @@
 #   EXPORTS                a folder with manifest.json (default: tiny models made here, needs
 #                          TensorFlow on the host: tests/test_arm64.py:build_tiny_exports)
 # Environment:
-#   SKYEDGE_ARM64_CACHE    root and wheels, kept between runs (default ~/.cache/skyedge-arm64)
+#   SKYEDGE_ARM64_CACHE    the root, kept between runs (default ~/.cache/skyedge-arm64)
 #   SKYEDGE_ARM64_WORK     results of this run (default a new folder under /tmp)
 #   SKYEDGE_ARM64_CPU      qemu CPU model (default cortex-a72, the Pi 4's; cortex-a76 for a Pi 5)
-#   SKYEDGE_ARM64_SPLIT    split of EXPORTS' data both machines predict (default test; val for the tiny models)
-#   PYTHON                 host Python with the project's device extra (default .venv/bin/python)
-# Needs: apt-get install qemu-user-static mmdebstrap (Debian/Ubuntu host), and the Debian
-# mirror the host's apt uses. Exit status: 0 when predictions agree, 1 when they differ,
-# 3 when a tool is missing, other non-zero when a step fails.
+#   SKYEDGE_ARM64_SPLIT    split of EXPORTS' data bundled and predicted (default test; val for the tiny models)
+#   SKYEDGE_ARM64_IMAGES   images in the bundle (bench bundle --max-images; default all of the split)
+#   PYTHON                 host Python with the project installed (default .venv/bin/python)
+# Needs root (chroot, mounts, binfmt_misc), `apt-get install qemu-user-static mmdebstrap`, the
+# Debian mirror the host's apt uses, and a package index (PyPI) once for --offline's wheels.
+# Exit status: 0 when predictions agree, 1 when they differ, 3 when a tool or a permission is
+# missing, other non-zero when a step fails.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,20 +40,20 @@ WORK=${SKYEDGE_ARM64_WORK:-$(mktemp -d /tmp/skyedge-arm64.XXXXXX)}
 CPU=${SKYEDGE_ARM64_CPU:-cortex-a72}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3)
-ROOT=$CACHE/root-bookworm
-SITE=$CACHE/site-py311
+ROOT=$CACHE/root-bookworm-pi
 QUICK=(--warmup 2 --runs 10 --min-secs 0)
 START=$SECONDS
 
 say() { printf '[arm64-check %4ds] %s\n' "$((SECONDS - START))" "$*"; }
+missing() { echo "error: $*" >&2; exit 3; }
 
-for tool in qemu-aarch64-static mmdebstrap; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "error: $tool not found; install it with: apt-get update && apt-get install -y qemu-user-static mmdebstrap" >&2
-        exit 3
-    fi
+for tool in qemu-aarch64-static mmdebstrap chroot mount; do
+    command -v "$tool" >/dev/null \
+        || missing "$tool not found; install it with: apt-get update && apt-get install -y qemu-user-static mmdebstrap"
 done
+[ "$(id -u)" = 0 ] || missing "needs root (chroot, mounts and binfmt_misc)"
 mkdir -p "$CACHE" "$WORK"
+WORK=$(cd "$WORK" && pwd)
 
 # The Debian mirror this host's apt already uses (deb822 or one-line sources), so the root
 # comes from the same place as the host's packages.
@@ -61,77 +68,41 @@ mirror() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# 1. the arm64 root. libstdc++ is not pulled in by python3 but numpy's and the runtimes'
-# wheels link against it.
+# 1. the arm64 root: what Raspberry Pi OS has that the docs' steps use. libstdc++ is not
+# pulled in by python3 but numpy's and the runtimes' wheels link against it.
 t0=$SECONDS
-if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
+if [ ! -x "$ROOT/usr/bin/python3.11" ] || [ ! -x "$ROOT/bin/bash" ]; then
     MIRROR=$(mirror)
     say "building the arm64 bookworm root from $MIRROR"
     rm -rf "$ROOT.tmp"
-    mmdebstrap --quiet --variant=extract --architectures=arm64 --include=python3,libstdc++6,libgcc-s1 \
+    mmdebstrap --quiet --variant=extract --architectures=arm64 \
+        --include=bash,coreutils,tar,gzip,grep,sed,libc-bin,python3,python3-venv,libstdc++6,libgcc-s1 \
         bookworm "$ROOT.tmp" "$MIRROR"
     mv "$ROOT.tmp" "$ROOT"
 else
     say "arm64 root cached at $ROOT"
 fi
-# qemu -L looks a path up in the root first: an aarch64 /proc/cpuinfo there hides the host's
-# x86 one, which onnxruntime's CPU detection crashes on. "Model" is what the fingerprint
-# reads as cpu_model on a Pi, so the records name the emulation.
-mkdir -p "$ROOT/proc"
-{
-    for i in $(seq 0 $(($(nproc) - 1))); do
-        printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
-        printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
-    done
-    printf 'Model\t\t: qemu-aarch64 emulated %s\n' "$CPU"
-} > "$ROOT/proc/cpuinfo"
 ROOT_S=$((SECONDS - t0))
 
-# 2. wheels, at the host's versions of the runtimes so both sides run the same release.
-t0=$SECONDS
-VERSIONS=$("$PYTHON" - <<'EOF'
-from importlib.metadata import version, PackageNotFoundError
-out = []
-for name in ("numpy", "pillow", "ai-edge-litert", "onnxruntime"):
-    try:
-        out.append(f"{name}=={version(name)}")
-    except PackageNotFoundError:
-        out.append(name)
-print(" ".join(out))
-EOF
-)
-if [ "$(cat "$SITE/.requirements" 2>/dev/null)" != "$VERSIONS" ]; then
-    say "installing aarch64 wheels: $VERSIONS"
-    rm -rf "$SITE.tmp"
-    # wheels for glibc <= 2.36 (bookworm); pip takes the newest tag that the package has
-    # shellcheck disable=SC2086
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
-        --implementation cp --python-version 3.11 --platform manylinux_2_28_aarch64 \
-        --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
-        --target "$SITE.tmp" $VERSIONS
-    echo "$VERSIONS" > "$SITE.tmp/.requirements"
-    rm -rf "$SITE"
-    mv "$SITE.tmp" "$SITE"
-else
-    say "aarch64 wheels cached at $SITE ($VERSIONS)"
+# 2. binfmt_misc: aarch64 programs start through qemu (Debian's entry has the F flag: the
+# interpreter is opened now, so it works inside the chroot without a copy there). qemu's default CPU ("max") gives wrong int8
+# results with LiteRT, so QEMU_CPU names a real Pi core.
+BINFMT=/proc/sys/fs/binfmt_misc
+if [ ! -e "$BINFMT/register" ]; then
+    mount -t binfmt_misc binfmt_misc "$BINFMT" 2>/dev/null \
+        || missing "cannot mount binfmt_misc at $BINFMT (a container without that permission)"
 fi
-WHEELS_S=$((SECONDS - t0))
+if [ ! -e "$BINFMT/qemu-aarch64" ]; then
+    conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+    [ -f "$conf" ] || missing "$conf not found (qemu-user-static's binfmt entry)"
+    cat "$conf" > "$BINFMT/register" 2>/dev/null \
+        || missing "cannot register qemu-aarch64 with binfmt_misc"
+fi
+grep -q enabled "$BINFMT/qemu-aarch64" || missing "qemu-aarch64 is registered but disabled in $BINFMT"
 
-# The emulated Python. qemu's default CPU ("max") gives wrong int8 results with LiteRT, so
-# the CPU is a real Pi core. An emulated process cannot exec an aarch64 binary without
-# binfmt_misc, so `bench run` starts its workers through this wrapper too.
-ARM64_PY=$WORK/python-arm64
-cat > "$ARM64_PY" <<EOF
-#!/bin/sh
-export QEMU_CPU=$CPU PYTHONPATH=$SITE:$REPO PYTHONDONTWRITEBYTECODE=1
-exec qemu-aarch64-static -L $ROOT $ROOT/usr/bin/python3.11 "\$@"
-EOF
-chmod +x "$ARM64_PY"
-say "emulated Python: $("$ARM64_PY" -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])')"
-
-# 3. the models
+# 3. the models and the bundle, made on the host as docs/raspberry-pi.md says
 EXPORTS=${1:-}
-SPLIT=${SKYEDGE_ARM64_SPLIT:-test}   # the images both machines predict
+SPLIT=${SKYEDGE_ARM64_SPLIT:-test}
 if [ -z "$EXPORTS" ]; then
     EXPORTS=$WORK/tiny/exports
     SPLIT=val   # the tiny set has train and val images only
@@ -144,28 +115,76 @@ if [ -z "$EXPORTS" ]; then
     fi
 fi
 [ -f "$EXPORTS/manifest.json" ] || { echo "error: $EXPORTS/manifest.json not found" >&2; exit 2; }
-
-# 4. bench run on both, then the per-image predictions on both
-cd "$REPO"
-rm -f "$WORK/x86.jsonl" "$WORK/arm64.jsonl"
+DATA=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["artifacts"][0]["data"])' "$EXPORTS/manifest.json")
+LIMIT=()
+if [ -n "${SKYEDGE_ARM64_IMAGES:-}" ]; then LIMIT=(--max-images "$SKYEDGE_ARM64_IMAGES"); fi
 t0=$SECONDS
-say "bench run on the host ($(uname -m))"
-# exit status 3 (some jobs failed) still leaves lines to compare: their errors show in the table
-"$PYTHON" -m bench.cli run --models "$EXPORTS" --out "$WORK/x86.jsonl" --device-name "$(hostname)-x86" "${QUICK[@]}" --split "$SPLIT" \
-    || [ $? -eq 3 ]
-"$PYTHON" -m device.compare_predictions predict --models "$EXPORTS" --split "$SPLIT" --out "$WORK/x86-probs.json"
+say "bench bundle --offline (the device extra's aarch64 wheels into the bundle)"
+(cd "$REPO" && "$PYTHON" -m bench.cli bundle --exports "$EXPORTS" --data "$DATA" --split "$SPLIT" "${LIMIT[@]}" \
+    --offline --out "$WORK/pi-bundle.tar.gz")
+BUNDLE_S=$((SECONDS - t0))
+
+# 4. on the "Pi": the docs' commands in the chroot. /proc is mounted with an aarch64 cpuinfo
+# over the host's x86 one (onnxruntime's CPU detection crashes on that); its "Model" line is
+# what the fingerprint reads as cpu_model on a Pi, so the records name the emulation.
+PI=$ROOT/home/pi
+rm -rf "$PI" && mkdir -p "$PI"
+cp "$WORK/pi-bundle.tar.gz" "$PI/"
+{
+    for i in $(seq 0 $(($(nproc) - 1))); do
+        printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
+        printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+    done
+    printf 'Model\t\t: qemu-aarch64 emulated %s\n' "$CPU"
+} > "$ROOT/cpuinfo-arm64"
+{
+    echo 'set -euo pipefail'
+    echo 'step() { echo "== step: $1 took $((SECONDS - T)) s"; T=$SECONDS; }; T=$SECONDS'
+    echo 'cd /home/pi && tar xzf pi-bundle.tar.gz && cd pi-bundle && step "tar xzf"'
+    echo 'bash setup_pi.sh /home/pi/skyedge-venv && step "bash setup_pi.sh"'
+    echo 'source /home/pi/skyedge-venv/bin/activate'
+    echo "{ bench run --models . --out /home/pi/arm64.jsonl --device-name arm64-qemu-$CPU ${QUICK[*]} --split $SPLIT || [ \$? -eq 3 ]; } && step 'bench run'"
+    echo 'skyedge classify --model . data --out /home/pi/labels.csv && step "skyedge classify"'
+    echo "python -m device.compare_predictions predict --models . --split $SPLIT --out /home/pi/arm64-probs.json && step 'prediction pass'"
+} > "$PI/steps.sh"
+MOUNTED=()
+cleanup() {
+    local i
+    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do umount "${MOUNTED[$i]}" 2>/dev/null || umount -l "${MOUNTED[$i]}" || true; done
+    MOUNTED=()
+}
+trap cleanup EXIT
+mkdir -p "$ROOT/proc" "$ROOT/dev" "$ROOT/tmp"
+mount -t proc proc "$ROOT/proc" && MOUNTED+=("$ROOT/proc")
+mount --bind "$ROOT/cpuinfo-arm64" "$ROOT/proc/cpuinfo" && MOUNTED+=("$ROOT/proc/cpuinfo")
+mount --bind /dev "$ROOT/dev" && MOUNTED+=("$ROOT/dev")
+t0=$SECONDS
+say "in the arm64 chroot (qemu $CPU): tar, setup_pi.sh, bench run, skyedge classify"
+if ! env -i HOME=/home/pi PATH=/usr/local/bin:/usr/bin:/bin QEMU_CPU="$CPU" LANG=C.UTF-8 \
+        "$(command -v chroot)" "$ROOT" /bin/bash /home/pi/steps.sh > "$WORK/arm64-steps.log" 2>&1; then
+    tail -n 30 "$WORK/arm64-steps.log" >&2
+    echo "error: a step failed in the arm64 chroot (log: $WORK/arm64-steps.log)" >&2
+    exit 5
+fi
+EMU_S=$((SECONDS - t0))
+cleanup
+cp "$PI/arm64.jsonl" "$PI/labels.csv" "$PI/arm64-probs.json" "$WORK/"
+grep -E '^(== |ai_edge_litert|onnxruntime|classify: )' "$WORK/arm64-steps.log" | sed 's/^/  [pi] /' || true
+
+# 5. the host, on the same extracted bundle
+t0=$SECONDS
+say "the same on the host ($(uname -m))"
+rm -rf "$WORK/host" && mkdir -p "$WORK/host" && tar xzf "$WORK/pi-bundle.tar.gz" -C "$WORK/host"
+HOSTB=$WORK/host/pi-bundle
+export PYTHONPATH=$REPO
+(cd "$HOSTB" && "$PYTHON" -m bench.cli run --models . --out "$WORK/x86.jsonl" --device-name "$(hostname)-x86" \
+    "${QUICK[@]}" --split "$SPLIT" || [ $? -eq 3 ])
+(cd "$HOSTB" && "$PYTHON" -m device.classify --model . data --out "$WORK/host-labels.csv" 2>>"$WORK/host.log")
+(cd "$HOSTB" && "$PYTHON" -m device.compare_predictions predict --models . --split "$SPLIT" --out "$WORK/x86-probs.json")
 HOST_S=$((SECONDS - t0))
 
-t0=$SECONDS
-say "bench run under qemu-aarch64 ($CPU)"
-"$ARM64_PY" -c "import sys; sys.executable = sys.argv.pop(1); from bench.cli import main; sys.exit(main(sys.argv[1:]))" \
-    "$ARM64_PY" run --models "$EXPORTS" --out "$WORK/arm64.jsonl" --device-name "arm64-qemu-$CPU" "${QUICK[@]}" --split "$SPLIT" \
-    || [ $? -eq 3 ]
-"$ARM64_PY" -m device.compare_predictions predict --models "$EXPORTS" --split "$SPLIT" --out "$WORK/arm64-probs.json"
-EMU_S=$((SECONDS - t0))
-
 # Mark every emulated line, so no report takes its latency for a device's.
-"$PYTHON" - "$WORK/arm64.jsonl" "$CPU" <<'EOF'
+"$PYTHON" - "$WORK/arm64.jsonl" "$CPU" <<'PYEOF'
 import json, sys
 from device.atomic import read_jsonl, write_text
 path, cpu = sys.argv[1], sys.argv[2]
@@ -176,14 +195,24 @@ for line in lines:
     if note not in line.setdefault("notes", []):
         line["notes"].insert(0, note)
 write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
-EOF
+PYEOF
 
 say "x86 vs arm64 predictions"
 status=0
 "$PYTHON" -m device.compare_predictions compare "$WORK/x86-probs.json" "$WORK/arm64-probs.json" \
     --lines "$WORK/x86.jsonl" "$WORK/arm64.jsonl" --out "$WORK/comparison.json" || status=$?
+"$PYTHON" - "$WORK/host-labels.csv" "$WORK/labels.csv" <<'PYEOF' || status=1
+import csv, sys
+rows = [{r["path"]: r for r in csv.DictReader(open(p, newline="", encoding="utf-8"))} for p in sys.argv[1:]]
+same = [p for p in rows[0] if p in rows[1] and rows[0][p]["class"] == rows[1][p]["class"]]
+diff = max((abs(float(rows[0][p][k]) - float(rows[1][p][k])) for p in same for k in rows[0][p] if k.startswith("p_")),
+           default=0.0)
+print(f"skyedge classify: {len(same)} of {len(rows[0])} images get the same class on x86 and arm64 "
+      f"(largest probability difference {diff:.2e})")
+sys.exit(0 if len(same) == len(rows[0]) == len(rows[1]) else 1)
+PYEOF
 
-"$PYTHON" - "$WORK/x86.jsonl" "$WORK/arm64.jsonl" <<'EOF'
+"$PYTHON" - "$WORK/x86.jsonl" "$WORK/arm64.jsonl" <<'PYEOF'
 import sys
 from device.atomic import read_jsonl
 print("| Artifact | x86 accuracy | arm64 accuracy | x86 p50 ms | emulated arm64 p50 ms (not a device latency) | arm64 error |")
@@ -194,9 +223,9 @@ for line in read_jsonl(sys.argv[2]):
     fmt = lambda v, f: "n/a" if v is None else format(v, f)
     print(f"| {line['artifact_id']} | {fmt(h.get('accuracy'), '.3f')} | {fmt(line.get('accuracy'), '.3f')} | "
           f"{fmt(h.get('latency_ms_p50'), '.3f')} | {fmt(line.get('latency_ms_p50'), '.3f')} | {line.get('error', '')} |")
-EOF
+PYEOF
 TOTAL_S=$((SECONDS - START))
-printf 'root %d s, wheels %d s, host runs %d s, emulated runs %d s, total %d s\n' \
-    "$ROOT_S" "$WHEELS_S" "$HOST_S" "$EMU_S" "$TOTAL_S" | tee "$WORK/timings.txt"
+printf 'root %d s, bundle %d s, arm64 chroot steps %d s, host steps %d s, total %d s\n' \
+    "$ROOT_S" "$BUNDLE_S" "$EMU_S" "$HOST_S" "$TOTAL_S" | tee "$WORK/timings.txt"
 say "results in $WORK"
 exit "$status"

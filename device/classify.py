@@ -434,7 +434,7 @@ def classify_files(config: ClassifyConfig, log=lambda line: print(line, file=sys
             if result.error is not None:
                 failed += 1
                 if failed <= NAMED_FAILURES:
-                    log(f"cannot classify {result.error}" + (f" (further failures only in the output)"
+                    log(f"cannot classify {result.error}" + (" (further failures only in the output)"
                                                               if failed == NAMED_FAILURES else ""))
             abstained += result.abstained
             for kind in result.conversions:

@@ -1,7 +1,19 @@
-"""A sweep's results: ``RUNS/results.jsonl`` and each run's ``history.csv``. The one owner of
-the format: ``train.sweep`` writes ``results.jsonl`` and ``train.trainer`` each run's
-``history.csv`` (pretraining's too); the summary, export, ``bench report`` and the benchmarks
-read them through here; TensorFlow-free.
+"""A sweep folder: its layout and its results. The one owner of the format: every file name
+and the run id are spelled here and nowhere else; ``train.sweep`` writes ``results.jsonl``,
+the shard records and each run's folder, ``train.trainer`` each run's ``history.csv`` and
+checkpoint (pretraining's too); the summary, export, ``bench report`` and the benchmarks read
+them through here; TensorFlow-free.
+
+Layout of ``RUNS/``::
+
+    results.jsonl                     RESULTS: one record per finished or failed run
+    sweep-shard<i>of<n>.json          shard_record(): each shard's settings and planned runs
+    baseline.json                     BASELINE: the floors on the test split
+    baseline_test_predictions.csv     BASELINE_PREDICTIONS: the feature floor's per-image answers
+    summary.md, summary.csv, plots/   written by train.summary
+    runs/<backbone>/L<level:03>-s<seed>/   run_dir(): one run (run_id(): <backbone>-L<level:03>-s<seed>)
+        config.json  history.csv  best.h5  best.json  metrics.json
+        val_predictions.csv  test_predictions.csv
 
 ``results.jsonl`` holds one flat JSON record per finished or failed run, appended as runs end
 (several shards may append to one file). A record carries ``results_version`` (lines written
@@ -28,7 +40,32 @@ from device.metrics import wilson_interval
 
 RESULTS_VERSION = 1
 RESULTS = "results.jsonl"
+BASELINE = "baseline.json"
+BASELINE_PREDICTIONS = "baseline_test_predictions.csv"
+SHARD_RECORDS = "sweep-shard*of*.json"  # the glob of shard_record()'s names
+# one run's folder
+CONFIG = "config.json"
 HISTORY = "history.csv"
+CHECKPOINT = "best.h5"
+CHECKPOINT_META = "best.json"
+METRICS = "metrics.json"
+VAL_PREDICTIONS = "val_predictions.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
+
+
+def run_id(backbone: str, level: int, seed: int) -> str:
+    """A run's name in results.jsonl, logs and artifact ids: ``mobilenetv2-L010-s0``."""
+    return f"{backbone}-L{int(level):03d}-s{int(seed)}"
+
+
+def run_dir(backbone: str, level: int, seed: int) -> str:
+    """A run's folder, relative to the sweep folder: ``runs/mobilenetv2/L010-s0``."""
+    return f"runs/{backbone}/L{int(level):03d}-s{int(seed)}"
+
+
+def shard_record(root: str | os.PathLike, shard: tuple[int, int]) -> Path:
+    """The record a shard writes of its settings and planned runs: ``sweep-shard1of3.json``."""
+    return Path(root) / f"sweep-shard{shard[0]}of{shard[1]}.json"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 

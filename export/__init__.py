@@ -1,8 +1,11 @@
 """Export trained runs as deployable artifacts: TFLite and ONNX, quantized and not, verified.
 
-``python -m export.tflite`` and ``python -m export.onnx`` read a ``train.sweep`` folder,
-rebuild each selected run's best checkpoint with its preprocessing inside the graph
-(``export.graph``), convert it, run the artifact on the validation split with the device's
-own runtime code (``export.verify``) and record it in ``EXPORTS/manifest.json``
-(``export.manifest``). Quantization inputs and QAT live in ``export.quantize``.
+``python -m export.tflite`` and ``python -m export.onnx`` read a ``train.sweep`` folder and
+share one pipeline (``export.pipeline``): select the runs (``--select``), rebuild each run's
+best checkpoint with its preprocessing inside the graph (``export.graph``), convert it
+(``export.tflite``, ``export.onnx``; int8 calibration and QAT in ``export.quantize``), run the
+artifact on the validation split with the device's own runtime code (``export.verify``), fit
+its temperature there, write SkyEdge's description into the model file (``export.embed``) and
+record it in ``EXPORTS/manifest.json`` (its format is owned by ``device.exports_manifest``).
+``python -m export.onnx_int8_benchmark`` compares the ONNX int8 forms.
 """

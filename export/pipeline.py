@@ -27,7 +27,9 @@ from device.dataset import LABELS, DatasetError, open_dataset
 from device.model_info import description
 from device.progress import Progress
 from device import exports_manifest as manifest
-from device.sweep_results import RESULTS, aggregate, best_level, load_runs
+from device.sweep_results import (CHECKPOINT, CONFIG, RESULTS, TEST_PREDICTIONS, VAL_PREDICTIONS, aggregate,
+                                   best_level, load_runs)
+from device import sweep_results as layout
 from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
 from export.embed import embed
 from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
@@ -102,7 +104,7 @@ class Source:
 
     @property
     def stem(self) -> str:
-        return f"{self.backbone.name}-L{self.level:03d}-s{self.seed}"
+        return layout.run_id(self.backbone.name, self.level, self.seed)
 
 
 def versions() -> dict[str, str | None]:
@@ -185,7 +187,7 @@ def _write_reference(source, path: Path) -> None:
     finds its images among the test rows.
     """
     text = source.predictions.read_text(encoding="utf-8")
-    test = source.run_dir / "test_predictions.csv"
+    test = source.run_dir / TEST_PREDICTIONS
     if test.is_file():
         header, *rows = test.read_text(encoding="utf-8").splitlines()
         if header == text.splitlines()[0]:
@@ -212,16 +214,16 @@ def select_runs(runs: str | os.PathLike, spec: str = "best") -> list[Source]:
     sources = []
     for record in pick_records(_finished_runs(root), spec):
         run_dir = root / record["run_dir"]
-        for name in ("config.json", "best.h5", "val_predictions.csv"):
+        for name in (CONFIG, CHECKPOINT, VAL_PREDICTIONS):
             if not (run_dir / name).is_file():
-                what = "checkpoint" if name == "best.h5" else name
+                what = "checkpoint" if name == CHECKPOINT else name
                 raise ExportError(f"run {record['run_id']}: no {what} ({run_dir / name}); rerun the sweep to finish it")
         import json
 
-        config = json.loads((run_dir / "config.json").read_text())
+        config = json.loads((run_dir / CONFIG).read_text())
         source = Source(run_id=record["run_id"], backbone=get(record["backbone"]), level=int(record["level"]),
                         seed=int(record["seed"]), rel_dir=record["run_dir"], run_dir=run_dir, config=config,
-                        checkpoint=run_dir / "best.h5", predictions=run_dir / "val_predictions.csv",
+                        checkpoint=run_dir / CHECKPOINT, predictions=run_dir / VAL_PREDICTIONS,
                         data=_data_folder(config, run_dir), img_size=int(config["img_size"]))
         source.checkpoint_sha256 = sha256_file(source.checkpoint)
         recorded = record.get("checkpoint_sha256")

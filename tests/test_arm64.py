@@ -164,7 +164,8 @@ def _tools_present() -> bool:
 @pytest.mark.skipif(not (os.environ.get("SKYEDGE_ARM64") == "1" or _tools_present()),
                     reason="needs qemu-aarch64-static and mmdebstrap (or SKYEDGE_ARM64=1)")
 def test_arm64_check_script(tmp_path):
-    """Tiny models predict the same on x86 and on emulated arm64; emulated lines are marked."""
+    """The docs' Pi steps in an arm64 chroot (bundle --offline, setup_pi.sh, bench run, skyedge
+    classify): tiny models predict the same on x86 and on emulated arm64; emulated lines are marked."""
     pytest.importorskip("tensorflow")
     out = tmp_path / "work"
     env = {**os.environ, "SKYEDGE_ARM64_WORK": str(out), "PYTHON": sys.executable}
@@ -177,3 +178,8 @@ def test_arm64_check_script(tmp_path):
     assert all(any(n.startswith("emulated: qemu-aarch64") for n in line["notes"]) for line in lines)
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["ok"] and len(comparison["rows"]) == 3
+    assert "from the bundle's" in result.stdout and "(no package index)" in result.stdout  # setup_pi.sh, offline
+    with (out / "labels.csv").open(newline="") as arm, (out / "host-labels.csv").open(newline="") as host:
+        arm_rows, host_rows = list(csv.DictReader(arm)), list(csv.DictReader(host))
+    assert len(arm_rows) == len(host_rows) == 18
+    assert [r["class"] for r in arm_rows] == [r["class"] for r in host_rows]

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from device.atomic import write_json
-from device.sweep_results import read_records
+from device.sweep_results import VAL_PREDICTIONS, read_records
 from device.predictions import read_probabilities
 from train.console import command_parser
 from train.sweep import SweepConfig, run_sweep
 
 
 def _probs(run_dir: Path) -> np.ndarray:
-    return read_probabilities(run_dir / "val_predictions.csv")[2]
+    return read_probabilities(run_dir / VAL_PREDICTIONS)[2]
 
 
 def compare(data: str, out: Path, backbones: tuple[str, ...], levels: str, epochs: int, img_size: int,

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from device import sweep_results as layout
 from device.atomic import write_json
 from device.sweep_results import load_runs
 from train.console import command_parser
@@ -74,7 +75,7 @@ def compare(data: str, out: Path, backbones: str, levels: str, epochs: int, img_
     passes: dict[str, int] = {}
     placement = {}
     for i in range(shards):
-        record = json.loads((sharded / f"sweep-shard{i}of{shards}.json").read_text())
+        record = json.loads(layout.shard_record(sharded, (i, shards)).read_text())
         placement[f"{i}/{shards}"] = sorted({run.split("-L")[0] for run in record["runs"]})
         for backbone, count in record.get("frozen_passes", {}).items():
             passes[backbone] = passes.get(backbone, 0) + count

@@ -21,7 +21,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -31,17 +30,14 @@ import numpy as np
 from device.atomic import write_bytes, write_text
 from device.command import Exit, run_command
 from device.dataset import LABELS
-from device.metrics import MCNEMAR_CONVENTION, mcnemar
-from device.predictions import PredictionsError, correct_by_path
-from device.sweep_results import (HISTORY, LevelStats, aggregate, as_float, as_int, best_level,
+from device.sweep_results import (HISTORY, SHARD_RECORDS, VAL_PREDICTIONS, LevelStats, aggregate, as_int, best_level,
                                    load_runs, overall_best, read_history)
+from device.sweep_tables import (accuracy_cell, best_section, epochs_text, floors_section, ids_text, markdown_table,
+                                 params_text, percent, points, provenance, ratio_text, read_floors, reading_notes, short, spread,
+                                 test_cell)
 
-PREDICTIONS = "val_predictions.csv"
-TEST_PREDICTIONS = "test_predictions.csv"
-BASELINE = "baseline.json"
-BASELINE_PREDICTIONS = "baseline_test_predictions.csv"
+PREDICTIONS = VAL_PREDICTIONS
 PLOTS = "plots"
-SHARD_RECORDS = "sweep-shard*of*.json"  # one per shard, written by train.sweep
 
 # The columns of summary.csv, in this order; scalar fields a record has beyond these are
 # appended in sorted order, so new record fields reach the CSV without a change here.
@@ -85,64 +81,6 @@ def shard_status(root: Path, runs: list[dict], failures: list[dict]) -> list[dic
         status += [{"shard": f"{i}/{count}", "runs": None, "missing": ["(this shard never started)"], "failed": []}
                    for i in range(count) if f"{i}/{count}" not in seen]
     return sorted(status, key=lambda s: tuple(int(p) for p in s["shard"].split("/"))[::-1])
-
-
-def read_floors(root: Path) -> dict | None:
-    """The sweep's ``baseline.json`` (majority class and feature baseline on the test split)."""
-    try:
-        record = json.loads((Path(root) / BASELINE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def test_vs_features(root: Path, run: dict) -> dict | None:
-    """McNemar's test of a run against the feature baseline on the test images.
-
-    ``b`` counts test images the run got right and the baseline wrong; ``None`` when either
-    predictions file is missing or they share no image.
-    """
-    return _paired(_correct(_run_file(root, run, TEST_PREDICTIONS)), _correct(Path(root) / BASELINE_PREDICTIONS))
-
-
-def describe_weights(weights: str | None) -> str:
-    """Where a sweep's starting weights came from, in words (``--weights`` as recorded)."""
-    text = str(weights or "none")
-    if text == "imagenet":
-        return "ImageNet (Keras applications)"
-    if text == "none":
-        return "random initialisation (no pretrained weights)"
-    return f"in-domain pretrained or user-supplied weights from `{text}`"
-
-
-def paired_test(root: Path, run_a: dict, run_b: dict) -> dict | None:
-    """McNemar's test of two runs on the validation images both of them predicted.
-
-    Predictions are joined on the ``path`` column of each run's ``val_predictions.csv``.
-
-    Args:
-        root: the sweep folder (``run_dir`` is relative to it).
-        run_a: the first record (``b`` counts images it got right and ``run_b`` wrong).
-        run_b: the second record.
-
-    Returns:
-        ``device.metrics.mcnemar``'s dict plus ``same_images`` (both files hold exactly the
-        same paths), ``n_a`` and ``n_b`` (images in each file); ``None`` when a file is
-        missing or the runs share no image.
-    """
-    return _paired(_correct(_run_file(root, run_a, PREDICTIONS)), _correct(_run_file(root, run_b, PREDICTIONS)))
-
-
-def _paired(a: dict[str, bool] | None, b: dict[str, bool] | None) -> dict | None:
-    """McNemar on the images two prediction files share, with how far they overlap."""
-    if a is None or b is None:
-        return None
-    common = sorted(set(a) & set(b))
-    if not common:
-        return None
-    result = mcnemar([a[p] for p in common], [b[p] for p in common])
-    result.update(same_images=set(a) == set(b), n_a=len(a), n_b=len(b))
-    return result
 
 
 def write_summary(root: Path, log: Callable[[str], object] = print) -> dict[str, Path]:
@@ -190,20 +128,6 @@ def write_summary(root: Path, log: Callable[[str], object] = print) -> dict[str,
     return paths
 
 
-def _run_file(root: Path, run: dict, name: str) -> Path | None:
-    return Path(root) / str(run["run_dir"]) / name if run.get("run_dir") else None
-
-
-def _correct(path: Path | None) -> dict[str, bool] | None:
-    """``{image path: prediction right}`` of a predictions file; None when absent or unreadable."""
-    if path is None:
-        return None
-    try:
-        return correct_by_path(path)
-    except PredictionsError:
-        return None
-
-
 # --- summary.csv --------------------------------------------------------------------------
 
 def _summary_csv(runs: list[dict]) -> str:
@@ -220,100 +144,6 @@ def _summary_csv(runs: list[dict]) -> str:
 
 # --- summary.md ---------------------------------------------------------------------------
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}" if math.isfinite(value) else "n/a"
-
-
-def accuracy_cell(stats: LevelStats) -> str:
-    ci = f"[{_pct(stats.ci_low)}, {_pct(stats.ci_high)}]"
-    if stats.n_seeds > 1:
-        return f"{_pct(stats.acc_mean)} ± {_pct(stats.acc_std)}% {ci}"
-    return f"{_pct(stats.acc_mean)}% {ci}"
-
-
-def _test_cell(stats: LevelStats) -> str:
-    if not math.isfinite(stats.test_mean):
-        return "n/a"
-    ci = f"[{_pct(stats.test_ci_low)}, {_pct(stats.test_ci_high)}]"
-    if stats.n_seeds > 1 and math.isfinite(stats.test_std):
-        return f"{_pct(stats.test_mean)} ± {_pct(stats.test_std)}% {ci}"
-    return f"{_pct(stats.test_mean)}% {ci}"
-
-
-def _floor_cell(floors: dict, name: str) -> str:
-    return (f"{_pct(as_float(floors.get(name + '_accuracy')))}% [{_pct(as_float(floors.get(name + '_accuracy_ci_low')))}, "
-            f"{_pct(as_float(floors.get(name + '_accuracy_ci_high')))}]")
-
-
-def provenance(root: Path, runs: list[dict]) -> list[str]:
-    """Markdown bullets: data source, weights' origin and splits, from the first run's saved config."""
-    config: dict = {}
-    for run in runs:
-        try:
-            config = json.loads((root / str(run.get("run_dir", "")) / "config.json").read_text(encoding="utf-8"))
-            break
-        except (OSError, ValueError):
-            continue
-    weights = sorted({str(r.get("weights")) for r in runs if r.get("weights") is not None})
-    bn = sorted({str(r.get("bn", "study")) for r in runs})
-    data = config.get("data") or config.get("data_resolved") or "unknown"  # as the user named it
-    split = (f"{config.get('train_n', '?')} train / {config.get('val_n', '?')} validation / "
-             f"{config.get('test_n', 0)} test images")
-    return [f"- Data: `{data}` ({split}); validation chooses epochs and levels, test is only scored.",
-            f"- Weights: {'; '.join(describe_weights(w) for w in weights) or 'unknown'}.",
-            f"- BatchNorm while fine-tuning: {', '.join(bn)}.", ""]
-
-
-def spread(mean: float, std: float, fmt: str) -> str:
-    if not math.isfinite(mean):
-        return "n/a"
-    if math.isfinite(std):
-        return f"{mean:{fmt}} ± {std:{fmt}}"
-    return f"{mean:{fmt}}"
-
-
-def _epochs(stats: LevelStats) -> str:
-    # whole epochs when every seed ran the same number ("8", not "8.0")
-    same = not math.isfinite(stats.epochs_std) or stats.epochs_std == 0  # one seed, or all equal
-    if math.isfinite(stats.epochs_mean) and same and float(stats.epochs_mean).is_integer():
-        return f"{stats.epochs_mean:.0f}"
-    return spread(stats.epochs_mean, stats.epochs_std, ".1f")
-
-
-def _ids(run_ids: list[str]) -> str:
-    return "none" if not run_ids else ", ".join(run_ids[:8]) + (f" and {len(run_ids) - 8} more" if len(run_ids) > 8 else "")
-
-
-def params_text(value: int | None) -> str:
-    return f"{value:,}" if value is not None else "n/a"
-
-
-def ratio_text(value: float) -> str:
-    return f"{value:.4f}" if math.isfinite(value) else "n/a"
-
-
-def _p_value(value: float) -> str:
-    return f"{value:.3g}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def cells(row):
-        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
-    return [cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(r) for r in rows), ""]
-
-
-def _floors_section(floors: dict | None) -> list[str]:
-    lines = ["## Floors (test images)", ""]
-    if not floors:
-        return lines + ["No floors: the dataset has no test split (or `baseline.json` is missing).", ""]
-    lines += markdown_table(["Floor", "Test accuracy [95% CI]", "Macro-F1"],
-                            [["majority class (" + str(floors.get("majority_class")) + ")",
-                              _floor_cell(floors, "majority"), f"{as_float(floors.get('majority_macro_f1')):.3f}"],
-                             ["logistic regression on " + str(len(floors.get("features", []))) + " image features",
-                              _floor_cell(floors, "features"), f"{as_float(floors.get('features_macro_f1')):.3f}"]])
-    return lines + [f"Both floors are trained on the training split and scored on the same {floors.get('n')} test "
-                    "images as every run (`device.baseline`). A model is evidence only where it beats both.", ""]
-
 
 def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]],
                 failures: list[dict], superseded: int, plots: dict[str, Path]) -> str:
@@ -329,7 +159,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
                   "interval; across several seeds, mean ± sample std with the mean of the seeds' bounds."]
     lines += [""]
 
-    lines += _floors_section(read_floors(root))
+    lines += floors_section(read_floors(root))
 
     lines += ["## Level 0 (head only)", ""]
     baseline = [s for stats in levels.values() for s in stats if s.level == 0]
@@ -346,8 +176,8 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
         lines += markdown_table(["Level k", "LTR", "PTR", "Trainable params", "Val accuracy [95% CI]", "Macro-F1",
                          "Test accuracy [95% CI]", "Epochs", "Wall s", "Seeds"],
                         [[str(s.level), ratio_text(s.ltr), ratio_text(s.ptr), params_text(s.trainable_params),
-                          accuracy_cell(s), spread(s.f1_mean, s.f1_std, ".3f"), _test_cell(s),
-                          _epochs(s), spread(s.wall_mean, s.wall_std, ".0f"),
+                          accuracy_cell(s), spread(s.f1_mean, s.f1_std, ".3f"), test_cell(s),
+                          epochs_text(s), spread(s.wall_mean, s.wall_std, ".0f"),
                           str(s.n_seeds)] for s in stats])
         if f"accuracy_vs_level_{backbone}" in plots:
             lines += [f"![{backbone}: accuracy against level]({PLOTS}/accuracy_vs_level_{backbone}.png)", ""]
@@ -365,8 +195,8 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     seeded = [s for stats in levels.values() for s in stats if s.n_seeds > 1]
     if seeded:
         lines += markdown_table(["Backbone", "Level k", "Seeds", "Mean", "Std", "Min", "Max"],
-                        [[s.backbone, str(s.level), str(s.n_seeds), f"{_pct(s.acc_mean)}%",
-                          f"{_pct(s.acc_std)} pts", f"{_pct(s.acc_min)}%", f"{_pct(s.acc_max)}%"]
+                        [[s.backbone, str(s.level), str(s.n_seeds), percent(s.acc_mean),
+                          f"{points(s.acc_std)} pts", percent(s.acc_min), percent(s.acc_max)]
                          for s in seeded])
     else:
         lines += ["Every level ran with a single seed; no spread over seeds can be given.", ""]
@@ -375,7 +205,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     if failures:
         lines += markdown_table(["Run", "Backbone", "Level k", "Seed", "Error"],
                         [[str(f.get("run_id", "")), str(f.get("backbone", "")), str(f.get("level", "")),
-                          str(f.get("seed", "")), _short(str(f.get("error", "")))] for f in failures])
+                          str(f.get("seed", "")), short(str(f.get("error", "")))] for f in failures])
     else:
         lines += ["No run failed.", ""]
 
@@ -383,62 +213,12 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     if shards:
         lines += ["## Shards", ""]
         lines += markdown_table(["Shard", "Runs planned", "Missing (no line yet)", "Failed"],
-                        [[s["shard"], "?" if s["runs"] is None else str(s["runs"]), _ids(s["missing"]), _ids(s["failed"])]
+                        [[s["shard"], "?" if s["runs"] is None else str(s["runs"]), ids_text(s["missing"]), ids_text(s["failed"])]
                          for s in shards])
 
     lines += ["## Reading these numbers", ""]
-    lines += _reading_notes(best, overall)
+    lines += reading_notes(best, overall)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def best_section(root: Path, best: dict[str, LevelStats], overall: LevelStats) -> list[str]:
-    ref_run = overall.reference
-    rows = []
-    for backbone, s in best.items():
-        if s is overall:
-            p_cell, pair_cell = "reference", f"seed {ref_run.get('seed')}"
-        else:
-            test = paired_test(root, s.reference, ref_run)
-            if test is None:
-                p_cell, pair_cell = "n/a", f"no shared {PREDICTIONS}"
-            else:
-                p_cell = f"{_p_value(test['p_value'])} (b={test['b']}, c={test['c']})"
-                pair_cell = (f"same images ({test['n']})" if test["same_images"]
-                             else f"{test['n']} shared of {test['n_a']} / {test['n_b']} images")
-        floor_test = test_vs_features(root, s.reference)
-        floor_cell = ("n/a" if floor_test is None else
-                      f"{_p_value(floor_test['p_value'])} (b={floor_test['b']}, c={floor_test['c']})")
-        rows.append([backbone, str(s.level), ratio_text(s.ltr), ratio_text(s.ptr), accuracy_cell(s),
-                     spread(s.f1_mean, s.f1_std, ".3f"), p_cell, pair_cell, _test_cell(s), floor_cell])
-    lines = markdown_table(["Backbone", "Best level", "LTR", "PTR", "Val accuracy [95% CI]", "Macro-F1",
-                    f"McNemar p vs {overall.backbone} (val)", "Paired on", "Test accuracy [95% CI]",
-                    "McNemar p vs features (test)"], rows)
-    lines += [f"Best backbone overall: {overall.backbone} at level {overall.level}. McNemar: exact two-sided "
-              f"test on the discordant images between the lowest-seed run of each best level and that of "
-              f"{overall.backbone} (seed {ref_run.get('seed')}), joined on `path`. {MCNEMAR_CONVENTION} The best level is chosen on "
-              f"validation accuracy; the test column is measured once, after every choice.", ""]
-    return lines
-
-
-def _reading_notes(best: dict[str, LevelStats], overall: LevelStats | None) -> list[str]:
-    lines = ["- Differences between accuracies whose 95% intervals overlap are not evidence of a "
-             "difference; a paired McNemar test on the same images is the test to read.", ]
-    if overall is None:
-        return lines + [""]
-    others = [s for s in best.values() if s is not overall]
-    overlapping = [s.backbone for s in others if s.ci_high >= overall.ci_low]
-    separate = [s.backbone for s in others if s.ci_high < overall.ci_low]
-    lines.append(f"- Best-level intervals overlapping that of {overall.backbone} "
-                 f"[{_pct(overall.ci_low)}, {_pct(overall.ci_high)}]: "
-                 f"{', '.join(overlapping) if overlapping else 'none'}.")
-    if separate:
-        lines.append(f"- Best-level intervals entirely below it: {', '.join(separate)}.")
-    return lines + [""]
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 # --- plots --------------------------------------------------------------------------------
@@ -592,8 +372,8 @@ def _summarize(root: Path) -> int:
     runs, failures, _ = load_runs(root)
     incomplete = [s for s in shard_status(root, runs, failures) if s["missing"] or s["failed"]]
     for s in incomplete:
-        missing = "never started" if s["runs"] is None else f"{len(s['missing'])} run(s) missing ({_ids(s['missing'])})"
-        print(f"shard {s['shard']}: {missing}, {len(s['failed'])} failed ({_ids(s['failed'])}); "
+        missing = "never started" if s["runs"] is None else f"{len(s['missing'])} run(s) missing ({ids_text(s['missing'])})"
+        print(f"shard {s['shard']}: {missing}, {len(s['failed'])} failed ({ids_text(s['failed'])}); "
               f"run that shard again to finish", file=sys.stderr)
     return Exit.PARTIAL if incomplete else Exit.OK
 

@@ -36,7 +36,9 @@ from device.metrics import classification_metrics
 from device.predictions import write_predictions
 from device.progress import Progress
 from device.preprocess import preprocess
-from device.sweep_results import RESULTS, append_run, succeeded_ids
+from device.sweep_results import (BASELINE, BASELINE_PREDICTIONS, CHECKPOINT, CONFIG, METRICS, RESULTS,
+                                   TEST_PREDICTIONS, VAL_PREDICTIONS, append_run, succeeded_ids)
+from device import sweep_results as layout
 from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow
 from train.levels import BN_MODES
 from train.shards import assign, groups, layer_macs
@@ -96,12 +98,12 @@ class RunPlan:
     @property
     def run_id(self) -> str:
         """The run's name in results.jsonl and logs: ``mobilenetv2-L010-s0``."""
-        return f"{self.backbone.name}-L{self.level:03d}-s{self.seed}"
+        return layout.run_id(self.backbone.name, self.level, self.seed)
 
     @property
     def rel_dir(self) -> str:
         """The run's folder below the sweep folder: ``runs/mobilenetv2/L010-s0``."""
-        return f"runs/{self.backbone.name}/L{self.level:03d}-s{self.seed}"
+        return layout.run_dir(self.backbone.name, self.level, self.seed)
 
 
 @dataclass
@@ -249,7 +251,7 @@ def _still_to_do(config: SweepConfig, runs: list[RunPlan], fingerprint: str, not
     for run in runs:
         run_dir = out / run.rel_dir
         identity = _run_identity(config, run, fingerprint)
-        saved = run_dir / "config.json"
+        saved = run_dir / CONFIG
         if saved.is_file():
             try:
                 previous = json.loads(saved.read_text())
@@ -261,7 +263,7 @@ def _still_to_do(config: SweepConfig, runs: list[RunPlan], fingerprint: str, not
             if previous and diff:
                 raise SweepError(f"{run_dir} was made with different settings ({', '.join(diff)}); "
                                  f"use another --out or remove that folder")
-        if not (run_dir / "metrics.json").is_file():
+        if not (run_dir / METRICS).is_file():
             todo.append(run)
         elif _damaged_checkpoint(run_dir):
             notes.append(f"{run.run_id}: best.h5 is missing or differs from the sha256 recorded when the run "
@@ -273,25 +275,24 @@ def _still_to_do(config: SweepConfig, runs: list[RunPlan], fingerprint: str, not
 def _damaged_checkpoint(run_dir: Path) -> bool:
     """True when a finished run's ``best.h5`` is gone or not the file its metrics recorded."""
     try:
-        recorded = json.loads((run_dir / "metrics.json").read_text()).get("checkpoint_sha256")
+        recorded = json.loads((run_dir / METRICS).read_text()).get("checkpoint_sha256")
     except (OSError, ValueError):
         return True
     if not recorded:  # runs from before the hash was recorded
-        return not (run_dir / "best.h5").is_file()
-    return not (run_dir / "best.h5").is_file() or sha256_file(run_dir / "best.h5") != recorded
+        return not (run_dir / CHECKPOINT).is_file()
+    return not (run_dir / CHECKPOINT).is_file() or sha256_file(run_dir / CHECKPOINT) != recorded
 
 
 def _ensure_results_line(out: Path, run: RunPlan) -> None:
     """A run whose metrics.json exists but whose results line was lost (kill in between)."""
     if run.run_id in succeeded_ids(out):
         return
-    append_run(out, json.loads((out / run.rel_dir / "metrics.json").read_text()))
+    append_run(out, json.loads((out / run.rel_dir / METRICS).read_text()))
 
 
 def _write_floors(dataset, out: Path, fingerprint: str, log: Callable[[str], None]) -> None:
     """Score the majority class and the feature baseline on the test split, once per dataset."""
     from device.baseline import floors
-    from train.summary import BASELINE, BASELINE_PREDICTIONS
 
     path = out / BASELINE
 
@@ -321,11 +322,6 @@ def _write_floors(dataset, out: Path, fingerprint: str, log: Callable[[str], Non
         f"({time.perf_counter() - t0:.0f}s)")
 
 
-def shard_file(out: Path, shard: tuple[int, int]) -> Path:
-    """The record of one shard: its config, its runs and (once it ends) the failed ones."""
-    return out / f"sweep-shard{shard[0]}of{shard[1]}.json"
-
-
 def failed_runs(out: Path, run_ids: list[str]) -> list[str]:
     """The runs among ``run_ids`` with no successful line in ``results.jsonl`` (a later
     success supersedes an earlier failure)."""
@@ -342,8 +338,8 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     the_plan = plan(config, log)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    shard_record = shard_file(out, config.shard)
-    write_json(shard_record, {**asdict(config), "runs": [r.run_id for r in the_plan.runs]})
+    record_path = layout.shard_record(out, config.shard)
+    write_json(record_path, {**asdict(config), "runs": [r.run_id for r in the_plan.runs]})
     for note in the_plan.notes:
         log(f"note: {note}")
     for run in the_plan.runs:
@@ -362,7 +358,7 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
         log(f"{len(busy)} run(s) were being trained by another process on {out} and were left to it: "
             f"{', '.join(busy[:10])}{' ...' if len(busy) > 10 else ''}; rerun this command when it ends for a "
             f"complete summary")
-    write_json(shard_record, {**asdict(config), "runs": [r.run_id for r in the_plan.runs], "failed": failed,
+    write_json(record_path, {**asdict(config), "runs": [r.run_id for r in the_plan.runs], "failed": failed,
                               "frozen_passes": frozen_passes})
     if failed:
         log(f"{len(failed)} of {len(the_plan.runs)} runs failed: {', '.join(failed[:10])}"
@@ -503,7 +499,7 @@ def _claimed(out: Path, run: RunPlan, log: Callable[[str], None]) -> Iterator[st
         yield "busy"
         return
     try:
-        if (run_dir / "metrics.json").is_file() and not _damaged_checkpoint(run_dir):
+        if (run_dir / METRICS).is_file() and not _damaged_checkpoint(run_dir):
             _ensure_results_line(out, run)
             log(f"{run.run_id}: finished meanwhile by another process")
             yield "done"
@@ -558,7 +554,7 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
         run_initial = model.get_weights()
         info = level_info(model, base, run.level, bn=config.bn)
         identity = _run_identity(config, run, the_plan.data_fingerprint)
-        write_json(run_dir / "config.json", {
+        write_json(run_dir / CONFIG, {
             **identity, **{k: v for k, v in asdict(config).items() if k not in identity},
             "data_resolved": str(Path(config.data).resolve()), "preprocess": run.backbone.preprocess,
             "keras_name": run.backbone.keras_name, "labels": list(LABELS),
@@ -579,14 +575,14 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
                          FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                    seed=run.seed, jit=config.jit, augment=config.augment),
                          run_dir, run_initial, log)
-        write_predictions(run_dir / "val_predictions.csv", val.records, val.y, result.val_probs)
+        write_predictions(run_dir / VAL_PREDICTIONS, val.records, val.y, result.val_probs)
         metrics = classification_metrics(val.y, result.val_probs.argmax(1))
         if len(test.y):
             # scored once, with the best epoch's weights; nothing above read these images
             test_probs = predict(top, arrays["test"])
             if not np.isfinite(test_probs).all():
                 raise NonFiniteError("test outputs are not finite")
-            write_predictions(run_dir / "test_predictions.csv", test.records, test.y, test_probs)
+            write_predictions(run_dir / TEST_PREDICTIONS, test.records, test.y, test_probs)
             metrics.update(classification_metrics(test.y, test_probs.argmax(1), prefix="test_"))
         record.update({
             "img_size": config.img_size, "epochs": config.epochs, "epochs_run": len(result.history),
@@ -597,9 +593,9 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
             "train_images_per_s": round(result.images_trained / result.train_seconds, 1) if result.train_seconds else None,
             "resumed_from_epoch": result.resumed_from,
             "precision": config.precision, "jit": config.jit, "strategy": config.strategy,
-            "checkpoint_sha256": sha256_file(run_dir / "best.h5"),
+            "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT),
         })
-        write_json(run_dir / "metrics.json", record)
+        write_json(run_dir / METRICS, record)
     except Exception as exc:  # one failed run must not stop the sweep
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["wall_seconds"] = round(time.perf_counter() - t0, 3)
@@ -718,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         config = from_args(args)
         out = run_sweep(config)
         print(f"results: {out / RESULTS}; summary: {out / 'summary.md'}")
-        shard = json.loads(shard_file(out, config.shard).read_text())
+        shard = json.loads(layout.shard_record(out, config.shard).read_text())
         if shard.get("failed"):
             print(f"finished with failures: {len(shard['failed'])} of {len(shard['runs'])} runs failed",
                   file=sys.stderr)

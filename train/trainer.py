@@ -21,7 +21,7 @@ import tf_keras as keras
 
 from device.atomic import write_json
 from device.progress import Progress
-from device.sweep_results import HISTORY, read_history, write_history
+from device.sweep_results import CHECKPOINT, CHECKPOINT_META, HISTORY, read_history, write_history
 
 
 
@@ -154,7 +154,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
     # Only the top changes: the frozen layers come back identical from the seeded init or the
     # weights file, so checkpointing ``top`` (not ``full``) keeps per-epoch saves small.
     ckpt = tf.train.Checkpoint(model=top, optimizer=optimizer)
-    history_path, best_path, best_meta = run_dir / HISTORY, run_dir / "best.h5", run_dir / "best.json"
+    history_path, best_path, best_meta = run_dir / HISTORY, run_dir / CHECKPOINT, run_dir / CHECKPOINT_META
     history, manager = _resume(run_dir, full, ckpt, initial_weights, log)
     start_epoch = len(history)
     best_epoch, best_acc = 0, -1.0
@@ -246,8 +246,8 @@ def _resume(run_dir: Path, full, ckpt, initial_weights, log):
         kept = history[:epoch]
         best_row = max(kept, key=lambda r: (r["val_accuracy"], -r["epoch"]))
         try:
-            meta = json.loads((run_dir / "best.json").read_text())
-            ok = int(meta["epoch"]) == best_row["epoch"] and _h5_readable(run_dir / "best.h5")
+            meta = json.loads((run_dir / CHECKPOINT_META).read_text())
+            ok = int(meta["epoch"]) == best_row["epoch"] and _h5_readable(run_dir / CHECKPOINT)
         except (OSError, ValueError, KeyError):
             ok = False
         if not ok and best_row["epoch"] != epoch:
@@ -259,14 +259,14 @@ def _resume(run_dir: Path, full, ckpt, initial_weights, log):
             log(f"  checkpoint of epoch {epoch} unreadable ({type(exc).__name__}); trying an earlier one")
             continue
         if not ok:
-            _save_weights_atomic(full, run_dir / "best.h5")
-            write_json(run_dir / "best.json", {"epoch": epoch, "val_accuracy": best_row["val_accuracy"]})
+            _save_weights_atomic(full, run_dir / CHECKPOINT)
+            write_json(run_dir / CHECKPOINT_META, {"epoch": epoch, "val_accuracy": best_row["val_accuracy"]})
         log(f"  resuming after epoch {epoch}")
         return kept, manager
     else:
         log("  no usable checkpoint; restarting this run")
     full.set_weights(initial_weights)
     shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
-    for name in ("history.csv", "best.h5", "best.json"):
+    for name in (HISTORY, CHECKPOINT, CHECKPOINT_META):
         (run_dir / name).unlink(missing_ok=True)
     return [], tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
