@@ -11,6 +11,10 @@
 #   WEIGHTS    imagenet, or empty to pretrain in-domain here (default empty: pretrain)
 #   SIZE       image side in px (default 64); EPOCHS sweep epochs (default 8)
 #   BACKBONES  default mobilenetv2,densenet121,mobilenetv3small,efficientnetb0,resnet50
+#   SEEDS      fine-tuning seeds of every sweep run (default 0,1,2)
+#   BNS        the BatchNorm settings swept (default "frozen study")
+#   STEPS      which steps run (default "pretrain sweep export holdout arm64"); the holdout step
+#              reads the holdout images, so leave it out of any partial run
 set -euo pipefail
 
 WORK=${1:-work/study}
@@ -20,13 +24,17 @@ WEIGHTS=${WEIGHTS:-}
 SIZE=${SIZE:-64}
 EPOCHS=${EPOCHS:-8}
 BACKBONES=${BACKBONES:-mobilenetv2,densenet121,mobilenetv3small,efficientnetb0,resnet50}
+SEEDS=${SEEDS:-0,1,2}
+BNS=${BNS:-frozen study}
+STEPS=${STEPS:-pretrain sweep export holdout arm64}
 PY=${PY:-.venv/bin/python}
 BENCH=${BENCH:-.venv/bin/bench}
 mkdir -p "$WORK/logs" "$WORK/results"
 say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/logs/study.log"; }
+step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # 1. in-domain pretraining, unless ImageNet weights are used
-if [ -z "$WEIGHTS" ]; then
+if [ -z "$WEIGHTS" ] && step pretrain; then
     [ -f "$WORK/large/manifest.csv" ] || $PY -m train.data index "$LARGE" --out "$WORK/large" --val 0.1 --test 0.1
     for b in ${BACKBONES//,/ }; do
         [ -f "$WORK/weights/$b.h5" ] && continue
@@ -34,37 +42,41 @@ if [ -z "$WEIGHTS" ]; then
         $PY -m train.pretrain --data "$WORK/large" --backbone "$b" --epochs 12 --img-size "$SIZE" \
             --batch-size 64 --out "$WORK/weights/" 2>&1 | tee -a "$WORK/logs/pretrain-$b.log"
     done
-    WEIGHTS="$WORK/weights/"
 fi
+[ -n "$WEIGHTS" ] || WEIGHTS="$WORK/weights/"
 
 # 2. the sweep on the dev set at every level of the study's schedule, both BatchNorm settings
-for bn in frozen study; do
+for bn in $BNS; do
+    step sweep || continue
     say "sweep --bn $bn"
-    $PY -m train.sweep --data "$DATA" --backbones "$BACKBONES" --levels paper --epochs "$EPOCHS" \
+    $PY -m train.sweep --data "$DATA" --backbones "$BACKBONES" --levels paper --epochs "$EPOCHS" --seeds "$SEEDS" \
         --img-size "$SIZE" --weights "$WEIGHTS" --bn "$bn" --out "$WORK/sweeps/$bn" 2>&1 | tee -a "$WORK/logs/sweep-$bn.log"
 done
 
 # 3. each backbone's best level (chosen on validation images), fp32 and int8
-for bn in frozen study; do
+for bn in $BNS; do
+    step export || continue
     say "export $bn"
     $PY -m export.tflite --runs "$WORK/sweeps/$bn" --out "$WORK/exports/$bn" --select best \
         --variants fp32,int8 2>&1 | tee -a "$WORK/logs/export-$bn.log"
 done
 
 # 4. the holdout, once: indexed as all-test, the floors on it, every artifact scored on it
+if step holdout; then
 [ -f "$WORK/holdout/manifest.csv" ] || $PY -m train.data index "$DATA" --subset holdout --val 0 --test 1 --out "$WORK/holdout"
 [ -f "$WORK/results/holdout-floors.json" ] || $BENCH floors --data "$WORK/holdout" --train "$DATA" \
     --out "$WORK/results/holdout-floors.json"
-for bn in frozen study; do
+for bn in $BNS; do
     say "bench $bn"
     $BENCH run --models "$WORK/exports/$bn" --data "$WORK/holdout" --split test --threads 1,2 \
         --device-name "$(hostname)" --resume --out "$WORK/results/holdout-$bn.jsonl" || [ $? -eq 3 ]
     $BENCH report --runs "$WORK/sweeps/$bn" --exports "$WORK/exports/$bn" --results "$WORK/results/holdout-$bn.jsonl" \
         --floors "$WORK/results/holdout-floors.json" --out "$WORK/reports/$bn"
 done
+fi
 
 # 5. the same models under arm64 emulation (needs qemu-user-static and mmdebstrap; see docs/arm64.md)
-if command -v qemu-aarch64-static >/dev/null && command -v mmdebstrap >/dev/null; then
+if step arm64 && command -v qemu-aarch64-static >/dev/null && command -v mmdebstrap >/dev/null; then
     say "arm64 check"
     SKYEDGE_ARM64_WORK="$WORK/arm64" device/arm64_check.sh "$WORK/exports/frozen" 2>&1 | tee -a "$WORK/logs/arm64.log"
 fi

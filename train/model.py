@@ -97,6 +97,14 @@ def attach_head(base: keras.Model, seed: int = 0) -> keras.Model:
     return keras.Model(base.input, head(base.output), name=f"{base.name}_sky")
 
 
+def head_init(shape: tuple[int, int], seed: int) -> list[np.ndarray]:
+    """Glorot-uniform kernel and zero bias for the head, from the run's seed alone."""
+    fan_in, fan_out = int(shape[0]), int(shape[1])
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    kernel = np.random.default_rng([seed, fan_in, fan_out]).uniform(-limit, limit, (fan_in, fan_out))
+    return [kernel.astype(np.float32), np.zeros(fan_out, np.float32)]
+
+
 def build(backbone: Backbone, img_size: int, weights: str | None, seed: int = 0) -> Built:
     """Build base and model together (see ``build_base`` and ``attach_head``).
 

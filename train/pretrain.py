@@ -142,7 +142,7 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     """
     from train.levels import set_level
     from train.model import build, reestimate_batchnorm
-    from train.sweep import head_init
+    from train.model import head_init
     from train.trainer import FitConfig, fit
 
     backbone = get(backbone_name)

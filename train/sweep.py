@@ -388,14 +388,6 @@ def _precision(policy: str):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def head_init(shape: tuple[int, int], seed: int) -> list[np.ndarray]:
-    """Glorot-uniform kernel and zero bias for the head, from the run's seed alone."""
-    fan_in, fan_out = int(shape[0]), int(shape[1])
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    kernel = np.random.default_rng([seed, fan_in, fan_out]).uniform(-limit, limit, (fan_in, fan_out))
-    return [kernel.astype(np.float32), np.zeros(fan_out, np.float32)]
-
-
 def spill_dir(config: SweepConfig, out: Path) -> Path:
     """This process's own folder for memory-mapped features, removed only by this process.
 
@@ -537,6 +529,7 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
                log: Callable[[str], None]) -> dict:
     """Train and score one run; its results line (with ``error`` when it failed)."""
     from train.cache import top_model
+    from train.model import head_init
     from train.levels import level_info, set_level
     from train.trainer import FitConfig, NonFiniteError, fit, predict
 

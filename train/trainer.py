@@ -123,7 +123,8 @@ def predict(model: keras.Model, inputs: list[np.ndarray], batch_size: int = 256)
 def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], train_labels: np.ndarray,
         val_inputs: list[np.ndarray], val_labels: np.ndarray, class_weights: dict[int, float],
         config: FitConfig, run_dir: Path, initial_weights: list[np.ndarray],
-        log: Callable[[str], None] = print, before_validation: Callable[[], None] | None = None) -> FitResult:
+        log: Callable[[str], None] = print, before_validation: Callable[[], None] | None = None, *,
+        targets: np.ndarray | None = None, loss=None) -> FitResult:
     """Train ``top`` (which shares layers with ``full``), resuming from ``run_dir`` if possible.
 
     Args:
@@ -139,6 +140,10 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
         log: where per-run notes go.
         before_validation: called after each epoch's training, before the validation pass
             (pretraining re-estimates BatchNorm statistics there).
+        targets: what the loss compares the outputs with, one row per training image
+            (default: the one-hot labels); distillation passes labels and teacher
+            probabilities side by side.
+        loss: the Keras loss (default categorical cross-entropy on the probabilities).
 
     Returns:
         The best epoch (by validation accuracy, first of ties), its validation
@@ -146,10 +151,11 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
     """
     keras.utils.set_random_seed(config.seed)
     n_classes = full.output_shape[-1]
-    onehot = np.eye(n_classes, dtype=np.float32)[train_labels]
+    onehot = np.eye(n_classes, dtype=np.float32)[train_labels] if targets is None else np.asarray(targets, np.float32)
     weights = np.array([class_weights.get(int(c), 0.0) for c in train_labels], dtype=np.float32)
     optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, len(train_labels)))
-    top.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"],
+    top.compile(optimizer=optimizer, loss=loss or "categorical_crossentropy",
+                metrics=["accuracy"] if targets is None else [],  # soft targets: training accuracy unmeasured
                 jit_compile=config.jit)
     # Only the top changes: the frozen layers come back identical from the seeded init or the
     # weights file, so checkpointing ``top`` (not ``full``) keeps per-epoch saves small.
@@ -178,7 +184,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
             raise NonFiniteError(f"epoch {epoch + 1}: training loss {logs['loss'][-1]} or validation outputs are "
                                  f"not finite (learning rate {config.lr} too high, or bad input values)")
         val_acc = float(np.mean(probs.argmax(1) == val_labels)) if len(val_labels) else float("nan")
-        row = {"epoch": epoch + 1, "loss": float(logs["loss"][-1]), "accuracy": float(logs["accuracy"][-1]),
+        row = {"epoch": epoch + 1, "loss": float(logs["loss"][-1]), "accuracy": float(logs.get("accuracy", [float("nan")])[-1]),
                "val_loss": _cross_entropy(probs, val_labels), "val_accuracy": val_acc,
                "seconds": round(time.perf_counter() - t0, 3)}
         manager.save(checkpoint_number=epoch + 1)
