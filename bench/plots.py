@@ -19,7 +19,11 @@ STYLE = {True: ("o", "tab:blue", "mobile backbone"), False: ("s", "tab:red", "no
          None: ("^", "tab:gray", "backbone of unknown family")}
 
 
-def plot_front(points: list[Point], front: list[Point], cost, xlabel: str, title: str, budgets=()) -> bytes:
+def plot_front(points: list[Point], front: list[Point], cost, xlabel: str, title: str, budgets=(),
+               floors: dict | None = None) -> bytes:
+    """Accuracy against ``cost`` (log scale): one point per model with its interval, the Pareto
+    front, the latency budgets, and the floors on the same images as horizontal lines
+    (``floors``: ``{"majority": share, "features": share or None}``)."""
     # Figure + the Agg canvas directly rather than pyplot, as train.summary does: no global
     # backend switch, no figure registry.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -68,6 +72,12 @@ def plot_front(points: list[Point], front: list[Point], cost, xlabel: str, title
                 color="tab:green", va="bottom", ha="center")
     if inside:
         handles.append(Line2D([], [], color="tab:green", linestyle=":", label="p50 latency budget"))
+    for key, colour, name in (("features", "tab:red", "feature floor"), ("majority", "0.45", "majority class")):
+        value = (floors or {}).get(key)
+        if value is not None:
+            ax.axhline(100 * value, color=colour, linestyle="-." if key == "features" else ":", linewidth=1.1, zorder=1)
+            handles.append(Line2D([], [], color=colour, linestyle="-." if key == "features" else ":",
+                                  label=f"{name} {100 * value:.1f}%"))
     # Plain numbers read better than powers of ten for milliseconds and megabytes.
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     # Over a decade or two the few major ticks do not give a value away: label the minor ticks

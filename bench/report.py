@@ -41,7 +41,8 @@ import numpy as np
 from bench.options import comma_separated
 from bench.plots import plot_front
 from bench.calibration import section as calibration_section
-from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MIN_IMAGES, RECOMMENDATION_RULE,
+from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MARGIN, DEFAULT_MIN_IMAGES,
+                           RECOMMENDATION_RULE,
                            DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, percent,
                            recommend)
 from device import exports_manifest
@@ -69,6 +70,7 @@ class ReportConfig:
         min_images: fewer paired images than this makes the verdict inconclusive.
         floors: ``bench floors`` files: the floors on the images the results were scored on,
             each model paired with them by McNemar's test.
+        margin: the equivalence margin of the verdict's accuracy gap (a share: 0.01 is a point).
     """
 
     results: tuple[Path, ...]
@@ -79,8 +81,11 @@ class ReportConfig:
     alpha: float = DEFAULT_ALPHA
     min_images: int = DEFAULT_MIN_IMAGES
     floors: tuple[Path, ...] = ()
+    margin: float = DEFAULT_MARGIN
 
     def __post_init__(self):
+        if not (isinstance(self.margin, (int, float)) and 0.0 < self.margin < 1.0):
+            raise ValueError(f"--margin {100 * self.margin:g}: expected accuracy points between 0 and 100")
         if not self.results:
             raise ValueError("at least one results file is needed (--results)")
         if not 0.0 < self.alpha < 1.0:
@@ -522,12 +527,17 @@ def verdict_record(config: "ReportConfig", verdicts: dict, pairs: list[dict]) ->
         "format_version": 1,
         "claim": "mobile networks may not always be ideal for deployment on a low-compute device, as they had "
                  "consistently lower validation accuracies (Sabeesh & Bolla, 2022)",
-        "rule": DECISION_RULE, "alpha": config.alpha,
+        "rule": DECISION_RULE, "alpha": config.alpha, "margin": config.margin,
         "budgets_ms": list(config.budgets_ms) if config.budgets_ms else "derived per device from its p50 range",
         "min_images": config.min_images, "results": [str(p) for p in config.results],
         "devices": {d: {"verdict": v.verdict, "reasons": list(v.reasons), "mode": v.mode,
                         "emulated_lines": v.emulated, "best_mobile": _point_record(v.best_mobile),
                         "best_other": _point_record(v.best_other), "mcnemar_mobile_vs_other": v.test,
+                        "gap": v.gap and {k: v.gap[k] for k in ("gap", "ci_low", "ci_high", "margin", "n_images",
+                                                               "n_seeds", "n_seeds_mobile", "n_seeds_other", "draws")},
+                        "p_equivalence": v.gap and v.gap["p_equivalence"],
+                        "p_noninferiority": v.gap and v.gap["p_noninferiority"],
+                        "p_inferiority": v.gap and v.gap["p_inferiority"], "n_seeds": v.gap and v.gap["n_seeds"],
                         "points": [_point_record(p) for p in v.points],
                         "latency_front": [p.artifact_id for p in v.latency_front],
                         "size_front": [p.artifact_id for p in v.size_front],
@@ -539,20 +549,46 @@ def verdict_record(config: "ReportConfig", verdicts: dict, pairs: list[dict]) ->
 
 # --- entry points -------------------------------------------------------------------------
 
-def _figures_section(out: Path, verdicts: dict, md: list[str]) -> list[Path]:
+def device_floors(v: DeviceVerdict, pairs: list[dict]) -> dict:
+    """The floors drawn on a device's plots: the majority class (from the scored labels) and the
+    feature floor where a floors file was scored on the same images."""
+    labels = next((p.line.get("label_indices") for p in v.points if p.line.get("label_indices")), None)
+    mine = [q for q in pairs if q["device"] == v.device]
+    return {"majority": _majority_share(labels) if labels else None,
+            "features": mine[0]["features_accuracy"] if mine else None}
+
+
+def floor_reasons(verdicts: dict, pairs: list[dict], alpha: float) -> None:
+    """Add to each device's reasons whether any model beats the feature floor on its images."""
+    for device, v in verdicts.items():
+        mine = [q for q in pairs if q["device"] == device]
+        if not mine:
+            continue
+        beat = [q for q in mine if q["beats_features"]]
+        floor = percent(mine[0]["features_accuracy"])
+        v.reasons.append(f"Against the feature floor ({floor} on the same images, McNemar at alpha {alpha:g}): "
+                         + (f"{len(beat)} of {len(mine)} models beat it." if beat else
+                            "no model beats it, so none of these accuracies is evidence of a learnt image "
+                            "classifier beyond six hand-made measurements, and the verdict compares models "
+                            "that are no better than that floor."))
+
+
+def _figures_section(out: Path, verdicts: dict, md: list[str], pairs: list[dict] = ()) -> list[Path]:
     """Section 4: per device, accuracy against latency and against size (appended to ``md``)."""
     figures: list[Path] = []
     md += ["## 4. Accuracy against latency and size", "",
            "One point per model (its fastest measured configuration); the dashed step line is the "
-           "Pareto front.", ""]
+           "Pareto front; the horizontal lines are the floors on the same images (the majority class, "
+           "and the feature floor where `--floors` scored these images).", ""]
     for device, v in verdicts.items():
         slug = _slug(device)
+        floors = device_floors(v, list(pairs))
         md += [f"### {device}", ""]
         if v.latency_points:
             path = out / f"accuracy_vs_latency_{slug}.png"
             write_bytes(path, plot_front(v.latency_points, v.latency_front, lambda p: p.p50_ms,
                                     f"p50 latency, {v.mode} mode (ms, log scale)",
-                                    f"{device}: accuracy against latency", [b for b, _ in v.budgets]))
+                                    f"{device}: accuracy against latency", [b for b, _ in v.budgets], floors))
             figures.append(path)
             md += [f"![{device}: accuracy against p50 latency]({path.name})", ""]
         elif v.points:
@@ -563,7 +599,8 @@ def _figures_section(out: Path, verdicts: dict, md: list[str]) -> list[Path]:
         else:
             path = out / f"accuracy_vs_size_{slug}.png"
             write_bytes(path, plot_front(v.points, v.size_front, lambda p: p.size_bytes / MB if p.size_bytes else None,
-                                    "model file size (MB, log scale)", f"{device}: accuracy against model size"))
+                                    "model file size (MB, log scale)", f"{device}: accuracy against model size",
+                                    floors=floors))
             figures.append(path)
             md += [f"![{device}: accuracy against model size]({path.name})", ""]
     return figures
@@ -588,7 +625,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
     out.mkdir(parents=True, exist_ok=True)
     by_device, errors = load_results(config.results, log)
     by_device = with_export_warnings(by_device, config.exports)
-    verdicts = {device: decide(device, lines, config.budgets_ms, config.alpha, config.min_images)
+    verdicts = {device: decide(device, lines, config.budgets_ms, config.alpha, config.min_images, config.margin)
                 for device, lines in by_device.items()}
 
     md = ["# SkyEdge benchmark report", "",
@@ -597,10 +634,14 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
           f"Results: {', '.join(f'`{p}`' for p in config.results)}: "
           f"{sum(len(v) for v in by_device.values())} line(s) on {len(by_device)} device(s), "
           f"{len(errors)} line(s) with an error (listed, left out).", "",
+          f"Equivalence margin of the verdict: **{100 * config.margin:g} accuracy point(s)** (`--margin`): a mobile "
+          f"model within it of the best non-mobile model, shown by a one-sided test at alpha {config.alpha:g}, "
+          f"contradicts the claim; one worse by more than it, significantly, supports it.", "",
           ]
     md += _evidence_section(config.runs, by_device)
     floor_files = [read_floors_file(p) for p in config.floors]
     pairs, unmatched = floors_pairs(floor_files, verdicts, config.alpha)
+    floor_reasons(verdicts, pairs, config.alpha)
     md += _floors_section(floor_files, pairs, unmatched, config.alpha)
     md += ["## Verdicts at a glance", ""]
     md += [f"- {d}: **{v.verdict}**" for d, v in verdicts.items()] or ["- no device has a usable line"]
@@ -616,7 +657,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         md += _device_header(device, lines) + _device_table(lines)
     md += _errors_section(errors)
 
-    figures = _figures_section(out, verdicts, md)
+    figures = _figures_section(out, verdicts, md, pairs)
     budgets = (f"{', '.join(f'{b:g}' for b in config.budgets_ms)} ms (p50)" if config.budgets_ms else
                "per device, four spaced evenly on a log scale across its measured p50 range: "
                + "; ".join(f"{d}: {', '.join(f'{b:g}' for b, _ in v.budgets)} ms" for d, v in verdicts.items() if v.budgets))
@@ -692,7 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=comma_separated(float, "numbers"), default=DEFAULT_BUDGETS_MS,
                         help="p50 budgets in ms, e.g. 10,50,200 (default: four per device, log-spaced across its "
                              "measured p50 range)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of McNemar's test")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of the tests")
+    parser.add_argument("--margin", type=float, default=100 * DEFAULT_MARGIN,
+                        help="equivalence margin of the verdict, in accuracy points (default %(default)g)")
     parser.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES,
                         help="fewer paired images make the verdict inconclusive")
     parser.add_argument("--floors", type=Path, nargs="+", default=(),
@@ -706,7 +749,7 @@ def _report(args: argparse.Namespace) -> int:
         raise ValueError("bench report draws its figures with matplotlib, which is not installed: "
                          "pip install 'skyedge[report]' (a device only needs skyedge[device] for bench run)")
     config = ReportConfig(results=tuple(args.results), out=args.out, runs=args.runs, exports=args.exports,
-                          budgets_ms=args.budgets, alpha=args.alpha, min_images=args.min_images,
+                          budgets_ms=args.budgets, alpha=args.alpha, min_images=args.min_images, margin=args.margin / 100,
                           floors=tuple(args.floors))
     result = write_report(config, log=lambda line: print(line, file=sys.stderr))
     for device, verdict in result["verdicts"].items():

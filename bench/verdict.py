@@ -23,28 +23,32 @@ SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusi
 # arm64 check's "emulated: qemu-aarch64 ..." note both match.
 EMULATED = re.compile(r"qemu|emulat", re.IGNORECASE)
 
+DEFAULT_MARGIN = 0.01  # one accuracy point: the equivalence margin of the verdict
+BOOTSTRAP_DRAWS = 4000
+
 DECISION_RULE = """\
 Per device, each exported model is one point: its fastest measured configuration (runtime,
 threads) in kernel mode (e2e lines only where a device has no kernel line), with its accuracy
-on the images its bench run scored (the test split unless told otherwise) and its p50 latency. Lines with an error are left out; lines run
-under emulation keep their accuracy but their latency is not used.
+on the images its bench run scored (the test split unless told otherwise) and its p50 latency.
+Lines with an error are left out; lines run under emulation keep their accuracy but their
+latency is not used. A model is a backbone at a level, variant and format: where several seeds
+of it were measured, its accuracy is their mean.
 
-- **S** (significant mobile deficit): the most accurate non-mobile model is more accurate than
-  the most accurate mobile model, and McNemar's exact test on the same images (equal
-  `images_sha256` and labels) gives p < alpha.
-- **F** (mobile on the front): a mobile model is on the Pareto front of accuracy (higher is
-  better) against p50 latency (lower is better).
-- **W** (mobile wins a budget): under at least one latency budget, the most accurate model with
-  p50 <= budget is a mobile model.
+The answer is an estimate: the gap between the most accurate mobile model and the most accurate
+non-mobile model (mobile minus non-mobile, in accuracy points, on the same images), with a 95%
+interval from a paired bootstrap over the images (and over the seeds, where a model has several),
+and two one-sided tests against the margin m (`--margin`, default 1 point):
 
-The claim is **supported** when S and not F and not W (mobile models are significantly less
-accurate and never the best choice at any speed); **contradicted** when not S and (F or W)
-(mobile models are a best choice at some speed and lose no significant accuracy);
-**inconclusive** otherwise: S with F or W (less accurate but still the best choice under some
-budget), neither S nor F nor W, only one family present, no paired predictions on the same
-images, fewer than the minimum number of images, or no latency that is not emulated.
-The accuracy-against-size front is reported but not part of the rule, since size is the same
-on every device."""
+- **contradicted**: the mobile model is non-inferior within the margin (or better): the test of
+  "mobile worse by m or more" rejects it, p < alpha;
+- **supported**: the mobile model is worse by more than the margin, significantly: the test of
+  "mobile worse by less than m" rejects it, p < alpha;
+- **inconclusive** otherwise (the gap's interval is given), or when only one family was measured,
+  the two were not scored on the same images, or fewer images than the minimum were paired.
+
+McNemar's exact test of the two models, the Pareto fronts of accuracy against p50 latency and
+size, and the most accurate model under each latency budget are reported beside it: they say
+where a mobile model is the better choice at a given speed, which the accuracy gap alone does not."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class DeviceVerdict:
         budgets: ``(budget_ms, best point or None)`` per budget.
         mode: the mode the points were taken from.
         emulated: lines whose latency was left out because they ran under emulation.
+        gap: ``gap_estimate`` of the best mobile against the best non-mobile model, or None.
     """
 
     device: str
@@ -106,6 +111,7 @@ class DeviceVerdict:
     budgets: list[tuple[float, Point | None]] = field(default_factory=list)
     mode: str | None = None
     emulated: int = 0
+    gap: dict | None = None
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -272,6 +278,100 @@ def _accuracy_condition(v: DeviceVerdict, alpha: float, min_images: int, blocker
     return significant
 
 
+def model_key(p: Point) -> tuple:
+    """What makes a model apart from its seed: backbone, level, variant and format."""
+    return (p.backbone, p.line.get("level"), p.variant, p.format)
+
+
+def best_model(points: list[Point]) -> list[Point]:
+    """The seeds of the model with the highest mean accuracy (ties: the faster, then the id)."""
+    groups: dict[tuple, list[Point]] = {}
+    for p in points:
+        groups.setdefault(model_key(p), []).append(p)
+    if not groups:
+        return []
+    return min(groups.values(), key=lambda g: (-float(np.mean([p.accuracy for p in g])),
+                                               min((p.p50_ms for p in g if p.p50_ms is not None), default=math.inf),
+                                               g[0].artifact_id))
+
+
+def _correctness(points: list[Point]) -> tuple[np.ndarray | None, str | None]:
+    """(seeds x images) correctness of a model's lines, or why they cannot be paired."""
+    rows = []
+    for p in points:
+        pred, truth = p.line.get("pred_indices"), p.line.get("label_indices")
+        if not pred or not truth or len(pred) != len(truth):
+            return None, f"{p.artifact_id} has no per-image predictions (pred_indices, label_indices)"
+        rows.append(np.asarray(pred) == np.asarray(truth))
+    return np.asarray(rows, dtype=bool), None
+
+
+def gap_estimate(mobile: list[Point], other: list[Point], margin: float = DEFAULT_MARGIN,
+                 draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[dict | None, str | None]:
+    """The accuracy gap, mobile minus non-mobile, with a paired bootstrap over images and seeds.
+
+    Each draw resamples the images (the same ones for both models, since they are paired) and,
+    for a model with several seeds, its seeds; the gap is the difference of the mean accuracies.
+
+    Returns:
+        ``(estimate, None)``: ``gap``, ``ci_low`` and ``ci_high`` (95% percentile interval),
+        ``margin``, ``p_noninferiority`` (share of draws at or below ``-margin``: the one-sided
+        test of "mobile worse by the margin or more"), ``p_inferiority`` (share at or above
+        ``-margin``: the test of "mobile worse by less than the margin"), ``p_equivalence``
+        (two one-sided tests against +-margin: the larger share beyond either bound),
+        ``n_images``, ``n_seeds`` (the fewer of the two models'), ``draws``; or
+        ``(None, why)`` when the lines are not on the same images.
+    """
+    sha = {p.line.get("images_sha256") for p in mobile + other}
+    truth = {tuple(p.line.get("label_indices") or ()) for p in mobile + other}
+    if len(sha) != 1 or None in sha or len(truth) != 1:
+        return None, "the two models' lines were not run on the same images (images_sha256 or labels differ)"
+    a, why = _correctness(mobile)
+    b, why_b = _correctness(other)
+    if a is None or b is None:
+        return None, why or why_b
+    n = a.shape[1]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for start in range(0, draws, 250):
+        k = min(250, draws - start)
+        idx = rng.integers(0, n, (k, n))
+        means = []
+        for m in (a, b):
+            seeds = m[rng.integers(0, m.shape[0], (k, m.shape[0]))]              # (k, s, n)
+            picked = np.take_along_axis(seeds, np.repeat(idx[:, None, :], m.shape[0], axis=1), axis=2)
+            means.append(picked.mean(axis=(1, 2)))
+        boots.append(means[0] - means[1])
+    boots = np.concatenate(boots)
+    share = lambda mask: float((np.count_nonzero(mask) + 1) / (len(boots) + 1))  # noqa: E731
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return {"gap": float(a.mean() - b.mean()), "ci_low": float(low), "ci_high": float(high), "margin": margin,
+            "p_noninferiority": share(boots <= -margin), "p_inferiority": share(boots >= -margin),
+            "p_equivalence": max(share(boots <= -margin), share(boots >= margin)), "n_images": int(n),
+            "n_seeds": int(min(a.shape[0], b.shape[0])), "n_seeds_mobile": int(a.shape[0]),
+            "n_seeds_other": int(b.shape[0]), "draws": int(len(boots)),
+            "mobile": mobile[0].label, "other": other[0].label}, None
+
+
+def _gap_words(g: dict, alpha: float) -> tuple[str, str]:
+    """The verdict and its sentence from the gap estimate, by ``DECISION_RULE``."""
+    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
+    seeds = f", {g['n_seeds']} seed(s) each" if g["n_seeds"] > 1 else ""
+    head = (f"Gap, most accurate mobile model ({g['mobile']}) minus most accurate non-mobile model ({g['other']}): "
+            f"{pts(g['gap'])} points, 95% interval [{pts(g['ci_low'])}, {pts(g['ci_high'])}] (paired bootstrap, "
+            f"{g['n_images']} images{seeds}); margin {100 * g['margin']:g} point(s).")
+    if g["p_noninferiority"] < alpha:
+        return CONTRADICTED, (f"{head} The mobile model is non-inferior within the margin: p = "
+                              f"{g['p_noninferiority']:.3g} for \"worse by the margin or more\" (equivalence, two "
+                              f"one-sided tests: p = {g['p_equivalence']:.3g}).")
+    if g["p_inferiority"] < alpha:
+        return SUPPORTED, (f"{head} The mobile model is worse by more than the margin: p = {g['p_inferiority']:.3g} "
+                           f"for \"worse by less than the margin\".")
+    return INCONCLUSIVE, (f"{head} Inconclusive: the gap lies between {pts(g['ci_low'])} and {pts(g['ci_high'])} "
+                          f"points; neither non-inferiority (p = {g['p_noninferiority']:.3g}) nor a deficit beyond the "
+                          f"margin (p = {g['p_inferiority']:.3g}) is shown at alpha = {alpha:g}.")
+
+
 def derive_budgets(points: list[Point], count: int = 4) -> tuple[float, ...]:
     """``count`` p50 budgets from the fastest to the slowest point, evenly spaced on a log scale
     and rounded up to two significant figures (fewer when they coincide)."""
@@ -317,15 +417,16 @@ def _speed_conditions(v: DeviceVerdict, budgets_ms, blockers: list[str]) -> tupl
 
 
 def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha: float = DEFAULT_ALPHA,
-           min_images: int = DEFAULT_MIN_IMAGES) -> DeviceVerdict:
+           min_images: int = DEFAULT_MIN_IMAGES, margin: float = DEFAULT_MARGIN) -> DeviceVerdict:
     """The verdict of one device on the claim, by ``DECISION_RULE``.
 
     Args:
         device: the device name.
         lines: its result lines without error.
         budgets_ms: p50 latency budgets (ms).
-        alpha: significance level of McNemar's test.
+        alpha: significance level of the tests.
         min_images: fewest paired images for a verdict other than inconclusive.
+        margin: the equivalence margin of the accuracy gap (a share: 0.01 is one point).
 
     Returns:
         The ``DeviceVerdict`` with its reasons.
@@ -337,7 +438,8 @@ def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha:
     mobile = [p for p in v.points if p.mobile is True]
     other = [p for p in v.points if p.mobile is False]
     unknown = sorted({p.backbone for p in v.points if p.mobile is None})
-    v.best_mobile, v.best_other = most_accurate(mobile), most_accurate(other)
+    mobile_model, other_model = best_model(mobile), best_model(other)
+    v.best_mobile, v.best_other = most_accurate(mobile_model), most_accurate(other_model)
     blockers: list[str] = []
     if unknown:
         v.reasons.append(f"Backbones not in the registry, so of no family and left out of the comparison: "
@@ -351,30 +453,24 @@ def decide(device: str, lines: list[dict], budgets_ms=DEFAULT_BUDGETS_MS, alpha:
             present = "No backbone of a known family (mobile or not) was measured here"
         blockers.append(f"{present} ({len(v.points)} model(s)), so mobile and non-mobile models cannot be compared.")
 
-    significant = _accuracy_condition(v, alpha, min_images, blockers)
+    _accuracy_condition(v, alpha, min_images, blockers)
     for point in (v.best_mobile, v.best_other):
         if point is not None and point.line.get("export_warning"):
             v.reasons.append(f"{point.label} was flagged at export: {point.line['export_warning']}; its accuracy "
                              f"here is measured on the device, but it does not behave like its Keras model.")
-    on_front, win = _speed_conditions(v, budgets_ms, blockers)
-
-    if blockers or significant is None or on_front is None:
+    speed_notes: list[str] = []
+    _speed_conditions(v, budgets_ms, speed_notes)
+    v.reasons += speed_notes  # the speed facts inform the reader; the verdict is the accuracy gap's
+    if mobile_model and other_model and not blockers:
+        v.gap, why = gap_estimate(mobile_model, other_model, margin)
+        if v.gap is None:
+            blockers.append(f"No gap estimate: {why}.")
+    if blockers or v.gap is None:
         v.verdict = INCONCLUSIVE
         v.reasons += blockers
-    elif significant and not on_front and not win:
-        v.verdict = SUPPORTED
-        v.reasons.append("S and not F and not W: mobile models are significantly less accurate and are never "
-                         "the best choice at any measured speed.")
-    elif not significant and (on_front or win):
-        v.verdict = CONTRADICTED
-        v.reasons.append("Not S, and F or W: a mobile model is a best choice at some speed and the accuracy "
-                         "difference is not significant.")
     else:
-        v.verdict = INCONCLUSIVE
-        v.reasons.append("S with F or W: mobile models are significantly less accurate but still the best choice "
-                         "under some budget." if significant else
-                         "Neither S nor F nor W: no significant difference, but no mobile model is a best "
-                         "choice at any speed.")
+        v.verdict, sentence = _gap_words(v.gap, alpha)
+        v.reasons.append(sentence)
     return v
 
 

@@ -53,7 +53,8 @@ def line(device: str, backbone: str, variant: str, p50: float, correct: np.ndarr
 
 # pi5: mobile significantly worse (mobile first: b=0, c=45) and slower than the int8 ResNet50: supported
 SUP_OTHER, SUP_MOBILE = masks(285, 45, 0)
-# pi4: mobile 1 point behind (b=3, c=6), much faster: contradicted
+# pi4: mobile 1 point behind (b=3, c=6), much faster: not significant, but a deficit of more than one
+# point is not excluded either, so inconclusive (#21: "not significant" is not "no difference")
 CON_OTHER, CON_MOBILE = masks(282, 6, 3)
 
 
@@ -163,12 +164,13 @@ def test_sections_and_tables(report):
 
 def test_verdicts_follow_the_data(report):
     result, text = report
-    assert result["verdicts"] == {"pi5": "supported", "pi4": "contradicted", "phone": "inconclusive",
+    assert result["verdicts"] == {"pi5": "supported", "pi4": "inconclusive", "phone": "inconclusive",
                                   "arm64-qemu": "inconclusive"}
     pi5 = section(text, "### pi5: the claim is **supported**")
     assert "no mobile model on it" in pi5 and "No latency budget has a mobile model" in pi5
     assert "p = " in pi5 and ": significant at alpha = 0.05" in pi5
-    pi4 = section(text, "### pi4: the claim is **contradicted**")
+    pi4 = section(text, "### pi4: the claim is **inconclusive**")
+    assert "Inconclusive: the gap lies between -" in pi4 and "margin 1 point(s)" in pi4
     assert "mobile models on it: mobilenetv3small int8 tflite, mobilenetv2 fp32 tflite" in pi4
     assert "not significant" in pi4 and "10 ms (mobilenetv3small int8 tflite)" in pi4
     # the fastest thread count stands for the model
@@ -303,3 +305,42 @@ def test_paths_below_the_working_folder_are_shown_relative(tmp_path, monkeypatch
     assert shown_path("/elsewhere/data") == "/elsewhere/data" and shown_path("rel/data") == "rel/data"
     csv_text = devices_csv({"pi": [{"device_name": "pi", "backbone": "mobilenetv2", "data": str(tmp_path / "d")}]}, [])
     assert str(tmp_path) not in csv_text and ",d," in csv_text
+
+
+def test_verdict_is_an_estimate_with_an_equivalence_margin(tmp_path):
+    # #21 item 2: the words follow the gap's interval and the two one-sided tests against the margin
+    from bench.verdict import decide, gap_estimate
+
+    ahead_other, ahead_mobile = masks(282, 3, 6)  # mobile one point ahead
+    lines = [line("pi", "resnet50", "fp32", 40.0, ahead_other, 98_000_000),
+             line("pi", "mobilenetv2", "fp32", 5.0, ahead_mobile, 9_000_000)]
+    v = decide("pi", lines)
+    assert v.verdict == "contradicted" and v.gap["gap"] == pytest.approx(0.01)
+    assert v.gap["ci_low"] < v.gap["gap"] < v.gap["ci_high"] and v.gap["p_noninferiority"] < 0.05 and v.gap["n_seeds"] == 1
+    assert any("non-inferior within the margin" in r for r in v.reasons)
+    # a margin of a tenth of a point is too tight for 300 images: the same data are inconclusive
+    assert decide("pi", lines, margin=0.001).verdict == "inconclusive"
+
+    # seeds: a model measured with two seeds is their mean, and the bootstrap resamples them
+    second = np.roll(ahead_mobile, 7)
+    seeded = lines + [dict(line("pi", "mobilenetv2", "fp32", 5.0, second, 9_000_000), seed=1,
+                           artifact_id="mobilenetv2-l5-s1-fp32-tflite")]
+    v2 = decide("pi", seeded)
+    assert v2.gap["n_seeds_mobile"] == 2 and v2.gap["n_seeds"] == 1
+    assert v2.gap["gap"] == pytest.approx((ahead_mobile.mean() + second.mean()) / 2 - ahead_other.mean())
+    same, _ = gap_estimate([p for p in v2.points if p.backbone == "mobilenetv2"],
+                           [p for p in v2.points if p.backbone == "resnet50"], draws=4000)
+    assert same["ci_low"] == pytest.approx(v2.gap["ci_low"])  # seeded: the same interval every time
+
+    # the report and verdict.json carry the estimate
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(x) + "\n" for x in seeded))
+    from bench.report import ReportConfig, write_report
+
+    write_report(ReportConfig(results=(results,), out=tmp_path / "rep", margin=0.02), log=lambda _: None)
+    record = json.loads((tmp_path / "rep" / "verdict.json").read_text())
+    device = record["devices"]["pi"]
+    assert record["margin"] == 0.02 and device["gap"]["margin"] == 0.02 and device["n_seeds"] == 1
+    assert device["gap"]["ci_low"] < device["gap"]["gap"] < device["gap"]["ci_high"]
+    assert 0 < device["p_equivalence"] <= 1 and device["verdict"] == "contradicted"
+    assert "Equivalence margin of the verdict: **2 accuracy point(s)**" in (tmp_path / "rep" / "report.md").read_text()

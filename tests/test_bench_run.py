@@ -318,6 +318,9 @@ def test_floors_on_the_same_images_pair_with_every_model(exports_dir, tmp_path):
     line = max(lines, key=lambda l: l["accuracy"])
     expected = mcnemar(np.asarray(line["pred_indices"]) == truth, np.asarray(record["features_pred_indices"]) == truth)
     assert f"{expected['b']} / {expected['c']}" in section
+    # #21 item 7: the verdict's reasons say how many models beat the feature floor
+    beat = sum(q["beats_features"] for q in json.loads((tmp_path / "rep" / "verdict.json").read_text())["against_floors"])
+    assert (f"{beat} of 3 models beat it" if beat else "no model beats it") in md
 
     # the same, machine-readable: verdict.json and devices.csv (#12 item 6)
     verdict = json.loads((tmp_path / "rep" / "verdict.json").read_text())
