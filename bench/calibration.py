@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device.calibration import ECE_BINS, accuracy_coverage, apply_temperature, expected_calibration_error, \
-    reliability_bins
+from device.calibration import ECE_BINS, SURVEY_MIX, accuracy_coverage, apply_temperature, \
+    expected_calibration_error, mix_metrics, reliability_bins
+from device.dataset import LABELS
 
 COVERAGES = (1.0, 0.9, 0.8, 0.5)  # accuracy at these shares of images kept, in the table
 
@@ -133,3 +134,44 @@ def _coverage_figure(rows: list[dict], path: Path, device: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def mix_rows(lines: list[dict], mix=SURVEY_MIX) -> list[dict]:
+    """Per artifact: accuracy on the scored images as they are and under ``mix`` (images
+    reweighted, probabilities temperature-scaled and moved to ``mix`` from the training mix),
+    with each class's purity and completeness under ``mix``."""
+    rows = []
+    for line in scored(lines):
+        probs = np.asarray(line["probabilities"], dtype=np.float64)
+        labels = np.asarray(line["label_indices"], dtype=int)
+        if line.get("temperature"):
+            probs = apply_temperature(probs, line["temperature"])
+        prior = line.get("train_prior") or [1.0 / len(LABELS)] * len(LABELS)
+        on_mix = mix_metrics(probs, labels, prior, mix)
+        rows.append({"artifact_id": line.get("artifact_id"), "n": len(labels),
+                     "scored_accuracy": float(np.mean(probs.argmax(1) == labels)), "mix_accuracy": on_mix["accuracy"],
+                     "purity": on_mix["purity"], "completeness": on_mix["completeness"],
+                     "prior_known": bool(line.get("train_prior"))})
+    return sorted(rows, key=lambda r: str(r["artifact_id"]))
+
+
+def mix_section(device: str, lines: list[dict], mix=SURVEY_MIX) -> list[str]:
+    """Markdown: every model's accuracy on the study's class mix, with purity and completeness."""
+    rows = mix_rows(lines, mix)
+    if not rows:
+        return [f"No line of {device} carries per-image probabilities, so the mix is not shown.", ""]
+    shares = ", ".join(f"{100 * m:g}% {label}" for label, m in zip(LABELS, mix))
+    md = [f"The {rows[0]['n']} scored images reweighted to the study's mix ({shares}), each model answering with "
+          f"its probabilities moved to that mix from its training mix by Bayes' rule (as `skyedge classify --prior "
+          f"survey`). Completeness is a class's recall; purity, the share of the objects it calls that class that "
+          f"are (precision), under the mix.", "",
+          "| Artifact | Accuracy (scored images) | Accuracy (study's mix) | "
+          + " | ".join(f"{label} purity / completeness" for label in LABELS) + " |",
+          "|---|---|---|" + "---|" * len(LABELS)]
+    pct = lambda v: "n/a" if v != v else f"{100 * v:.1f}%"  # noqa: E731 (nan != nan)
+    for r in rows:
+        name = r["artifact_id"] if r["prior_known"] else f"{r['artifact_id']} (training mix unknown: balanced assumed)"
+        cells = [pct(r["scored_accuracy"]), pct(r["mix_accuracy"])]
+        cells += [f"{pct(r['purity'][c])} / {pct(r['completeness'][c])}" for c in range(len(LABELS))]
+        md.append(f"| {name} | " + " | ".join(cells) + " |")
+    return md + [""]

@@ -54,7 +54,7 @@ LINE_FIELDS = (
     "runs", "seconds_measured", "peak_rss_bytes", "idle_rss_bytes", "rss_increase_bytes",
     "data", "split", "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1",
 )
-LINE_FIELDS_TAIL = ("agreement", "images_sha256", "pred_indices", "label_indices", "probabilities", "temperature",
+LINE_FIELDS_TAIL = ("agreement", "images_sha256", "pred_indices", "label_indices", "probabilities", "temperature", "train_prior",
                     "strict", "strict_valid", "stopped_at_max_secs", "timestamp", "notes")
 
 

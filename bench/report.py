@@ -40,7 +40,7 @@ import numpy as np
 
 from bench.options import comma_separated
 from bench.plots import plot_front
-from bench.calibration import section as calibration_section
+from bench.calibration import mix_section, section as calibration_section
 from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MARGIN, DEFAULT_MIN_IMAGES,
                            RECOMMENDATION_RULE,
                            DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, percent,
@@ -674,6 +674,9 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         section_md, section_figures = calibration_section(device, lines, out, _slug(device))
         md += [f"### {device}", ""] + section_md
         figures += section_figures
+    md += ["## 8. On the study's class mix", ""]
+    for device, lines in by_device.items():
+        md += [f"### {device}", ""] + mix_section(device, lines)
 
     import json
 

@@ -332,6 +332,8 @@ def _score(job: WorkerJob, model, images, y_true, records, out: dict) -> None:
     out["probabilities"] = [[round(float(v), 6) for v in probs[i]] for i in by_path]
     temperature = job.artifact.get("temperature")
     out["temperature"] = float(temperature) if isinstance(temperature, (int, float)) and temperature > 0 else None
+    prior = job.artifact.get("train_prior")
+    out["train_prior"] = [float(v) for v in prior] if isinstance(prior, list) and len(prior) == len(labels) else None
     out["agreement"] = None
     if job.reference and Path(job.reference).is_file():
         reference = {p: pred for p, (_label, pred) in read_predictions(job.reference).items()}

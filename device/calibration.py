@@ -181,3 +181,32 @@ def accuracy_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     order = np.argsort(-confidence, kind="stable")
     kept = np.arange(1, len(order) + 1)
     return kept / len(order), np.cumsum(correct[order]) / kept, confidence[order]
+
+
+def mix_metrics(probs: np.ndarray, labels: np.ndarray, train_prior: Sequence[float],
+                mix: Sequence[float] = SURVEY_MIX) -> dict:
+    """Accuracy, purity and completeness of a classifier deployed on another class mix.
+
+    The scored images (balanced, say) are reweighted so that class ``c`` weighs ``mix[c]`` in
+    all (each image by ``mix[c] / share of c among the images``), and the model answers with
+    its probabilities moved to ``mix`` by Bayes' rule (``adjust_prior``), as ``skyedge classify
+    --prior`` does. Completeness is a class's recall; purity its precision under the mix.
+
+    Returns:
+        ``{"accuracy", "purity": {class index: value}, "completeness": {...}, "mix"}``
+        (``nan`` for a class never predicted or absent).
+    """
+    labels = np.asarray(labels, dtype=int)
+    k = len(mix)
+    pred = adjust_prior(probs, train_prior, mix).argmax(axis=1)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    weight = np.divide(np.asarray(mix, np.float64), counts, out=np.zeros(k), where=counts > 0)[labels]
+    confusion = np.zeros((k, k))
+    np.add.at(confusion, (labels, pred), weight)
+    total = confusion.sum()
+    diag = np.diag(confusion)
+    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+    purity = {c: float(diag[c] / predicted[c]) if predicted[c] > 0 else math.nan for c in range(k)}
+    completeness = {c: float(diag[c] / actual[c]) if actual[c] > 0 else math.nan for c in range(k)}
+    return {"accuracy": float(diag.sum() / total) if total > 0 else math.nan, "purity": purity,
+            "completeness": completeness, "mix": [float(m) for m in mix]}

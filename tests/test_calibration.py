@@ -45,6 +45,20 @@ def test_ece_reliability_and_coverage_by_hand():
     assert expected_calibration_error(np.array([[1.0, 0.0, 0.0]]), np.array([0])) == 0.0
 
 
+def test_mix_metrics_by_hand():
+    from device.calibration import mix_metrics
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.eye(3)[[0, 1, 1, 2, 2, 2]] * 0.9 + 0.1 / 3
+    balanced = mix_metrics(p, y, (1 / 3,) * 3, (1 / 3,) * 3)
+    assert balanced["accuracy"] == pytest.approx(4 / 6) and balanced["purity"][1] == pytest.approx(0.5)
+    survey = mix_metrics(p, y, (1 / 3,) * 3)  # recall per class 0.5, 0.5, 1 weighted by 44 / 6.2 / 49.8
+    assert survey["accuracy"] == pytest.approx(0.44 * 0.5 + 0.062 * 0.5 + 0.498)
+    # purity of QSO under the mix: its right answers (0.062 * 0.5) among all it called QSO
+    assert survey["purity"][1] == pytest.approx(0.031 / (0.031 + 0.44 * 0.5))
+    assert survey["completeness"] == balanced["completeness"]
+
+
 def test_prior_is_bayes_rule():
     p = np.array([[0.5, 0.3, 0.2]])
     q = adjust_prior(p, (1 / 3,) * 3, SURVEY_MIX)
@@ -79,6 +93,14 @@ def test_report_shows_calibration_and_writes_the_recommendation(exports_dir, tmp
     assert f"{100 * expected_calibration_error(probs, labels):.1f}%" in row
     assert f"{100 * expected_calibration_error(apply_temperature(probs, 1.5), labels):.1f}%" in row
     assert list((tmp_path / "rep").glob("reliability-*.png")) and list((tmp_path / "rep").glob("accuracy-coverage-*.png"))
+
+    # #21 item 6: every model on the study's mix, from the same per-image probabilities
+    from device.calibration import mix_metrics
+
+    mix = md.split("## 8. On the study's class mix", 1)[1]
+    expected = mix_metrics(apply_temperature(probs, 1.5), labels, (1 / 3,) * 3)
+    row = next(r for r in mix.splitlines() if r.startswith(f"| {line['artifact_id']}"))
+    assert f"{100 * expected['accuracy']:.1f}%" in row and "purity / completeness" in mix
 
     recommendation = json.loads((exports / "recommendation.json").read_text())
     assert recommendation["artifact_id"] in {a["artifact_id"] for a in manifest["artifacts"]}
