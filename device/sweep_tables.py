@@ -215,7 +215,11 @@ def best_section(root: Path, best: dict[str, LevelStats], overall: LevelStats) -
     lines = markdown_table(["Backbone", "Best level", "LTR", "PTR", "Val accuracy [95% CI]", "Macro-F1",
                     f"McNemar p vs {overall.backbone} (val)", "Paired on", "Test accuracy [95% CI]",
                     "McNemar p vs features (test)"], rows)
-    lines += [f"Best backbone overall: {overall.backbone} at level {overall.level}. McNemar: exact two-sided "
+    lines += ["Best level: the highest mean validation accuracy over seeds; ties go to the level with fewer "
+              "trainable parameters, then to the lower level (so the cheaper model wins when validation cannot "
+              "tell them apart). With a few hundred validation images, levels one or two images apart are "
+              "ties in all but name: the Seeds section shows how often each level wins per seed.", "",
+              f"Best backbone overall: {overall.backbone} at level {overall.level}. McNemar: exact two-sided "
               f"test on the discordant images between the lowest-seed run of each best level and that of "
               f"{overall.backbone} (seed {ref_run.get('seed')}), joined on `path`. {MCNEMAR_CONVENTION} The best level is chosen on "
               f"validation accuracy; the test column is measured once, after every choice.", ""]
@@ -241,3 +245,21 @@ def reading_notes(best: dict[str, LevelStats], overall: LevelStats | None) -> li
 def short(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def level_wins(stats: list[LevelStats]) -> dict[int, int]:
+    """For each seed, the level of this backbone with the best validation accuracy on that
+    seed alone (ties as ``best_level``: fewer trainable parameters, then the lower level);
+    ``{level: seeds it wins}``."""
+    by_seed: dict[int, list[tuple]] = {}
+    for s in stats:
+        for run in s.runs:
+            acc = as_float(run.get("val_accuracy"))
+            if acc == acc:  # not nan
+                params = s.trainable_params if s.trainable_params is not None else math.inf
+                by_seed.setdefault(int(run.get("seed", 0)), []).append((-acc, params, s.level))
+    wins: dict[int, int] = {}
+    for candidates in by_seed.values():
+        level = min(candidates)[2]
+        wins[level] = wins.get(level, 0) + 1
+    return wins

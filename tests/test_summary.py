@@ -147,6 +147,11 @@ def test_summary_md_tables_best_level_and_intervals(sweep: Path):
 
     seeds = _md_rows(text, "## Seeds")
     assert len(seeds) == 6 and all(row[2] == "2" for row in seeds)
+    # #21 item 1: how often each level wins, seed by seed (densenet121: 10 on both; the tie rule is stated)
+    wins = {(row[0], row[1]): row[7] for row in seeds}
+    assert wins[("densenet121", "10")] == "2 of 2 seeds" and wins[("densenet121", "20")] == "0 of 2 seeds"
+    assert wins[("mobilenetv2", "5")] == "2 of 2 seeds"
+    assert "ties go to the level with fewer trainable parameters, then to the lower level" in text
     failures = _md_rows(text, "## Failures")
     assert [row[0] for row in failures] == ["mobilenetv2-L010-s2"]
     assert "ResourceExhaustedError" in failures[0][4]

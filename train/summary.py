@@ -33,7 +33,7 @@ from device.dataset import LABELS
 from device.sweep_results import (HISTORY, SHARD_RECORDS, VAL_PREDICTIONS, LevelStats, aggregate, as_int, best_level,
                                    load_runs, overall_best, read_history)
 from device.sweep_tables import (accuracy_cell, best_section, epochs_text, floors_section, ids_text, markdown_table,
-                                 params_text, percent, points, provenance, ratio_text, read_floors, reading_notes, short, spread,
+                                 level_wins, params_text, percent, points, provenance, ratio_text, read_floors, reading_notes, short, spread,
                                  test_cell)
 
 PREDICTIONS = VAL_PREDICTIONS
@@ -194,10 +194,15 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     lines += ["## Seeds", ""]
     seeded = [s for stats in levels.values() for s in stats if s.n_seeds > 1]
     if seeded:
-        lines += markdown_table(["Backbone", "Level k", "Seeds", "Mean", "Std", "Min", "Max"],
+        wins = {backbone: level_wins(stats) for backbone, stats in levels.items()}
+        lines += markdown_table(["Backbone", "Level k", "Seeds", "Mean", "Std", "Min", "Max", "Best level on"],
                         [[s.backbone, str(s.level), str(s.n_seeds), percent(s.acc_mean),
-                          f"{points(s.acc_std)} pts", percent(s.acc_min), percent(s.acc_max)]
+                          f"{points(s.acc_std)} pts", percent(s.acc_min), percent(s.acc_max),
+                          f"{wins[s.backbone].get(s.level, 0)} of {s.n_seeds} seeds"]
                          for s in seeded])
+        lines += ["Validation accuracy over seeds per level; the last column counts the seeds on which the level "
+                  "is its backbone's best (each seed's runs compared alone, ties as for the best level). A level "
+                  "that wins on one seed of three is not a finding.", ""]
     else:
         lines += ["Every level ran with a single seed; no spread over seeds can be given.", ""]
 
