@@ -77,8 +77,9 @@ class Result(NamedTuple):
         confidence: the top probability (``nan`` on error).
         abstained: the confidence is below the classifier's ``min_confidence``.
         error: why the image could not be classified (``None`` when it was).
-        conversions: what was done to the image beyond a plain resize, by kind: ``mode L``
-            (converted to RGB), ``non-square`` (stretched to the square input).
+        conversions: what was done to the image, by kind: ``mode L`` (converted to RGB),
+            ``non-square`` (stretched to the square input), ``other size`` (a square image
+            resized to the input's side).
     """
 
     path: str
@@ -218,6 +219,8 @@ class Classifier:
             conversions.append(f"mode {mode}")
         if image.shape[0] != image.shape[1]:
             conversions.append("non-square")
+        elif image.shape[0] != size:
+            conversions.append("other size")
         return resize(image, size)
 
     def iter_predict(self, items: Iterable[str | os.PathLike | np.ndarray]) -> Iterator[Result]:
@@ -444,9 +447,10 @@ def classify_files(config: ClassifyConfig, log=lambda line: print(line, file=sys
         writer.close()
     seconds = time.perf_counter() - started
     for kind, count in sorted(kinds.items()):
-        what = (f"were not RGB ({kind}) and were converted to RGB, as in training" if kind.startswith("mode")
-                else f"were not square and were stretched to {info.img_size}x{info.img_size}, as in training")
-        log(f"warning: {count} image(s) {what}")
+        what = {"non-square": f"were not square and were stretched to {info.img_size}x{info.img_size}, as in training",
+                "other size": f"were square but not {info.img_size}x{info.img_size} and were resized to it, as in "
+                              f"training"}.get(kind, f"were not RGB ({kind}) and were converted to RGB, as in training")
+        log(f"{'note' if kind == 'other size' else 'warning'}: {count} image(s) {what}")
     n = len(todo)
     p50 = float(np.median(times)) / 1e6 if times else math.nan
     return {"images": n, "failed": failed, "abstained": abstained, "skipped": len(paths) - n, "seconds": seconds,

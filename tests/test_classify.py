@@ -88,6 +88,7 @@ def test_classify_folder_with_tensorflow_blocked(described, images, tmp_path, en
     assert "broken.jpg" in result.stderr
     assert "warning: 1 image(s) were not RGB (mode L)" in result.stderr
     assert "warning: 1 image(s) were not square and were stretched to 32x32" in result.stderr
+    assert "note: 6 image(s) were square but not 32x32 and were resized to it" in result.stderr
     assert "images/s" in result.stderr and "p50" in result.stderr
 
     # every readable image gets the class the model's own output gives (temperature and the
