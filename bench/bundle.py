@@ -111,7 +111,15 @@ def build_wheel(dest: Path, log=print) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="skyedge-build-") as build:
         log(f"bundle: building the SkyEdge wheel from {source}")
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest), str(source)]
+        # from a clean copy of what the wheel holds: setuptools' build/ in the checkout would keep
+        # modules deleted since an earlier build, and the user's tree stays untouched
+        tree = Path(build) / "src"
+        tree.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(source / name, tree / name)
+        for package in ("train", "export", "bench", "device"):
+            shutil.copytree(source / package, tree / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest), str(tree)]
         result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TMPDIR": build,
                                                                               "PIP_NO_INPUT": "1"})
     wheels = sorted(dest.glob("skyedge-*.whl"))

@@ -33,9 +33,11 @@ from device import sweep_results as layout
 from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
 from export.embed import embed
 from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
-from export.verify import align, read_reference, strict_failure, verify
+from export.verify import Reference, align, read_reference, strict_failure, verify
 
-TFLITE_VARIANTS = ("fp32", "fp16", "dynamic", "int8", "qat")
+TFLITE_VARIANTS = ("fp32", "fp16", "dynamic", "int8", "qat", "tta")
+# made unless --variants says otherwise; tta (8 forward passes per image) only when asked for
+DEFAULT_VARIANTS = ("fp32", "fp16", "dynamic", "int8", "qat")
 SELECT_HELP = "best (each backbone's best level, seed 0 or its lowest) | all | NAME:LEVEL[:SEED][,...]"
 _VERSION_PACKAGES = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tfmot": "tensorflow-model-optimization",
                      "tf2onnx": "tf2onnx", "onnx": "onnx", "onnxruntime": "onnxruntime",
@@ -74,7 +76,7 @@ class ExportConfig:
     runs: str
     out: str
     select: str = "best"
-    variants: tuple[str, ...] = TFLITE_VARIANTS
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     calib: int | None = None  # None: CALIB_DEFAULT, or every training image when there are fewer
     calib_seed: int = 0
     calib_method: str = "minmax"
@@ -268,6 +270,18 @@ class Context:
         counts = np.bincount([LABELS.index(r.label) for r in self.dataset.split("train")], minlength=len(LABELS))
         return [round(float(c) / max(int(counts.sum()), 1), 6) for c in counts]
 
+    def tta_model(self):
+        """The deployable model averaged over the 8 rotations and flips of its input (``export.graph``)."""
+        if "tta_model" not in self.notes:
+            from export.graph import deployable, with_tta
+            from train.model import build
+
+            model = build(self.source.backbone, self.source.img_size, None).model
+            model.load_weights(str(self.source.checkpoint))
+            free = deployable(model, self.source.backbone, self.source.img_size, batch_size=None)
+            self.notes["tta_model"] = with_tta(free, self.source.img_size)
+        return self.notes["tta_model"]
+
     def model(self):
         if self._model is None:
             self._model = keras_model(self.source)
@@ -395,11 +409,19 @@ class _Verifier:
         self.source, self.dataset, self.reference, self.threads = source, dataset, reference, threads
         self.images = None
 
-    def __call__(self, path: Path):
+    def __call__(self, path: Path, keras_model=None):
+        """Verify the artifact at ``path`` against the run's Keras predictions, or, given
+        ``keras_model`` (the graph it was converted from, such as the TTA wrapper), against that
+        model's own predictions on the same images."""
         if self.images is None:
             images, _, records, _ = self.dataset.load_arrays("val", self.source.img_size)
             self.images, self.reference = align(self.reference, images, [r.path for r in records])
-        return verify(path, self.images, self.reference, threads=self.threads)
+        reference = self.reference
+        if keras_model is not None:
+            probs = np.concatenate([np.asarray(keras_model(self.images[i:i + 1].astype(np.float32), training=False))
+                                    for i in range(len(self.images))])
+            reference = Reference(paths=reference.paths, labels=reference.labels, probs=probs)
+        return verify(path, self.images, reference, threads=self.threads)
 
 
 def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verifier, record: dict) -> str | None:
@@ -419,12 +441,12 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         if record.get("macs") is None:  # multiply-accumulates per image, from the graph (unless the converter counted them)
             record.update(manifest.macs_fields(path))
         record.update(_io_fields(path))
-        result = check(path)
+        result = check(path, ctx.tta_model() if variant == "tta" else None)
         record.update(result.as_record())
         record.update(calibration_fields(result.probs, result.labels, ctx.train_prior()))
         embed(path, description(record))  # the file describes itself; the graph is unchanged
         record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
-        problem = strict_failure(variant, result.agreement)
+        problem = strict_failure(variant, result.agreement, result.keras_confidence)
         if problem:
             record["warning"] = problem
     except Exception as exc:  # one variant's crash is recorded; the others still export
@@ -521,7 +543,10 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
     """
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
-    p.add_argument("--variants", default=",".join(allowed), help=f"comma-separated: {','.join(allowed)} (default all)")
+    defaults = [v for v in allowed if v in DEFAULT_VARIANTS]
+    p.add_argument("--variants", default=",".join(defaults),
+                   help=f"comma-separated: {','.join(allowed)} (default {','.join(defaults)}; tta, the mean over the "
+                        f"8 rotations and flips inside the graph, costs 8 passes per image)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     extra_arguments(p)
     args = p.parse_args(argv)

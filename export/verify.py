@@ -17,7 +17,8 @@ from device.runtime import load
 from train.console import hidden_output
 
 # --strict thresholds of top-1 agreement with the Keras model, by variant
-STRICT_AGREEMENT = {"fp32": 0.995, "fp16": 0.995, "dynamic": 0.97, "int8": 0.97, "qat": 0.97}
+STRICT_AGREEMENT = {"fp32": 0.995, "fp16": 0.995, "dynamic": 0.97, "int8": 0.97, "qat": 0.97,
+                    "tta": 0.995}  # tta: against the Keras model's own 8-view mean
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Verification:
     val_accuracy: float
     agreement: float
     max_abs_diff: float
+    keras_confidence: float = float("nan")  # the Keras model's mean top probability on these images
     probs: np.ndarray | None = None  # the artifact's probabilities (N, C), reference order
     labels: np.ndarray | None = None  # the true labels of those images
 
@@ -59,7 +61,8 @@ class Verification:
         return {"val_n": self.val_n, "keras_val_accuracy": round(self.keras_val_accuracy, 6),
                 "val_accuracy": round(self.val_accuracy, 6),
                 "accuracy_delta": round(self.val_accuracy - self.keras_val_accuracy, 6),
-                "agreement": round(self.agreement, 6), "max_abs_diff": round(self.max_abs_diff, 6)}
+                "agreement": round(self.agreement, 6), "max_abs_diff": round(self.max_abs_diff, 6),
+                "keras_confidence": round(self.keras_confidence, 6)}
 
 
 def align(reference: Reference, images: np.ndarray, paths: list[str]) -> tuple[np.ndarray, Reference]:
@@ -103,13 +106,29 @@ def verify(path: str | os.PathLike, images: np.ndarray, reference: Reference, th
         val_accuracy=float(np.mean(pred == reference.labels)),
         agreement=float(np.mean(pred == reference.probs.argmax(1))),
         max_abs_diff=float(np.max(np.abs(probs - reference.probs))),
+        keras_confidence=float(reference.probs.max(axis=1).mean()) if len(reference.probs) else float("nan"),
         probs=probs, labels=reference.labels,
     )
 
 
-def strict_failure(variant: str, agreement: float) -> str | None:
-    """A message when ``agreement`` is below the variant's ``--strict`` threshold, else ``None``."""
+UNSURE_CONFIDENCE = 0.6  # a 3-class model whose mean top probability is below this hardly prefers a class
+
+
+def strict_failure(variant: str, agreement: float, keras_confidence: float = float("nan")) -> str | None:
+    """A message when ``agreement`` is below the variant's ``--strict`` threshold, else ``None``.
+
+    The threshold protects against a conversion that changes what the model answers (a wrong
+    graph, int8 ranges stretched by outliers). When the Keras model itself hardly prefers any
+    class (mean top probability ``keras_confidence`` below ``UNSURE_CONFIDENCE``, as random
+    weights give), any rounding flips its near-ties, so the message says so and what to do.
+    """
     threshold = STRICT_AGREEMENT.get(variant, 0.97)
-    if agreement < threshold:
-        return f"agreement {100 * agreement:.2f}% < {100 * threshold:.1f}% required for {variant}"
-    return None
+    if agreement >= threshold:
+        return None
+    message = f"agreement {100 * agreement:.2f}% < {100 * threshold:.1f}% required for {variant}"
+    if keras_confidence < UNSURE_CONFIDENCE:
+        message += (f" (the Keras model's own mean top probability is {keras_confidence:.2f}: it hardly prefers a "
+                    f"class, as untrained or random-weight models do, so any rounding flips its near-ties and this "
+                    f"agreement says little about the conversion; judge int8 on a trained model, such as one "
+                    f"pretrained in-domain with train.pretrain)")
+    return message
