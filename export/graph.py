@@ -91,6 +91,35 @@ def deployable(model: keras.Model, backbone: Backbone, img_size: int, batch_size
     return keras.Model(inputs, outputs, name=f"{backbone.name}_deploy")
 
 
+TTA_VIEWS = 8  # the dihedral group of the square: 4 quarter turns, each with and without a mirror
+
+
+def dihedral_views(images):
+    """The 8 rotations and flips of each image of a batch ``(N, H, W, C)`` -> ``(8N, H, W, C)``,
+    view-major (the N images turned 0 quarter turns, then 1, ...; then the mirrored ones)."""
+    import tensorflow as tf
+
+    turns = [tf.image.rot90(images, k) for k in range(4)]
+    return tf.concat(turns + [tf.reverse(t, axis=[2]) for t in turns], axis=0)
+
+
+def with_tta(model: keras.Model, img_size: int) -> keras.Model:
+    """Test-time augmentation inside the graph: one image in, the mean of ``model``'s class
+    probabilities over its 8 rotations and flips out (8 forward passes of ``model`` per call).
+
+    Args:
+        model: a deployable model with a free batch dimension (``deployable(..., batch_size=None)``).
+        img_size: input side in pixels.
+    """
+    import tensorflow as tf
+
+    inputs = keras.Input((img_size, img_size, 3), batch_size=1, name=INPUT_NAME, dtype="float32")
+    views = keras.layers.Lambda(dihedral_views, name="tta_views")(inputs)
+    probs = model(views)
+    outputs = keras.layers.Lambda(lambda p: tf.reduce_mean(p, axis=0, keepdims=True), name="tta_mean")(probs)
+    return keras.Model(inputs, outputs, name=f"{model.name}_tta")
+
+
 def nested_models(model: keras.Model) -> list[str]:
     """Names of layers of ``model`` that are themselves models (tfmot cannot quantize those)."""
     return [layer.name for layer in model.layers if isinstance(layer, keras.Model)]

@@ -48,7 +48,7 @@ from device import exports_manifest as manifest
 from device.atomic import write_bytes
 from export.pipeline import Context, ExportConfig, ExportError, run_cli
 
-ONNX_VARIANTS = ("fp32", "int8")
+ONNX_VARIANTS = ("fp32", "int8", "tta")
 DEFAULT_OPSET = 17
 CALIB_METHODS = ("minmax", "average", "percentile")
 
@@ -96,11 +96,11 @@ def to_onnx_bytes(ctx: Context, opset: int) -> bytes:
     return ctx.notes[key]
 
 
-def _convert(ctx: Context, opset: int) -> bytes:
+def _convert(ctx: Context, opset: int, model=None) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
-    model = ctx.model()
+    model = model if model is not None else ctx.model()
     size = ctx.source.img_size
     spec = (tf.TensorSpec((1, size, size, 3), tf.float32, name="image"),)
     # from_keras, not from_function over ``model(x)``: the latter left the non-trainable
@@ -204,6 +204,9 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
     if variant == "fp32":
         write_bytes(path, to_onnx_bytes(ctx, opset))
         return f"tf2onnx {tf2onnx.__version__} (opset {opset})", {"opset": opset}
+    if variant == "tta":
+        write_bytes(path, _convert(ctx, opset, ctx.tta_model()))
+        return f"tf2onnx {tf2onnx.__version__} (opset {opset}), 8-view mean in the graph", {"opset": opset}
     if variant == "int8":
         images = ctx.calibration().images
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:

@@ -56,6 +56,8 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         keras_for_conversion = result.model
         extra = {"qat_epochs": result.epochs, "qat_train_accuracy": round(result.train_accuracy, 6),
                  "qat_float_layers": len(result.float_layers)}
+    elif variant == "tta":
+        keras_for_conversion = ctx.tta_model()
     else:
         keras_for_conversion = ctx.model()
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_for_conversion)

@@ -265,6 +265,33 @@ def test_tflite_variants_export_and_verify(exported):
     assert any(line.startswith("  QAT epoch 1/1") for line in exported.lines)  # no silent QAT stretch
 
 
+def test_every_artifact_describes_itself_and_carries_its_temperature(exported):
+    # #19 items 3-4: labels, size, preprocessing, temperature and training mix inside the model
+    # file; embedding them leaves the graph's answers as verified
+    from device.dataset import open_dataset
+    from device.model_info import read_embedded
+    from device.predictions import read_probabilities
+    from device.runtime import load
+
+    for record in list(exported.tflite.values()) + list(exported.onnx.values()):
+        path = exported.out / record["file"]
+        embedded = read_embedded(path)
+        assert embedded["artifact_id"] == record["artifact_id"] and embedded["labels"] == ["GALAXY", "QSO", "STAR"]
+        assert embedded["img_size"] == SIZE and embedded["preprocess"] == "tf"
+        assert embedded["temperature"] == record["temperature"] > 0
+        assert embedded["train_prior"] == record["train_prior"] and abs(sum(record["train_prior"]) - 1) < 1e-5
+        assert 0 <= record["val_ece_scaled"] <= 1 and 0 <= record["val_ece"] <= 1
+    paths, _, reference = read_probabilities(exported.out / exported.tflite["fp32"]["reference_predictions"])
+    dataset = open_dataset(exported.data)
+    images, _, records, _ = dataset.load_arrays("val", SIZE)
+    where = {r.path: i for i, r in enumerate(records)}
+    for record in (exported.tflite["fp32"], exported.onnx["fp32"]):
+        model = load(exported.out / record["file"])
+        got = np.stack([model.predict(images[where[p]]) for p in paths if p in where])
+        want = np.stack([reference[i] for i, p in enumerate(paths) if p in where])
+        assert np.abs(got - want).max() < 1e-3, record["artifact_id"]
+
+
 def test_rerun_skips_unchanged_artifacts(exported):
     def convert(ctx, variant, path):
         raise AssertionError(f"{variant} should have been skipped")
@@ -499,3 +526,30 @@ def test_failed_reexport_keeps_the_good_record_and_exits_3(exported, tmp_path):
                             text=True, timeout=600)
     assert result.returncode == 3, result.stderr[-2000:]
     assert "1 of 1 artifact(s) failed" in result.stderr
+
+
+def test_tta_variant_is_invariant_and_verified_against_keras(exported, tmp_path):
+    # #21 item 5: the 8 rotations and flips averaged inside the graph, in both formats
+    from device.dataset import open_dataset
+    from device.runtime import load
+    from export.onnx import convert_onnx
+    from export.tflite import convert_tflite
+
+    out = tmp_path / "exports"
+    records = {}
+    for fmt, convert in (("tflite", convert_tflite), ("onnx", convert_onnx)):
+        config = ExportConfig(runs=str(exported.runs), out=str(out), variants=("tta",), select="mobilenetv2:2")
+        (record,) = export_runs(config, fmt, ("tta",), convert, log=lambda _: None)
+        assert "error" not in record, record.get("error")
+        assert record["agreement"] >= 0.995 and record["max_abs_diff"] < 1e-3, record  # against Keras's 8-view mean
+        records[fmt] = record
+    plain = next(r for r in exported.tflite.values() if r["variant"] == "fp32")
+    assert records["tflite"]["macs"] == 8 * plain["macs"]  # eight passes per image, counted from the graph
+    images, *_ = open_dataset(exported.data).load_arrays("val", SIZE)
+    for record in records.values():
+        model = load(out / record["file"])
+        for image in images[:3]:
+            probs = model.predict(image)
+            # the mean over the dihedral group does not change when the input is turned or mirrored
+            assert np.allclose(model.predict(np.rot90(image).copy()), probs, atol=2e-5)
+            assert np.allclose(model.predict(image[:, ::-1].copy()), probs, atol=2e-5)
