@@ -53,7 +53,7 @@ from device import exports_manifest
 from device.calibration import adjust_prior, apply_temperature, parse_prior
 from device.command import Exit, native_output_hidden, run_command
 from device.images import ImageError, decode, resize
-from device.model_info import ModelInfo, ModelInfoError, model_info
+from device.model_info import ModelInfo, model_info
 from device.progress import Progress
 from device.runtime import ModelLoadError, RuntimeUnavailable, load
 
@@ -172,9 +172,7 @@ class Classifier:
                 self.model = load(self.path, runtime=runtime, threads=threads)
             self.info: ModelInfo = model_info(self.path, record, self.model.input_shape)
             self.prior = parse_prior(prior, self.info.labels)
-        except (ModelLoadError, RuntimeUnavailable, ModelInfoError) as exc:
-            raise ClassifyError(str(exc)) from None
-        except ValueError as exc:
+        except (ModelLoadError, RuntimeUnavailable, ValueError) as exc:  # ModelInfoError is a ValueError
             raise ClassifyError(str(exc)) from None
         size = self.info.img_size
         if tuple(self.model.input_shape[1:3]) != (size, size):
