@@ -46,6 +46,7 @@ from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEF
                            DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, percent,
                            recommend)
 from device import exports_manifest
+from device.classifier import RECOMMENDATION
 from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
 from device.command import Exit, run_command
 from device.metrics import MCNEMAR_CONVENTION, mcnemar
@@ -669,14 +670,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
     if not verdicts:
         md += ["No device has a line without error; no verdict.", ""]
     md += _recommendation_section(config, verdicts, out, log)
-    md += ["## 7. Probabilities: calibration and abstention", ""]
-    for device, lines in by_device.items():
-        section_md, section_figures = calibration_section(device, lines, out, _slug(device))
-        md += [f"### {device}", ""] + section_md
-        figures += section_figures
-    md += ["## 8. On the study's class mix", ""]
-    for device, lines in by_device.items():
-        md += [f"### {device}", ""] + mix_section(device, lines)
+    md += _probability_sections(by_device, out, figures)
 
     import json
 
@@ -690,6 +684,20 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         log(f"wrote {path}")
     log(f"wrote {report}")
     return {"report": report, "figures": figures, "verdicts": {d: v.verdict for d, v in verdicts.items()}}
+
+
+def _probability_sections(by_device: dict[str, list[dict]], out: Path, figures: list[Path]) -> list[str]:
+    """Sections 7 and 8: calibration and abstention, and the study's class mix, per device
+    (their figures appended to ``figures``)."""
+    md = ["## 7. Probabilities: calibration and abstention", ""]
+    for device, lines in by_device.items():
+        section_md, section_figures = calibration_section(device, lines, out, _slug(device))
+        md += [f"### {device}", ""] + section_md
+        figures += section_figures
+    md += ["## 8. On the study's class mix", ""]
+    for device, lines in by_device.items():
+        md += [f"### {device}", ""] + mix_section(device, lines)
+    return md
 
 
 def _recommendation_section(config: ReportConfig, verdicts: dict, out: Path, log) -> list[str]:
@@ -707,11 +715,11 @@ def _recommendation_section(config: ReportConfig, verdicts: dict, out: Path, log
         return md
     record = {"artifact_id": first[1].artifact_id, "device": first[0], "reason": first[2], "rule": RECOMMENDATION_RULE,
               "per_device": {d: (p.artifact_id if p else None) for d, (p, _w) in picks.items()}}
-    write_text(out / "recommendation.json", json.dumps(record, indent=2) + "\n")
+    write_text(out / RECOMMENDATION, json.dumps(record, indent=2) + "\n")
     if config.exports is not None and (Path(config.exports) / exports_manifest.MANIFEST).is_file():
         try:
-            write_text(Path(config.exports) / "recommendation.json", json.dumps(record, indent=2) + "\n")
-            log(f"wrote {Path(config.exports) / 'recommendation.json'} (skyedge classify --model EXPORTS uses it)")
+            write_text(Path(config.exports) / RECOMMENDATION, json.dumps(record, indent=2) + "\n")
+            log(f"wrote {Path(config.exports) / RECOMMENDATION} (skyedge classify --model EXPORTS uses it)")
         except OSError as exc:
             log(f"note: could not write the recommendation into {config.exports} ({exc.strerror or exc}); "
                 f"skyedge classify there picks the most accurate on validation instead")

@@ -7,8 +7,8 @@ never imports TensorFlow, directly or indirectly (a test imports it with TensorF
   backbone's ``preprocess_input`` in numpy), ``dataset`` (manifests, splits, class folders).
 - Models: ``runtime`` (LiteRT, ONNX Runtime), ``model_info`` (what a model file says about
   itself), ``flatbuffer`` and ``macs`` (reading TFLite graphs), ``calibration``
-  (temperature, class priors, calibration error), ``classify`` (``skyedge classify`` and the
-  ``Classifier`` API; ``cli`` is the ``skyedge`` command).
+  (temperature, class priors, calibration error), ``classifier`` (the ``Classifier`` API),
+  ``classify`` (``skyedge classify``; ``cli`` is the ``skyedge`` command).
 - Evidence: ``metrics`` (Wilson intervals, McNemar), ``baseline`` (the floors), ``backbones``
   (the registry, a table), ``compare_predictions`` (x86 against arm64).
 - Files and commands: the formats every stage shares (``sweep_results``, ``predictions``,

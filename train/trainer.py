@@ -120,6 +120,15 @@ def predict(model: keras.Model, inputs: list[np.ndarray], batch_size: int = 256)
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
+def _compiled(top: keras.Model, config: FitConfig, n_train: int, loss, soft: bool):
+    """Compile ``top`` with Adam (its schedule) and the loss; the optimizer. With soft targets
+    the training accuracy is not measured (the targets are not one-hot)."""
+    optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, n_train))
+    top.compile(optimizer=optimizer, loss=loss or "categorical_crossentropy", metrics=[] if soft else ["accuracy"],
+                jit_compile=config.jit)
+    return optimizer
+
+
 def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], train_labels: np.ndarray,
         val_inputs: list[np.ndarray], val_labels: np.ndarray, class_weights: dict[int, float],
         config: FitConfig, run_dir: Path, initial_weights: list[np.ndarray],
@@ -153,10 +162,7 @@ def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], tra
     n_classes = full.output_shape[-1]
     onehot = np.eye(n_classes, dtype=np.float32)[train_labels] if targets is None else np.asarray(targets, np.float32)
     weights = np.array([class_weights.get(int(c), 0.0) for c in train_labels], dtype=np.float32)
-    optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, len(train_labels)))
-    top.compile(optimizer=optimizer, loss=loss or "categorical_crossentropy",
-                metrics=["accuracy"] if targets is None else [],  # soft targets: training accuracy unmeasured
-                jit_compile=config.jit)
+    optimizer = _compiled(top, config, len(train_labels), loss, soft=targets is not None)
     # Only the top changes: the frozen layers come back identical from the seeded init or the
     # weights file, so checkpointing ``top`` (not ``full``) keeps per-epoch saves small.
     ckpt = tf.train.Checkpoint(model=top, optimizer=optimizer)
