@@ -491,10 +491,11 @@ def recommend(v: DeviceVerdict, alpha: float = DEFAULT_ALPHA) -> tuple[Point | N
         return None, "no model with a latency and without an export warning"
     for point in sorted(candidates, key=lambda p: (p.p50_ms, -p.accuracy, p.artifact_id)):
         if point is best:
-            return best, f"{best.label} is the most accurate ({percent(best.accuracy)}) and no faster model is as accurate"
+            return best, (f"the most accurate ({percent(best.accuracy)}, p50 {ms_text(best.p50_ms)} ms), and no faster "
+                          f"model is as accurate")
         test, _why = paired_test(point, best)
         if test is not None and test["p_value"] >= alpha:
-            return point, (f"{point.label} ({percent(point.accuracy)}, p50 {ms_text(point.p50_ms)}) is the fastest model "
-                           f"not significantly less accurate than {best.label} ({percent(best.accuracy)}; McNemar "
-                           f"p = {test['p_value']:.2g})")
-    return best, f"{best.label} is the most accurate ({percent(best.accuracy)})"
+            return point, (f"{percent(point.accuracy)}, p50 {ms_text(point.p50_ms)} ms: the fastest model not "
+                           f"significantly less accurate than the most accurate, {best.label} ({percent(best.accuracy)}, "
+                           f"p50 {ms_text(best.p50_ms)} ms; McNemar p = {test['p_value']:.2g})")
+    return best, f"the most accurate ({percent(best.accuracy)})"

@@ -75,7 +75,7 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
         extra["calib_n"] = int(len(ctx.calibration().images))
-    elif variant != "fp32":
+    elif variant not in ("fp32", "tta"):
         raise ValueError(f"unknown TFLite variant {variant!r}")
     with hidden_output():  # the converter's own notes ("fully_quantize: 0, ...")
         data = converter.convert()
