@@ -81,7 +81,9 @@ def bench_e2e(model: str, artifact: str | None, data: Path, threads: int, out: P
         from device.classify import Classifier
 
         select = ["--select", Classifier(model).info.artifact_id]
-    command = [sys.executable, "-m", "bench.cli", "run", "--models", model, "--data", str(data), "--mode", "e2e",
+    # bench run reads a folder with manifest.csv; a labels.csv tree is the artifact's own data, read as export did
+    where = ["--data", str(data)] if (data / "manifest.csv").is_file() else []
+    command = [sys.executable, "-m", "bench.cli", "run", "--models", model, *where, "--mode", "e2e",
                "--threads", str(threads), "--runtime", "litert,onnxruntime", "--runs", "300", "--min-secs", "5",
                "--out", str(out), *select]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from device import exports_manifest
-from device.calibration import adjust_prior, apply_temperature, parse_prior
+from device.calibration import PROB_FLOOR, parse_prior
 from device.command import native_output_hidden
 from device.images import ImageError, decode, resize
 from device.model_info import ModelInfo, model_info
@@ -151,15 +151,21 @@ class Classifier:
                                 f"{self.model.input_shape[1]}x{self.model.input_shape[2]}")
         self.min_confidence = float(min_confidence)
         self.temperature = self.info.temperature if calibrated else 1.0
+        self._inverse_t = 1.0 / self.temperature
+        target = np.asarray(self.prior if self.prior is not None else self.info.train_prior, np.float64)
+        self._ratio = target / np.asarray(self.info.train_prior, np.float64)
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self.info.labels
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Calibrated, prior-adjusted probabilities of one RGB uint8 image at the model's size."""
-        raw = self.model.predict(image)[None]
-        return adjust_prior(apply_temperature(raw, self.temperature), self.info.train_prior, self.prior)[0]
+        """Calibrated, prior-adjusted probabilities of one RGB uint8 image at the model's size:
+        ``p^(1/T) * prior / train prior``, normalised (``apply_temperature`` then ``adjust_prior``
+        in one pass, which matters at a thousand images a second)."""
+        p = np.clip(self.model.predict(image).astype(np.float64), PROB_FLOOR, None)
+        q = (p ** self._inverse_t if self._inverse_t != 1.0 else p) * self._ratio
+        return q / q.sum()
 
     def classify(self, item: str | os.PathLike | np.ndarray) -> Result:
         """One image: a path (decoded and converted as in training) or an RGB uint8 array."""

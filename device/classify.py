@@ -24,8 +24,9 @@ quasars, 49.8% stars; see ``device.calibration``).
 Images are decoded, converted and classified one at a time exactly as in training (any
 mode to RGB, resized with Pillow's antialiased bilinear filter to the model's square size, a
 non-square image stretched); each kind of conversion is said once, with how many images it
-concerned. Rows are written and flushed as they come, so memory stays flat and a killed run
-resumes with ``--resume`` (paths already in the output are skipped).
+concerned. Rows are written as they come (flushed at least every half second), so memory
+stays flat and a killed run resumes with ``--resume`` (paths already in the output are
+skipped; a row a kill cut short is redone).
 
 From Python::
 
@@ -56,6 +57,7 @@ from device.progress import Progress
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 NAMED_FAILURES = 10  # unreadable images named on stderr; the rest only in the output
+FLUSH_S = 0.5  # rows reach the file at least this often
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -146,10 +148,13 @@ def done_paths(out: Path) -> set[str]:
 
 
 class _Writer:
-    """Appends result rows to a CSV or JSON-lines file (or CSV to stdout), flushed per row."""
+    """Appends result rows to a CSV or JSON-lines file (or CSV to stdout), each row one write,
+    flushed at least every ``FLUSH_S`` seconds and on close (a kill loses at most that much,
+    which ``--resume`` redoes)."""
 
     def __init__(self, out: Path | None, labels: Sequence[str], resume: bool):
         self.labels, self.jsonl = labels, out is not None and out.suffix.lower() == ".jsonl"
+        self.columns, self.flushed = columns(labels), time.monotonic()
         if out is None:
             self.fh, self.close_fh = sys.stdout, False
             self._csv_line(columns(labels))
@@ -170,19 +175,21 @@ class _Writer:
     def _csv_line(self, values: list[str]) -> None:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow(values)
-        self.fh.write(buf.getvalue())
-        self.fh.flush()
+        self.fh.write(buf.getvalue())  # one write per row: a crash tears at most the last line
 
     def write(self, result: Result) -> None:
         if self.jsonl:
             self.fh.write(_json_line(result))
         else:
             row = _row(result, self.labels)
-            self._csv_line([row[c] for c in columns(self.labels)])
-            return
-        self.fh.flush()
+            self._csv_line([row[c] for c in self.columns])
+        now = time.monotonic()
+        if now - self.flushed >= FLUSH_S:
+            self.fh.flush()
+            self.flushed = now
 
     def close(self) -> None:
+        self.fh.flush()
         if self.close_fh:
             self.fh.close()
 
