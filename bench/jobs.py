@@ -27,6 +27,7 @@ from bench.peak import Efficiency
 from bench.worker import WorkerJob
 from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
 from device.choices import first_bad_choice
+from device.options import SECONDS_MAX, SEED_MAX, check_number
 from device.progress import Progress
 from device.runtime import DELEGATES, RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
 from device.dataset import LABELS, SPLITS
@@ -113,9 +114,17 @@ class RunConfig:
         if self.runs < 1 or self.warmup < 0 or not self.min_secs >= 0:
             raise ValueError(f"runs must be >= 1, warmup and min_secs >= 0; got runs={self.runs}, "
                              f"warmup={self.warmup}, min_secs={self.min_secs}")
+        for option, value, low, high in (("--min-secs", self.min_secs, 0, SECONDS_MAX),
+                                         ("--job-timeout", self.job_timeout_s, 1, SECONDS_MAX),
+                                         ("--cooldown-timeout", self.cooldown_timeout_s, 0, SECONDS_MAX),
+                                         ("--cooldown-secs", self.cooldown_secs, 0, SECONDS_MAX),
+                                         ("--cooldown-temp", self.cooldown_temp_c, 0, 150),
+                                         ("--seed", self.seed, 0, SEED_MAX)):
+            if value is not None:
+                check_number(value, option, low, high, integer=option == "--seed")
         if self.cooldown_temp_c is not None and self.cooldown_secs is not None:
             raise ValueError("give --cooldown-temp or --cooldown-secs, not both")
-        if self.max_secs is not None and not self.max_secs > 0:
+        if self.max_secs is not None and not 0 < self.max_secs <= SECONDS_MAX:
             raise ValueError(f"--max-secs {self.max_secs}: expected a positive number of seconds")
         if self.max_secs is not None and self.max_secs < self.min_secs:
             raise ValueError(f"--max-secs {self.max_secs:g} is below --min-secs {self.min_secs:g}; "

@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench.options import comma_separated
+from device.options import at_least, fraction, positive_numbers
 from bench.plots import plot_front
 from bench.calibration import section as calibration_section
 from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MIN_IMAGES, RECOMMENDATION_RULE,
@@ -85,7 +85,7 @@ class ReportConfig:
             raise ValueError("at least one results file is needed (--results)")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
-        if self.budgets_ms is not None and (not self.budgets_ms or any(not b > 0 for b in self.budgets_ms)):
+        if self.budgets_ms is not None and (not self.budgets_ms or any(not 0 < b < float("inf") for b in self.budgets_ms)):
             raise ValueError(f"budgets must be positive milliseconds, got {list(self.budgets_ms)}")
         if self.min_images < 1:
             raise ValueError(f"min_images must be >= 1, got {self.min_images}")
@@ -689,11 +689,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exports", type=Path, help="exports folder holding manifest.json")
     parser.add_argument("--results", type=Path, nargs="+", required=True, help="bench run JSON-lines file(s)")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
-    parser.add_argument("--budgets", type=comma_separated(float, "numbers"), default=DEFAULT_BUDGETS_MS,
+    parser.add_argument("--budgets", type=positive_numbers, default=DEFAULT_BUDGETS_MS,
                         help="p50 budgets in ms, e.g. 10,50,200 (default: four per device, log-spaced across its "
                              "measured p50 range)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of McNemar's test")
-    parser.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES,
+    parser.add_argument("--alpha", type=fraction(low_open=True), default=DEFAULT_ALPHA, help="significance level of McNemar's test")
+    parser.add_argument("--min-images", type=at_least(1), default=DEFAULT_MIN_IMAGES,
                         help="fewer paired images make the verdict inconclusive")
     parser.add_argument("--floors", type=Path, nargs="+", default=(),
                         help="`bench floors` file(s): each model is tested against the feature baseline on the same images")

@@ -33,6 +33,7 @@ from device.command import Exit, run_command
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
+from device.options import SEED_MAX, check_number
 from device.predictions import write_predictions
 from device.progress import Progress
 from device.preprocess import preprocess
@@ -149,6 +150,12 @@ def _check_options(config: SweepConfig) -> None:
     """Refuse option values that cannot work, before anything is built or read."""
     if config.epochs < 1 or config.batch_size < 1 or not (0 < config.lr < float("inf")):
         raise SweepError(f"--epochs {config.epochs}, --batch-size {config.batch_size}, --lr {config.lr}: expected positive values")
+    try:
+        check_number(config.img_size, "--img-size", 1, 4096, integer=True)
+        for seed in config.seeds:
+            check_number(seed, "--seeds", 0, SEED_MAX, integer=True)
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
     if not 0 <= config.cache_budget_gb < float("inf"):
         raise SweepError(f"--cache-budget-gb {config.cache_budget_gb}: expected a size in GB, 0 or more "
                          f"(0 keeps every cached array on disk)")
@@ -167,6 +174,20 @@ def _check_options(config: SweepConfig) -> None:
     index, count = config.shard
     if not 0 <= index < count:
         raise SweepError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
+
+
+def check_config(config: SweepConfig) -> tuple[Backbone, ...]:
+    """Refuse bad options and unknown backbones in a moment, before TensorFlow is imported;
+    returns the backbones the sweep names.
+
+    Raises:
+        SweepError: the message names the option and what is expected.
+    """
+    _check_options(config)
+    try:
+        return tuple(resolve(list(config.backbones)))
+    except KeyError as exc:
+        raise SweepError(f"--backbones: {exc.args[0]}") from None
 
 
 def _open_data(config: SweepConfig):
@@ -203,11 +224,7 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
     from train.levels import LevelError, parse_schedule
     from train.model import build_base, resolve_weights
 
-    _check_options(config)
-    try:
-        backbones = resolve(list(config.backbones))
-    except KeyError as exc:
-        raise SweepError(f"--backbones: {exc.args[0]}") from None
+    backbones = check_config(config)
     dataset, notes = _open_data(config)
     fingerprint = _fingerprint(dataset.records)
 
@@ -707,12 +724,17 @@ def from_args(args: argparse.Namespace) -> SweepConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow(args.verbose)
-    from train.model import WeightsError
 
     def work() -> int:
         config = from_args(args)
-        out = run_sweep(config)
+        check_config(config)  # a typo is answered at once, not after TensorFlow has loaded
+        quiet_tensorflow(args.verbose)
+        from train.model import WeightsError
+
+        try:
+            out = run_sweep(config)
+        except WeightsError as exc:
+            raise SweepError(str(exc)) from None
         print(f"results: {out / RESULTS}; summary: {out / 'summary.md'}")
         shard = json.loads(layout.shard_record(out, config.shard).read_text())
         if shard.get("failed"):
@@ -721,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
             return Exit.PARTIAL
         return 0
 
-    return run_command(work, (SweepError, WeightsError, DatasetError),
+    return run_command(work, (SweepError, DatasetError),
                        "finished epochs are saved; rerun the same command to resume")
 
 
