@@ -210,3 +210,49 @@ def read_jsonl(path: str | os.PathLike, on_bad_line=None) -> list[dict]:
             if on_bad_line is not None:
                 on_bad_line(number, line)
     return records
+
+
+NOT_JSON = "not a JSON line (a write cut short?)"
+
+
+def read_jsonl_records(path: str | os.PathLike, problem=None) -> tuple[list[dict], list[tuple[int, str]]]:
+    """The lines of ``path`` that are records, and the line number and reason of each other one.
+
+    A record is a JSON object for which ``problem(record)`` returns ``None`` (it returns the
+    reason otherwise: a missing field, a value out of range). Lines that are not JSON (a
+    crash's fragment), JSON that is not an object (a list, a number) and refused objects are
+    left in the file as they are and never counted; the caller names them in one warning
+    (``skipped_warning``).
+
+    Returns:
+        ``(records, skipped)``: the records in file order, and ``[(line number, reason)]``.
+    """
+    records: list[dict] = []
+    skipped: list[tuple[int, str]] = []
+    path = Path(path)
+    if not path.exists():
+        return records, skipped
+    numbered = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            numbered.append((number, json.loads(line)))
+        except json.JSONDecodeError:
+            skipped.append((number, NOT_JSON))
+    for number, value in numbered:
+        reason = ("not a JSON object" if not isinstance(value, dict)
+                  else problem(value) if problem is not None else None)
+        if reason:
+            skipped.append((number, reason))
+        else:
+            records.append(value)
+    skipped.sort()
+    return records, skipped
+
+
+def skipped_warning(path: str | os.PathLike, skipped: list[tuple[int, str]], limit: int = 10) -> str:
+    """One warning naming the lines of ``path`` that were left as they are and not counted."""
+    named = "; ".join(f"{path} line {number}: {reason}" for number, reason in skipped[:limit])
+    more = f"; ... {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"warning: {len(skipped)} line(s) of {path} left as they are and not counted: {named}{more}"
