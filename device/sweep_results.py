@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import sys
@@ -68,6 +69,22 @@ def run_dir(backbone: str, level: int, seed: int) -> str:
 def shard_record(root: str | os.PathLike, shard: tuple[int, int]) -> Path:
     """The record a shard writes of its settings and planned runs: ``sweep-shard1of3.json``."""
     return Path(root) / f"sweep-shard{shard[0]}of{shard[1]}.json"
+
+
+def read_shard_records(root: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """``(path, record)`` of every shard record in ``root`` (``SHARD_RECORDS``), in name order;
+    a record cut short or damaged is left out (its shard rewrites it when it starts again)."""
+    out = []
+    for path in sorted(Path(root).glob(SHARD_RECORDS)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            out.append((path, record))
+    return out
+
+
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 

@@ -54,6 +54,9 @@ RUN_IDENTITY = ("backbone", "level", "seed", "epochs", "batch_size", "lr", "img_
                 "augment", "bn_reestimate", "bn", "data_fingerprint")
 
 
+# settings every shard of one sweep (every record in its --out) must share
+SHARD_SETTINGS = ("epochs", "batch_size", "lr", "img_size", "weights", "augment", "bn_reestimate", "bn")
+
 RUN_LOCK = ".lock"  # in each run folder, held while a process trains that run
 
 
@@ -176,14 +179,41 @@ def _check_options(config: SweepConfig) -> None:
         raise SweepError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
 
 
+def _shard_settings(record: dict) -> dict:
+    """The settings of a shard record (or config dict) that shards of one sweep share."""
+    settings = {k: record[k] for k in SHARD_SETTINGS if k in record}
+    if "bn_reestimate" in settings:  # compare what it resolves to: auto with --weights none is on
+        settings["bn_reestimate"] = settings["bn_reestimate"] == "on" or (
+            settings["bn_reestimate"] == "auto" and record.get("weights") == "none")
+    return settings
+
+
+def check_shards(config: SweepConfig) -> None:
+    """Refuse a sweep whose training settings differ from the shard records already in ``--out``
+    (shards of different settings would merge silently into one summary).
+
+    Raises:
+        SweepError: naming the record and the differing settings, with both values.
+    """
+    mine = _shard_settings(asdict(config))
+    for path, record in layout.read_shard_records(config.out):
+        theirs = _shard_settings(record)
+        diff = [k for k in SHARD_SETTINGS if k in theirs and theirs[k] != mine[k]]
+        if diff:
+            raise SweepError(f"--out {config.out}: {path.name} was run with different settings ("
+                             + ", ".join(f"--{k.replace('_', '-')} {theirs[k]} there, {mine[k]} here" for k in diff)
+                             + "); use the same settings for every shard, or another --out")
+
+
 def check_config(config: SweepConfig) -> tuple[Backbone, ...]:
-    """Refuse bad options and unknown backbones in a moment, before TensorFlow is imported;
-    returns the backbones the sweep names.
+    """Refuse bad options, unknown backbones and settings that differ from the shards already
+    in ``--out`` in a moment, before TensorFlow is imported; returns the backbones the sweep names.
 
     Raises:
         SweepError: the message names the option and what is expected.
     """
     _check_options(config)
+    check_shards(config)
     try:
         return tuple(resolve(list(config.backbones)))
     except KeyError as exc:
