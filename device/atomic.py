@@ -58,10 +58,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise naming(exc, path) from exc
         raise
+
+
+def naming(exc: OSError, path: str | os.PathLike) -> OSError:
+    """``exc`` as an ``OSError`` of the same kind whose file is ``path`` (the destination, not a
+    temporary file or no file at all), so the one error line names what the user asked for."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -81,12 +89,28 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def _stat_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be looked at (a symbolic-link loop, a link to nothing), or None."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "a symbolic link to nothing" if path.is_symlink() else None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse, before any work, an output folder that is a file or cannot be made or written.
 
     Nothing is created. Raises ``ValueError`` with one line naming the option and the path.
     """
     path = Path(path)
+    for step in (path, *path.parents):
+        problem = _stat_problem(step)
+        if problem:
+            where = "" if step == path else f" ({step})"
+            raise ValueError(f"{option} {path}{where}: {problem}; expected a folder (new or existing)")
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path}: is a file; expected a folder (new or existing)")
     parent = path
@@ -154,6 +178,8 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
                 line = b"\n" + line
             os.write(fd, line)
             os.fsync(fd)
+        except OSError as exc:  # a full disk: name the file
+            raise naming(exc, path) from exc
         finally:
             os.close(fd)
 
