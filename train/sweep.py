@@ -249,14 +249,14 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
             run folder made with different settings.
         WeightsError: ImageNet weights not available offline (names the file).
     """
+    backbones = check_config(config)
+    dataset, notes = _open_data(config)  # a bad dataset is refused before TensorFlow loads
+    fingerprint = _fingerprint(dataset.records)
+
     import tf_keras as keras
 
     from train.levels import LevelError, parse_schedule
     from train.model import build_base, resolve_weights
-
-    backbones = check_config(config)
-    dataset, notes = _open_data(config)
-    fingerprint = _fingerprint(dataset.records)
 
     layer_names: dict[str, list[str]] = {}
     macs: dict[str, list[float]] = {}
