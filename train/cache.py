@@ -91,7 +91,6 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-@dataclass
 def reserve(path: Path) -> None:
     """Give a (sparse) memory-mapped file all its disk blocks now, so a full disk is an
     ``OSError`` naming the file here, not a SIGBUS when a page is first written.
@@ -113,6 +112,7 @@ def reserve(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass
 class FeatureStore:
     """Places cache arrays in memory up to ``budget_bytes``, memory-mapped files beyond.
 
