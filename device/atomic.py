@@ -6,6 +6,7 @@ through here, so a job killed at any moment leaves either the old file or the ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -95,8 +96,8 @@ def _stat_problem(path: Path) -> str | None:
         os.stat(path)
     except FileNotFoundError:
         return "a symbolic link to nothing" if path.is_symlink() else None
-    except OSError as exc:
-        return exc.strerror or str(exc)
+    except OSError as exc:  # a file on the way (ENOTDIR) is said below, in words of its own
+        return exc.strerror if exc.errno == errno.ELOOP else None
     return None
 
 
