@@ -23,7 +23,7 @@ from bench.android import AndroidConfig
 from bench.bundle import BundleConfig
 from bench.jobs import RunConfig
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
-from bench.options import at_least, names, positive_ints
+from device.options import at_least, names, number, positive_ints, seconds, seed
 from device.command import Exit, run_command
 from device.runtime import DELEGATES
 
@@ -46,27 +46,27 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="kernel (the model call), e2e (decode + preprocess + call) or kernel,e2e (default kernel)")
     p.add_argument("--warmup", type=at_least(0), default=d["warmup"], help="untimed calls first (default %(default)s)")
     p.add_argument("--runs", type=at_least(1), default=d["runs"], help="minimum timed runs (default %(default)s)")
-    p.add_argument("--min-secs", type=at_least(0, float), default=d["min_secs"],
+    p.add_argument("--min-secs", type=seconds(), default=d["min_secs"],
                    help="minimum timed seconds (default %(default)s)")
     p.add_argument("--delegate", choices=DELEGATES, default=d["delegate"],
                    help="TFLite: xnnpack (the interpreter's default delegate) or none (built-in kernels only, "
                         "to measure what XNNPACK takes); ONNX jobs ignore it (default %(default)s)")
-    p.add_argument("--max-secs", type=at_least(0, float), default=d["max_secs"],
+    p.add_argument("--max-secs", type=seconds(low_open=True), default=d["max_secs"],
                    help="stop a job's timed loop after this many seconds even short of --runs, keeping what "
                         "was measured (the line says so); --job-timeout instead kills the job and keeps nothing")
     p.add_argument("--strict", action="store_true",
                    help=f"MLPerf single-stream minimum: >= {STRICT_MIN_QUERIES} runs and >= {STRICT_MIN_SECONDS:.0f} s")
     p.add_argument("--shuffle", action="store_true", help="cycle the images in a seeded random order")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --shuffle's order (default %(default)s)")
+    p.add_argument("--seed", type=seed, default=d["seed"], help="seed of --shuffle's order (default %(default)s)")
     cool = p.add_mutually_exclusive_group()
-    cool.add_argument("--cooldown-temp", type=float, help="before each job wait until below this many C")
-    cool.add_argument("--cooldown-secs", type=float, help="before each job sleep this long")
-    p.add_argument("--cooldown-timeout", type=at_least(0, float), default=d["cooldown_timeout_s"],
+    cool.add_argument("--cooldown-temp", type=number(0, 150), help="before each job wait until below this many C")
+    cool.add_argument("--cooldown-secs", type=seconds(), help="before each job sleep this long")
+    p.add_argument("--cooldown-timeout", type=seconds(), default=d["cooldown_timeout_s"],
                    help="seconds to wait for --cooldown-temp before measuring anyway, with a note (default %(default)s)")
     p.add_argument("--device-name", help="name of this device in the records (default: host name)")
     p.add_argument("--resume", action="store_true", help="skip jobs already in --out")
     p.add_argument("--select", help="glob on artifact id or model file name")
-    p.add_argument("--job-timeout", type=at_least(1, float), default=d["job_timeout_s"],
+    p.add_argument("--job-timeout", type=seconds(1), default=d["job_timeout_s"],
                    help="seconds before a worker is killed (default %(default)s)")
 
 
@@ -95,9 +95,9 @@ def _failures(errors: int, written: int) -> int:
 
 def _add_overhead(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help=".tflite or .onnx file")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=500, help="timed calls per round and loop")
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=at_least(1), default=1)
+    p.add_argument("--runs", type=at_least(1), default=500, help="timed calls per round and loop")
+    p.add_argument("--rounds", type=at_least(1), default=7)
 
 
 def _cmd_overhead(args) -> int:
@@ -183,7 +183,7 @@ def _add_android(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=at_least(1), default=a["runs"], help="--num_runs (default %(default)s, as bench run)")
     p.add_argument("--warmup", type=at_least(0), default=a["warmup"],
                    help="--warmup_runs (default %(default)s, as bench run)")
-    p.add_argument("--min-secs", type=at_least(0, float), default=a["min_secs"],
+    p.add_argument("--min-secs", type=seconds(), default=a["min_secs"],
                    help="--min_secs (default %(default)s, as bench run)")
     p.add_argument("--affinity", help="taskset CPU mask in hex for benchmark_model, e.g. f0 for the big cores "
                                       "(default: none, the scheduler chooses)")

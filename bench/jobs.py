@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,8 +26,10 @@ from bench import fingerprint
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
 from bench.peak import Efficiency
 from bench.worker import WorkerJob
-from device.atomic import append_jsonl, read_jsonl, rewrite_jsonl
+from device.atomic import append_jsonl, read_jsonl_records, rewrite_jsonl, skipped_warning
 from device.choices import first_bad_choice
+from device.exports_manifest import MANIFEST
+from device.options import SECONDS_MAX, SEED_MAX, check_number
 from device.progress import Progress
 from device.runtime import DELEGATES, RUNTIME_MODULES, RUNTIMES, RUNTIMES_OF_SUFFIX
 from device.dataset import LABELS, SPLITS
@@ -113,9 +116,17 @@ class RunConfig:
         if self.runs < 1 or self.warmup < 0 or not self.min_secs >= 0:
             raise ValueError(f"runs must be >= 1, warmup and min_secs >= 0; got runs={self.runs}, "
                              f"warmup={self.warmup}, min_secs={self.min_secs}")
+        for option, value, low, high in (("--min-secs", self.min_secs, 0, SECONDS_MAX),
+                                         ("--job-timeout", self.job_timeout_s, 1, SECONDS_MAX),
+                                         ("--cooldown-timeout", self.cooldown_timeout_s, 0, SECONDS_MAX),
+                                         ("--cooldown-secs", self.cooldown_secs, 0, SECONDS_MAX),
+                                         ("--cooldown-temp", self.cooldown_temp_c, 0, 150),
+                                         ("--seed", self.seed, 0, SEED_MAX)):
+            if value is not None:
+                check_number(value, option, low, high, integer=option == "--seed")
         if self.cooldown_temp_c is not None and self.cooldown_secs is not None:
             raise ValueError("give --cooldown-temp or --cooldown-secs, not both")
-        if self.max_secs is not None and not self.max_secs > 0:
+        if self.max_secs is not None and not 0 < self.max_secs <= SECONDS_MAX:
             raise ValueError(f"--max-secs {self.max_secs}: expected a positive number of seconds")
         if self.max_secs is not None and self.max_secs < self.min_secs:
             raise ValueError(f"--max-secs {self.max_secs:g} is below --min-secs {self.min_secs:g}; "
@@ -154,6 +165,29 @@ def job_key(line: dict) -> tuple:
             delegate)
 
 
+def line_problem(line: dict) -> str | None:
+    """Why a JSON object is not a ``bench run`` line (``None`` when it is one).
+
+    A line names its artifact (``artifact_id``) and carries either an ``error`` or a measured
+    ``latency_ms_p50``; every latency and the accuracy it holds are finite and not negative
+    (the accuracy at most 1). Lines that are not are kept in their file, named in a warning
+    and never counted, in ``bench run --resume`` and in ``bench report``.
+    """
+    if not isinstance(line.get("artifact_id"), str) or not line["artifact_id"]:
+        return "no artifact_id"
+    if line.get("error"):
+        return None
+    if line.get("latency_ms_p50") is None:
+        return "neither an error nor latency_ms_p50"
+    for key, value in line.items():
+        if value is None or not (key.startswith(("latency_ms_", "e2e_")) or key == "accuracy"):
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0 \
+                or (key == "accuracy" and value > 1):
+            return f"{key} {value!r} is not a measured {'fraction' if key == 'accuracy' else 'time'}"
+    return None
+
+
 def load_manifest(exports: str | os.PathLike) -> list[dict]:
     """The artifact records of ``EXPORTS/manifest.json`` (``device.exports_manifest``).
 
@@ -176,8 +210,13 @@ def plan_jobs(config: RunConfig, artifacts: list[dict]) -> tuple[list[Job], list
     asked for is left out silently; ``select`` matches artifact id or file name.
     """
     jobs, notes = [], []
+    seen: set = set()
     for artifact in artifacts:
         aid = artifact.get("artifact_id") or artifact.get("file")
+        if aid in seen:  # a hand-edited manifest listing one artifact twice: measured and counted once
+            notes.append(f"{aid}: listed more than once in the manifest; measured once")
+            continue
+        seen.add(aid)
         if config.select and not (fnmatch.fnmatch(str(aid), config.select)
                                   or fnmatch.fnmatch(Path(str(artifact.get("file", ""))).name, config.select)):
             continue
@@ -229,6 +268,15 @@ def _resolve_data(config: RunConfig, artifact: dict) -> Path | None:
             return path
     fallback = exports / "data"
     return fallback if fallback.is_dir() else None
+
+
+def _check_data(config: RunConfig, jobs: list[Job]) -> None:
+    """Refuse, before anything is measured, jobs whose dataset is nowhere (``BenchError``)."""
+    for job in jobs:
+        if _resolve_data(config, job.artifact) is None:
+            raise BenchError(f"{Path(config.models) / MANIFEST}: the dataset of "
+                             f"{job.artifact.get('artifact_id')}, {job.artifact.get('data')!r}, does not exist here "
+                             f"and {Path(config.models) / 'data'} is missing; expected a dataset folder (pass --data)")
 
 
 def run_worker(job: dict, command: list[str], timeout_s: float) -> dict:
@@ -285,11 +333,15 @@ def run_benchmarks(config: RunConfig, progress=None) -> dict:
     if not jobs:
         raise BenchError(f"{config.models}: no artifact matches (select={config.select!r}, "
                          f"runtimes={','.join(config.runtimes)}; {len(artifacts)} in the manifest)")
+    _check_data(config, jobs)
     static = fingerprint.static_fingerprint(config.device_name)
     device_name = static["device_name"]
     skipped = 0
     if config.resume:
-        done = {job_key(line) for line in read_jsonl(config.out)}
+        lines, skipped_lines = read_jsonl_records(config.out, line_problem)
+        if skipped_lines:
+            say(skipped_warning(config.out, skipped_lines))
+        done = {job_key(line) for line in lines}
         kept = [job for job in jobs if job.key(device_name) not in done]
         skipped = len(jobs) - len(kept)
         jobs = kept

@@ -38,16 +38,16 @@ from typing import Callable
 
 import numpy as np
 
-from bench.options import comma_separated
+from device.options import at_least, fraction, positive_numbers
 from bench.plots import plot_front
 from bench.calibration import mix_section, section as calibration_section
+from bench.jobs import line_problem
 from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MARGIN, DEFAULT_MIN_IMAGES,
-                           RECOMMENDATION_RULE,
-                           DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci, ms_text, num, percent,
-                           recommend)
+                           RECOMMENDATION_RULE, DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci,
+                           ms_text, num, percent, recommend)
 from device import exports_manifest
 from device.classifier import RECOMMENDATION
-from device.atomic import check_output_folder, read_jsonl, write_bytes, write_text
+from device.atomic import check_output_folder, read_jsonl_records, skipped_warning, write_bytes, write_text
 from device.command import Exit, run_command
 from device.metrics import MCNEMAR_CONVENTION, mcnemar
 from device import sweep_tables
@@ -91,7 +91,7 @@ class ReportConfig:
             raise ValueError("at least one results file is needed (--results)")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
-        if self.budgets_ms is not None and (not self.budgets_ms or any(not b > 0 for b in self.budgets_ms)):
+        if self.budgets_ms is not None and (not self.budgets_ms or any(not 0 < b < float("inf") for b in self.budgets_ms)):
             raise ValueError(f"budgets must be positive milliseconds, got {list(self.budgets_ms)}")
         if self.min_images < 1:
             raise ValueError(f"min_images must be >= 1, got {self.min_images}")
@@ -106,8 +106,9 @@ def load_results(paths, log: Callable[[str], None] | None = None) -> tuple[dict[
 
     Args:
         paths: ``bench run`` JSON-lines files.
-        log: told of each line that is not JSON (a crash's fragment): file, line number;
-            such lines are left in the file and not counted.
+        log: told, in one warning per file, of the lines that are not result lines (a crash's
+            fragment, JSON that is not an object, a line without ``artifact_id`` or with a
+            negative latency: ``bench.jobs.line_problem``); they are left in the file and not counted.
 
     Returns:
         ``(by_device, errors)``: lines without an error by ``device_name`` (in file order),
@@ -122,13 +123,10 @@ def load_results(paths, log: Callable[[str], None] | None = None) -> tuple[dict[
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: no such results file")
-        def bad(number: int, _text: str, path=path) -> None:
-            if log is not None:
-                log(f"warning: {path} line {number}: not a JSON line (a write cut short?); left as is, not counted")
-
-        for line in read_jsonl(path, on_bad_line=bad):
-            if not isinstance(line, dict):
-                continue
+        lines, skipped = read_jsonl_records(path, line_problem)
+        if skipped and log is not None:
+            log(skipped_warning(path, skipped))
+        for line in lines:
             line = {**line, "_source": str(path)}
             if line.get("error"):
                 errors.append(line)
@@ -364,6 +362,8 @@ def _evidence_section(runs: str | os.PathLike | None, by_device: dict[str, list[
             ok, _failed, _ = load_runs(sweep)
             lines += sweep_tables.provenance(sweep, ok)[:-1]
             floors = sweep_tables.read_floors(sweep)
+        except sweep_tables.FloorsError as exc:
+            lines.append(f"- Floors: {exc}.")
         except ValueError as exc:
             lines.append(f"- Sweep `{sweep}`: not readable here ({exc}).")
     else:
@@ -623,8 +623,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         ValueError: a results file is missing.
     """
     out = check_output_folder(config.out, "--out")
-    out.mkdir(parents=True, exist_ok=True)
-    by_device, errors = load_results(config.results, log)
+    by_device, errors = load_results(config.results, log)  # refused input leaves no folder behind
     by_device = with_export_warnings(by_device, config.exports)
     verdicts = {device: decide(device, lines, config.budgets_ms, config.alpha, config.min_images, config.margin)
                 for device, lines in by_device.items()}
@@ -658,6 +657,7 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
         md += _device_header(device, lines) + _device_table(lines)
     md += _errors_section(errors)
 
+    out.mkdir(parents=True, exist_ok=True)
     figures = _figures_section(out, verdicts, md, pairs)
     budgets = (f"{', '.join(f'{b:g}' for b in config.budgets_ms)} ms (p50)" if config.budgets_ms else
                "per device, four spaced evenly on a log scale across its measured p50 range: "
@@ -741,13 +741,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exports", type=Path, help="exports folder holding manifest.json")
     parser.add_argument("--results", type=Path, nargs="+", required=True, help="bench run JSON-lines file(s)")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
-    parser.add_argument("--budgets", type=comma_separated(float, "numbers"), default=DEFAULT_BUDGETS_MS,
+    parser.add_argument("--budgets", type=positive_numbers, default=DEFAULT_BUDGETS_MS,
                         help="p50 budgets in ms, e.g. 10,50,200 (default: four per device, log-spaced across its "
                              "measured p50 range)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of the tests")
-    parser.add_argument("--margin", type=float, default=100 * DEFAULT_MARGIN,
+    parser.add_argument("--alpha", type=fraction(low_open=True), default=DEFAULT_ALPHA,
+                        help="significance level of the tests")
+    parser.add_argument("--margin", type=fraction(low_open=True, high=100.0), default=100 * DEFAULT_MARGIN,
                         help="equivalence margin of the verdict, in accuracy points (default %(default)g)")
-    parser.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES,
+    parser.add_argument("--min-images", type=at_least(1), default=DEFAULT_MIN_IMAGES,
                         help="fewer paired images make the verdict inconclusive")
     parser.add_argument("--floors", type=Path, nargs="+", default=(),
                         help="`bench floors` file(s): each model is tested against the feature baseline on the same images")

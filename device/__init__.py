@@ -12,9 +12,10 @@ never imports TensorFlow, directly or indirectly (a test imports it with TensorF
 - Evidence: ``metrics`` (Wilson intervals, McNemar), ``baseline`` (the floors), ``backbones``
   (the registry, a table), ``compare_predictions`` (x86 against arm64).
 - Files and commands: the formats every stage shares (``sweep_results``, ``predictions``,
-  ``exports_manifest``), ``atomic`` (atomic writes, locks), ``checksum``, ``choices``,
-  ``progress`` (the one progress line), ``command`` (exit codes and the runner every command
-  ends through).
+  ``exports_manifest``), ``atomic`` (atomic writes, locks, JSON-lines records), ``csvtext`` (CSV
+  read with one-line errors), ``checksum``, ``choices``, ``options`` (the numeric-option checks
+  every command shares), ``progress`` (the one progress line), ``command`` (exit codes and the
+  runner every command ends through).
 - The Pi: ``setup_pi.sh`` (shipped in bundles), ``arm64_check.sh`` (the Pi steps under
   emulation), ``sdss-sample/`` (600 real SDSS cutouts, the demo's data).
 """

@@ -6,6 +6,7 @@ through here, so a job killed at any moment leaves either the old file or the ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -58,10 +59,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise naming(exc, path) from exc
         raise
+
+
+def naming(exc: OSError, path: str | os.PathLike) -> OSError:
+    """``exc`` as an ``OSError`` of the same kind whose file is ``path`` (the destination, not a
+    temporary file or no file at all), so the one error line names what the user asked for."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -81,12 +90,28 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def _stat_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be looked at (a symbolic-link loop, a link to nothing), or None."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "a symbolic link to nothing" if path.is_symlink() else None
+    except OSError as exc:  # a file on the way (ENOTDIR) is said below, in words of its own
+        return exc.strerror if exc.errno == errno.ELOOP else None
+    return None
+
+
 def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse, before any work, an output folder that is a file or cannot be made or written.
 
     Nothing is created. Raises ``ValueError`` with one line naming the option and the path.
     """
     path = Path(path)
+    for step in (path, *path.parents):
+        problem = _stat_problem(step)
+        if problem:
+            where = "" if step == path else f" ({step})"
+            raise ValueError(f"{option} {path}{where}: {problem}; expected a folder (new or existing)")
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path}: is a file; expected a folder (new or existing)")
     parent = path
@@ -154,6 +179,8 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
                 line = b"\n" + line
             os.write(fd, line)
             os.fsync(fd)
+        except OSError as exc:  # a full disk: name the file
+            raise naming(exc, path) from exc
         finally:
             os.close(fd)
 
@@ -210,3 +237,49 @@ def read_jsonl(path: str | os.PathLike, on_bad_line=None) -> list[dict]:
             if on_bad_line is not None:
                 on_bad_line(number, line)
     return records
+
+
+NOT_JSON = "not a JSON line (a write cut short?)"
+
+
+def read_jsonl_records(path: str | os.PathLike, problem=None) -> tuple[list[dict], list[tuple[int, str]]]:
+    """The lines of ``path`` that are records, and the line number and reason of each other one.
+
+    A record is a JSON object for which ``problem(record)`` returns ``None`` (it returns the
+    reason otherwise: a missing field, a value out of range). Lines that are not JSON (a
+    crash's fragment), JSON that is not an object (a list, a number) and refused objects are
+    left in the file as they are and never counted; the caller names them in one warning
+    (``skipped_warning``).
+
+    Returns:
+        ``(records, skipped)``: the records in file order, and ``[(line number, reason)]``.
+    """
+    records: list[dict] = []
+    skipped: list[tuple[int, str]] = []
+    path = Path(path)
+    if not path.exists():
+        return records, skipped
+    numbered = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            numbered.append((number, json.loads(line)))
+        except json.JSONDecodeError:
+            skipped.append((number, NOT_JSON))
+    for number, value in numbered:
+        reason = ("not a JSON object" if not isinstance(value, dict)
+                  else problem(value) if problem is not None else None)
+        if reason:
+            skipped.append((number, reason))
+        else:
+            records.append(value)
+    skipped.sort()
+    return records, skipped
+
+
+def skipped_warning(path: str | os.PathLike, skipped: list[tuple[int, str]], limit: int = 10) -> str:
+    """One warning naming the lines of ``path`` that were left as they are and not counted."""
+    named = "; ".join(f"{path} line {number}: {reason}" for number, reason in skipped[:limit])
+    more = f"; ... {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"warning: {len(skipped)} line(s) of {path} left as they are and not counted: {named}{more}"

@@ -7,8 +7,9 @@ exit-code table is tested against it):
 - the work's own return value (``Exit.OK``, ``Exit.PARTIAL`` when it finished with some
   items failed, ``Exit.DIFFERS`` when a check it ran failed);
 - one ``error:`` line and ``Exit.BAD_INPUT`` for the exception types the command names as
-  bad input, and for any ``OSError`` (a missing path, a read-only folder, a full disk): the
-  line names the path and the system's reason, never a traceback;
+  bad input, and for any ``OSError`` (a missing path, a read-only folder, a full disk), also
+  one wrapped in another exception on its way (``os_error_in``): the line names the path and
+  the system's reason, never a traceback;
 - ``Exit.INTERRUPTED`` on Ctrl-C and ``Exit.TERMINATED`` on SIGTERM (what Slurm's
   ``scancel`` and a job's time limit send): both unwind the same way, so whatever cleanup a
   Ctrl-C runs also runs for SIGTERM, and the message says what was kept.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
 import signal
 import sys
@@ -54,6 +56,30 @@ def error_message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# what the system says when it refuses a write, as TensorFlow's own file errors word it
+_OS_REASONS = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EISDIR,
+                                                   errno.ENOTDIR, errno.ELOOP, errno.EDQUOT, errno.EFBIG))
+
+
+def os_error_in(exc: BaseException) -> BaseException | None:
+    """The operating-system error behind ``exc``, or ``None``.
+
+    Looks along the exception's causes and contexts (an ``OSError`` raised in a worker thread
+    or process and wrapped in another type on the way) for an ``OSError``, or an exception
+    raised by TensorFlow's file layer whose message carries the system's reason (a full disk,
+    a read-only folder), which TensorFlow does not raise as ``OSError``.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            return exc
+        if type(exc).__module__.startswith("tensorflow") and any(r in str(exc) for r in _OS_REASONS):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def run_command(work: Callable[[], int | None], errors: tuple[type[BaseException], ...] = (),
                 interrupted: str = "finished work is kept; rerun the same command to resume") -> int:
     """Run a command's work and turn its known endings into ``Exit`` codes.
@@ -79,6 +105,13 @@ def run_command(work: Callable[[], int | None], errors: tuple[type[BaseException
         return Exit.INTERRUPTED
     except (*errors, OSError) as exc:
         print(f"error: {error_message(exc)}", file=sys.stderr)
+        return Exit.BAD_INPUT
+    except Exception as exc:  # an OSError wrapped on its way here (a thread, a process, TensorFlow)
+        cause = os_error_in(exc)
+        if cause is None:
+            raise
+        text = error_message(cause).strip().splitlines() or [type(cause).__name__]
+        print(f"error: {text[0]}", file=sys.stderr)
         return Exit.BAD_INPUT
     finally:
         if in_main:

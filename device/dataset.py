@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from device.atomic import write_text
+from device.csvtext import CsvError, dict_rows
 from device.images import ImageError, load_image
 
 LABELS = ("GALAXY", "QSO", "STAR")
@@ -140,8 +141,10 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not a UTF-8 CSV file") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    return list(reader.fieldnames or []), list(reader)
+    try:
+        return dict_rows(text, str(path))
+    except CsvError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def read_manifest(root: str | os.PathLike, check_files: bool = True) -> Dataset:

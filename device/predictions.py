@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.csvtext import CsvError, dict_rows
 from device.atomic import write_text
 from device.dataset import LABELS
 
@@ -52,13 +53,12 @@ def write_predictions(path: str | Path, paths, labels: np.ndarray, probs: np.nda
     return Path(path)
 
 
-def _reader(path: Path) -> csv.DictReader:
-    """A CSV reader over the whole predictions file, or ``PredictionsError`` naming it."""
+def _reader(path: Path) -> tuple[list[str], list[dict]]:
+    """The header and rows of the whole predictions file, or ``PredictionsError`` naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return dict_rows(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, CsvError) as exc:
         raise PredictionsError(f"{path}: cannot read predictions ({exc})") from None
-    return csv.DictReader(io.StringIO(text))
 
 
 def read_predictions(path: str | Path) -> dict[str, tuple[int, int]]:
@@ -68,8 +68,8 @@ def read_predictions(path: str | Path) -> dict[str, tuple[int, int]]:
         PredictionsError: missing file, missing columns or a row that is not integers.
     """
     path = Path(path)
-    reader = _reader(path)
-    missing = [c for c in ("path", "label_index", "pred_index") if c not in (reader.fieldnames or [])]
+    fieldnames, reader = _reader(path)
+    missing = [c for c in ("path", "label_index", "pred_index") if c not in fieldnames]
     if missing:
         raise PredictionsError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
     out = {}
@@ -88,10 +88,9 @@ def read_probabilities(path: str | Path) -> tuple[list[str], np.ndarray, np.ndar
         PredictionsError: missing file, an empty file, missing columns or values that are not numbers.
     """
     path = Path(path)
-    reader = _reader(path)
+    fieldnames, rows = _reader(path)
     columns = ["path", "label_index"] + [f"prob_{label}" for label in LABELS]
-    rows = list(reader)
-    if not rows or any(c not in (reader.fieldnames or []) for c in columns):
+    if not rows or any(c not in fieldnames for c in columns):
         raise PredictionsError(f"{path}: expected a non-empty CSV with columns {','.join(columns)}")
     try:
         labels = np.array([int(r["label_index"]) for r in rows], dtype=np.int64)

@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from device.atomic import append_jsonl, read_jsonl, write_text
+from device.atomic import append_jsonl, read_jsonl_records, skipped_warning, write_text
+from device.csvtext import CsvError, dict_rows
 from device.metrics import wilson_interval
 
 RESULTS_VERSION = 1
@@ -66,6 +69,22 @@ def run_dir(backbone: str, level: int, seed: int) -> str:
 def shard_record(root: str | os.PathLike, shard: tuple[int, int]) -> Path:
     """The record a shard writes of its settings and planned runs: ``sweep-shard1of3.json``."""
     return Path(root) / f"sweep-shard{shard[0]}of{shard[1]}.json"
+
+
+def read_shard_records(root: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """``(path, record)`` of every shard record in ``root`` (``SHARD_RECORDS``), in name order;
+    a record cut short or damaged is left out (its shard rewrites it when it starts again)."""
+    out = []
+    for path in sorted(Path(root).glob(SHARD_RECORDS)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            out.append((path, record))
+    return out
+
+
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
@@ -78,15 +97,42 @@ def append_run(root: str | os.PathLike, record: dict) -> None:
     append_jsonl(Path(root) / RESULTS, {"results_version": RESULTS_VERSION, **record})
 
 
-def read_records(root: str | os.PathLike) -> list[dict]:
+def record_problem(record: dict) -> str | None:
+    """Why a JSON object is not a run's record (``None`` when it is one): a record names its
+    run (``run_id``, ``backbone``, ``level``, ``seed``) and carries an ``error`` or a
+    ``val_accuracy`` from 0 to 1."""
+    if not isinstance(record.get("run_id"), str) or not record["run_id"]:
+        return "no run_id"
+    missing = [k for k in ("backbone", "level", "seed") if record.get(k) is None]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if record.get("error"):
+        return None
+    if not 0 <= as_float(record.get("val_accuracy")) <= 1:
+        return "neither an error nor a val_accuracy from 0 to 1"
+    return None
+
+
+_warned: set = set()  # (file, skipped lines) already named in this process
+
+
+def read_records(root: str | os.PathLike, warn=None) -> list[dict]:
     """Every record of ``root/results.jsonl`` in file order (empty when there is no file yet).
+
+    Lines that are not records (a crash's fragment, JSON that is not an object, ``{}``, an
+    object without the fields a record needs: ``record_problem``) are left in the file, never
+    counted, and named in one warning given to ``warn`` (default: stderr, once per process
+    for the same lines).
 
     Raises:
         ResultsError: a record of another ``results_version``; the message names the file,
             the line and the versions.
     """
     path = Path(root) / RESULTS
-    records = [r for r in read_jsonl(path) if isinstance(r, dict)]
+    records, skipped = read_jsonl_records(path, record_problem)
+    if skipped and (warn is not None or (str(path), tuple(skipped)) not in _warned):
+        _warned.add((str(path), tuple(skipped)))
+        (warn or (lambda line: print(line, file=sys.stderr)))(skipped_warning(path, skipped))
     for number, record in enumerate(records, 1):
         version = record.get("results_version", RESULTS_VERSION)
         if version != RESULTS_VERSION:
@@ -252,17 +298,32 @@ def overall_best(best: dict[str, LevelStats]) -> LevelStats:
     return min(best.values(), key=lambda s: (-s.acc_mean, _params_key(s), s.backbone))
 
 
+class HistoryError(ValueError):
+    """A ``history.csv`` that cannot be read (not UTF-8, a record csv refuses); the message
+    names the file. A run treats it like a damaged checkpoint: it starts again."""
+
+
 def read_history(path: str | os.PathLike) -> list[dict]:
     """The rows of a ``history.csv``: ``epoch`` an int, the other columns floats.
 
     A missing file is an empty history; reading stops at the first row cut short (a run
     killed mid-write resumes from the rows before it).
+
+    Raises:
+        HistoryError: the file is not UTF-8 text or not CSV (torn by a crash, damaged);
+            the message names it and the reason.
     """
     path = Path(path)
     if not path.is_file():
         return []
+    try:
+        _columns, records = dict_rows(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError as exc:
+        raise HistoryError(f"{path}: not UTF-8 text (byte {exc.start}); the file is damaged") from None
+    except CsvError as exc:
+        raise HistoryError(str(exc)) from None
     rows = []
-    for row in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
+    for row in records:
         try:
             rows.append({k: (int(row[k]) if k == "epoch" else float(row[k])) for k in HISTORY_COLUMNS})
         except (KeyError, ValueError, TypeError):

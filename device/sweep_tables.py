@@ -20,13 +20,31 @@ from device.sweep_results import (BASELINE, BASELINE_PREDICTIONS, CONFIG, TEST_P
 PREDICTIONS = VAL_PREDICTIONS
 
 
+class FloorsError(ValueError):
+    """A ``baseline.json`` that is there but cannot be read; the message names it."""
+
+
 def read_floors(root: Path) -> dict | None:
-    """The sweep's ``baseline.json`` (majority class and feature baseline on the test split)."""
-    try:
-        record = json.loads((Path(root) / BASELINE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The sweep's ``baseline.json`` (majority class and feature baseline on the test split);
+    ``None`` when there is none (no test split).
+
+    Raises:
+        FloorsError: the file is there but unreadable, not JSON or not the floors' record
+            (damaged); the message names it, so a summary never blames a missing test split.
+    """
+    path = Path(root) / BASELINE
+    if not path.exists():
         return None
-    return record if isinstance(record, dict) else None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FloorsError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    except ValueError:
+        raise FloorsError(f"{path}: unreadable (not JSON; damaged?); rerun the sweep to score the floors again") from None
+    if not isinstance(record, dict) or "features_accuracy" not in record:
+        raise FloorsError(f"{path}: unreadable (not the floors' record; damaged?); rerun the sweep to score "
+                          f"the floors again")
+    return record
 
 
 def floor_comparison(root: Path, run: dict) -> dict | None:
@@ -180,8 +198,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(r) for r in rows), ""]
 
 
-def floors_section(floors: dict | None) -> list[str]:
+def floors_section(floors: dict | None, unreadable: str | None = None) -> list[str]:
+    """The floors' table; ``unreadable`` says why ``baseline.json`` could not be read."""
     lines = ["## Floors (test images)", ""]
+    if unreadable:
+        return lines + [f"No floors: {unreadable}.", ""]
     if not floors:
         return lines + ["No floors: the dataset has no test split (or `baseline.json` is missing).", ""]
     lines += markdown_table(["Floor", "Test accuracy [95% CI]", "Macro-F1"],

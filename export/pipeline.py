@@ -20,6 +20,7 @@ import numpy as np
 
 from device.atomic import check_output_folder, write_text
 from device.backbones import Backbone, get
+from device.options import at_least
 from device.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from device.checksum import sha256_file
 from device.command import Exit, run_command
@@ -528,7 +529,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"training images for int8 calibration (default {CALIB_DEFAULT}, or all when fewer)")
     p.add_argument("--calib-seed", type=int, default=0,
                    help="seed of the random draw of calibration images from the training split (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads for verification (default: runtime's)")
+    p.add_argument("--threads", type=at_least(1), default=None, help="runtime threads for verification (default: runtime's)")
     p.add_argument("--strict", action="store_true",
                    help="fail when fp32/fp16 agreement < 99.5%% or int8 agreement < 97%% (default: warn)")
 
@@ -550,7 +551,6 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     extra_arguments(p)
     args = p.parse_args(argv)
-    quiet_tensorflow(args.verbose)
 
     def work() -> int:
         if args.calib_seed < 0:
@@ -558,6 +558,7 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
         config = ExportConfig(runs=args.runs, out=args.out, select=args.select,
                               variants=parse_variants(args.variants, allowed), calib=args.calib, calib_seed=args.calib_seed,
                               strict=args.strict, threads=args.threads, **config_extra(args))
+        quiet_tensorflow(args.verbose)  # after the options are checked: a typo is answered at once
         try:
             records = export_runs(config, fmt, config.variants, convert)
         except StrictFailure as exc:

@@ -209,12 +209,18 @@ def test_bench_run_ctrl_c_keeps_lines_and_says_how_to_resume(exports_dir, tmp_pa
     import time
 
     out = tmp_path / "r.jsonl"
+    # #22: once the run finished before the signal landed (exit 0). Each job now measures for at
+    # least 10 s, and the signal goes as soon as the first line is there, so two jobs (20 s or
+    # more) are still to run however slowly this process is scheduled; a first line that never
+    # comes fails here instead of signalling a finished run.
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--models", str(exports_dir), "--out",
-                             str(out), "--warmup", "1", "--runs", "5", "--min-secs", "3", "--split", "val"],
+                             str(out), "--warmup", "1", "--runs", "5", "--min-secs", "10", "--split", "val"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not (out.exists() and out.read_text().count("\n") >= 1) and time.time() < deadline:
-        time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    assert out.exists() and out.read_text().count("\n") == 1, "the first job did not finish in 300 s"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

@@ -12,6 +12,8 @@ to a byte budget and are memory-mapped files beyond it.
 """
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -89,6 +91,27 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def reserve(path: Path) -> None:
+    """Give a (sparse) memory-mapped file all its disk blocks now, so a full disk is an
+    ``OSError`` naming the file here, not a SIGBUS when a page is first written.
+
+    Raises:
+        OSError: the disk cannot hold the file; the message names it, its size and the reason.
+    """
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        elif shutil.disk_usage(path.parent).free < size:  # no fallocate (macOS): check the free space
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot reserve {size:,} bytes for the memory-mapped feature cache "
+                                 f"({exc.strerror}); free space or point --cache-dir elsewhere", str(path)) from None
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class FeatureStore:
     """Places cache arrays in memory up to ``budget_bytes``, memory-mapped files beyond.
@@ -113,6 +136,12 @@ class FeatureStore:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
             path = self.spill_dir / f"{uuid.uuid4().hex}.f{np.dtype(dtype).itemsize * 8}"
             array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            try:
+                reserve(path)
+            except OSError:
+                del array
+                path.unlink(missing_ok=True)
+                raise
             self.spilled_bytes += nbytes
         self._sizes[id(array)] = (nbytes, isinstance(array, np.memmap))
         return array

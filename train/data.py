@@ -20,6 +20,7 @@ from device.dataset import LABELS, SPLITS, TEST_FRACTION, VAL_FRACTION, DatasetE
     open_dataset, stratified_split, write_manifest
 from device.command import run_command
 from device.images import ImageError, image_size
+from device.options import at_least, fraction, number, seconds, seed
 from device.progress import Progress
 from train.console import command_parser
 from train.sky_objects import STUDY_MIX
@@ -172,37 +173,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def split_args(p):
-        p.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
-        p.add_argument("--val", type=float, default=VAL_FRACTION,
+        p.add_argument("--seed", type=seed, default=0, help="seed of the stratified split (default 0)")
+        p.add_argument("--val", type=fraction(high=0.99), default=VAL_FRACTION,
                        help=f"validation fraction: chooses epochs, levels, calibration (default {VAL_FRACTION})")
-        p.add_argument("--test", type=float, default=TEST_FRACTION,
+        p.add_argument("--test", type=fraction(high=0.99), default=TEST_FRACTION,
                        help=f"test fraction: scored only, never used for a choice (default {TEST_FRACTION})")
 
     p = sub.add_parser("synth", help="simulate SDSS-like cutouts with GalSim")
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, required=True, help="number of images")
-    p.add_argument("--size", type=int, default=128, help="side in pixels at 0.4\"/px (default 128)")
+    p.add_argument("--n", type=at_least(1), required=True, help="number of images")
+    p.add_argument("--size", type=number(8, 4096, int), default=128, help="side in pixels at 0.4\"/px (default 128)")
     p.add_argument("--mix", type=parse_mix, default=STUDY_MIX,
                    help=f"GALAXY,QSO,STAR fractions (default the study's {','.join(map(str, STUDY_MIX))})")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=at_least(1), default=None, help="processes (default: all cores)")
     split_args(p)
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("sdss", help="download SDSS cutouts from SkyServer")
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=None, help="objects (default: 1000, or all catalogue rows)")
+    p.add_argument("--n", type=at_least(1), default=None, help="objects (default: 1000, or all catalogue rows)")
     p.add_argument("--mix", type=parse_mix, default=STUDY_MIX,
                    help=f"GALAXY,QSO,STAR fractions (default the study's {','.join(map(str, STUDY_MIX))})")
-    p.add_argument("--dr", type=int, default=16, help="data release (default 16)")
-    p.add_argument("--size", type=int, default=512, help="cutout side in pixels (64..2048, default 512)")
-    p.add_argument("--scale", type=float, default=0.4, help="arcsec per pixel (default 0.4)")
+    p.add_argument("--dr", type=at_least(1), default=16, help="data release (default 16)")
+    p.add_argument("--size", type=number(64, 2048, int), default=512, help="cutout side in pixels (64..2048, default 512)")
+    p.add_argument("--scale", type=number(0, 100, float, low_open=True), default=0.4, help="arcsec per pixel (default 0.4)")
     p.add_argument("--catalog", help="CSV with ra,dec,class (or alpha,delta,class) instead of the SQL query")
     p.add_argument("--base-url", default="https://skyserver.sdss.org")
-    p.add_argument("--rate", type=float, default=1.0, help="requests per second (default 1)")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
-    p.add_argument("--retries", type=int, default=5)
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each retry (default 1)")
+    p.add_argument("--rate", type=number(0, 1000, float, low_open=True), default=1.0, help="requests per second (default 1)")
+    p.add_argument("--workers", type=number(1, 64, int), default=4)
+    p.add_argument("--timeout", type=seconds(low_open=True), default=30.0, help="seconds per request (default 30)")
+    p.add_argument("--retries", type=number(0, 100, int), default=5)
+    p.add_argument("--backoff", type=number(0, 3600, float), default=1.0, help="first retry delay in seconds, doubled each retry (default 1)")
     split_args(p)
     p.set_defaults(func=_cmd_sdss)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from device.options import SECONDS_MAX
 from device.atomic import write_bytes, write_text
 from device.dataset import LABELS, MANIFEST, TEST_FRACTION, VAL_FRACTION, DatasetError, Record, read_manifest, \
     stratified_split, write_manifest
@@ -106,13 +107,13 @@ class FetchConfig:
             problems.append(str(exc))
         if not 64 <= self.size <= 2048:
             problems.append(f"size={self.size}: expected 64..2048 pixels (SkyServer's limits)")
-        checks = ((self.scale > 0, f"scale={self.scale}: expected > 0 arcsec/pixel"),
+        checks = ((0 < self.scale <= 100, f"scale={self.scale}: expected a finite number > 0 and <= 100 arcsec/pixel"),
                   (self.dr >= 1, f"dr={self.dr}: expected a data release number such as 16"),
-                  (self.rate > 0, f"rate={self.rate}: expected > 0 requests/second"),
+                  (0 < self.rate <= 1000, f"rate={self.rate}: expected a finite number > 0 and <= 1000 requests/second"),
                   (self.workers >= 1, f"workers={self.workers}: expected >= 1"),
-                  (self.timeout > 0, f"timeout={self.timeout}: expected > 0 seconds"),
+                  (0 < self.timeout <= SECONDS_MAX, f"timeout={self.timeout}: expected a finite number of seconds > 0"),
                   (self.retries >= 0, f"retries={self.retries}: expected >= 0"),
-                  (self.backoff >= 0, f"backoff={self.backoff}: expected >= 0 seconds"),
+                  (0 <= self.backoff <= 3600, f"backoff={self.backoff}: expected a finite number of seconds from 0 to 3600"),
                   (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1,
                    f"val={self.val}, test={self.test}: expected fractions with val + test < 1"),
                   (self.base_url.startswith(("http://", "https://")),

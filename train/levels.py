@@ -18,7 +18,8 @@ import numpy as np
 
 from device.backbones import Backbone, get
 from device.command import run_command
-from train.console import command_parser
+from device.options import number
+from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow
 
 SCHEDULE_HELP = "paper | blocks | a list such as 0,5,10 | step:N[:max]"
 
@@ -160,9 +161,9 @@ def level_info(model, base, level: int, bn: str = "study") -> dict:
 
 def table(backbone_name: str, spec: str, img_size: int | None = None) -> list[dict]:
     """Level table of a backbone for a schedule, built with ``weights=None`` (no download)."""
+    backbone = get(backbone_name)  # an unknown name is refused before TensorFlow loads
     from train.model import build
 
-    backbone = get(backbone_name)
     built = build(backbone, img_size or backbone.default_size, None)
     names = [l.name for l in built.base.layers]
     levels = parse_schedule(spec, backbone, names)
@@ -173,13 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_parser("python -m train.levels", __doc__)
     parser.add_argument("--backbone", required=True, help="e.g. resnet50, mobilenetv2")
     parser.add_argument("--levels", default="paper", help=SCHEDULE_HELP + " (default paper)")
-    parser.add_argument("--img-size", type=int, default=None, help="input side (default: the backbone's)")
+    parser.add_argument("--img-size", type=number(1, 4096, int), default=None, help="input side (default: the backbone's)")
     parser.add_argument("--json", action="store_true", help="print a JSON list")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = parser.parse_args(argv)
     return run_command(lambda: _print_table(args), (KeyError, ValueError))
 
 
 def _print_table(args: argparse.Namespace) -> int:
+    get(args.backbone)  # an unknown name is refused before TensorFlow loads
+    quiet_tensorflow(args.verbose)
     rows = table(args.backbone, args.levels, args.img_size)
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -41,7 +41,10 @@ from device.choices import first_bad_choice
 from device.command import run_command
 from device.dataset import DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
+from device.options import at_least, number, seed
 from device.preprocess import preprocess
+
+LR_SCHEDULES = ("cosine", "constant")  # train.trainer's schedules, checked here before TensorFlow loads
 
 
 BN_MOMENTUM = 0.9
@@ -78,9 +81,7 @@ def _save_weights(base, target: Path) -> None:
 
 def _check_settings(epochs: int, batch_size: int, lr: float, augment: str, bn_momentum: float,
                     lr_schedule: str) -> None:
-    from train.trainer import LR_SCHEDULES
-
-    if epochs < 1 or batch_size < 1 or lr <= 0:
+    if epochs < 1 or batch_size < 1 or not 0 < lr < float("inf"):
         raise ValueError(f"--epochs {epochs}, --batch-size {batch_size}, --lr {lr}: expected positive values")
     problem = first_bad_choice(("--augment", augment, AUGMENTS), ("--lr-schedule", lr_schedule, LR_SCHEDULES))
     if problem:
@@ -203,22 +204,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--backbone", required=True)
     p.add_argument("--out", required=True, help="folder (writes <backbone>.h5) or a .h5 file")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--img-size", type=int, default=96)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=at_least(1), default=20)
+    p.add_argument("--img-size", type=number(1, 4096, int), default=96)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--lr", type=number(0, None, float, low_open=True), default=1e-3)
     p.add_argument("--augment", default="d4", choices=AUGMENTS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bn-momentum", type=float, default=BN_MOMENTUM,
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--bn-momentum", type=number(0, 1, float, low_open=True), default=BN_MOMENTUM,
                    help=f"momentum of every BatchNorm layer while pretraining (default {BN_MOMENTUM})")
-    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES,
                    help="cosine decays the learning rate to zero over all epochs (default cosine)")
     p.add_argument("--no-bn-refresh", dest="bn_refresh", action="store_false",
                    help="do not re-estimate BatchNorm statistics on training images before each validation")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = p.parse_args(argv)
-    quiet_tensorflow(args.verbose)
+
     def work() -> int:
+        get(args.backbone)  # an unknown backbone or bad setting is refused before TensorFlow loads
+        _check_settings(args.epochs, args.batch_size, args.lr, args.augment, args.bn_momentum, args.lr_schedule)
+        quiet_tensorflow(args.verbose)
         pretrain(args.data, args.backbone, args.out, epochs=args.epochs, img_size=args.img_size,
                  batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed,
                  bn_momentum=args.bn_momentum, lr_schedule=args.lr_schedule, bn_refresh=args.bn_refresh)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device.calibration import SURVEY_MIX
+from device.csvtext import CsvError, rows as csv_rows
 from device.dataset import LABELS, DatasetError, normalize_label
 
 OBJECT_COLUMNS = ("objid", "class", "ra", "dec", "specobjid", "z")
@@ -107,16 +108,14 @@ def _table(text: str, name: str) -> tuple[list[str], list[tuple[int, dict]]]:
     skipped = 0
     while skipped < len(lines) and (lines[skipped].startswith("#") or not lines[skipped].strip()):
         skipped += 1
-    reader = csv.reader(io.StringIO("".join(lines[skipped:])))
-    header = next(reader, None)
-    if header is None:
+    try:
+        records = list(csv_rows("".join(lines[skipped:]), name, first_line=skipped + 1))
+    except CsvError as exc:
+        raise DatasetError(str(exc)) from None
+    if not records:
         raise DatasetError(f"{name}: no header line; expected a CSV with columns ra,dec,class")
-    columns = [c.strip().lower() for c in header]
-    rows = []
-    for values in reader:
-        if not any(v.strip() for v in values):
-            continue
-        rows.append((skipped + reader.line_num, dict(zip(columns, values))))
+    columns = [c.strip().lower() for c in records[0][1]]
+    rows = [(line, dict(zip(columns, values))) for line, values in records[1:] if any(v.strip() for v in values)]
     return columns, rows
 
 

@@ -31,9 +31,10 @@ from device.atomic import write_bytes, write_text
 from device.command import Exit, run_command
 from device.dataset import LABELS
 from device.sweep_results import (HISTORY, SHARD_RECORDS, VAL_PREDICTIONS, LevelStats, aggregate, as_int, best_level,
-                                   load_runs, overall_best, read_history)
-from device.sweep_tables import (accuracy_cell, best_section, epochs_text, floors_section, ids_text, markdown_table,
-                                 level_wins, params_text, percent, points, provenance, ratio_text, read_floors, reading_notes, short, spread,
+                                   HistoryError, load_runs, overall_best, read_history)
+from device.sweep_tables import (FloorsError, accuracy_cell, best_section, epochs_text, floors_section, ids_text,
+                                 level_wins, markdown_table, params_text, percent, points, provenance, ratio_text,
+                                 read_floors, reading_notes, short, spread,
                                  test_cell)
 
 PREDICTIONS = VAL_PREDICTIONS
@@ -159,7 +160,10 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
                   "interval; across several seeds, mean ± sample std with the mean of the seeds' bounds."]
     lines += [""]
 
-    lines += floors_section(read_floors(root))
+    try:
+        lines += floors_section(read_floors(root))
+    except FloorsError as exc:
+        lines += floors_section(None, unreadable=str(exc))
 
     lines += ["## Level 0 (head only)", ""]
     baseline = [s for stats in levels.values() for s in stats if s.level == 0]
@@ -252,7 +256,11 @@ def _plots(root: Path, levels: dict[str, list[LevelStats]], log: Callable[[str],
     for backbone, stats in levels.items():
         top = best_level(stats)
         run = top.reference
-        rows = read_history(root / str(run.get("run_dir", "")) / HISTORY)
+        try:
+            rows = read_history(root / str(run.get("run_dir", "")) / HISTORY)
+        except HistoryError as exc:
+            log(f"warning: {exc}; curves of {backbone} skipped")
+            continue
         if not rows:
             log(f"no {HISTORY} for {run.get('run_id')}; curves of {backbone} skipped")
             continue

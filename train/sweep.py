@@ -33,6 +33,7 @@ from device.command import Exit, run_command
 from device.backbones import Backbone, resolve
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
+from device.options import SEED_MAX, check_number
 from device.predictions import write_predictions
 from device.progress import Progress
 from device.preprocess import preprocess
@@ -52,6 +53,9 @@ AUGMENTS = ("none", "d4")  # d4: the 8 flips and quarter turns of the square, dr
 RUN_IDENTITY = ("backbone", "level", "seed", "epochs", "batch_size", "lr", "img_size", "weights",
                 "augment", "bn_reestimate", "bn", "data_fingerprint")
 
+
+# settings every shard of one sweep (every record in its --out) must share
+SHARD_SETTINGS = ("epochs", "batch_size", "lr", "img_size", "weights", "augment", "bn_reestimate", "bn")
 
 RUN_LOCK = ".lock"  # in each run folder, held while a process trains that run
 
@@ -149,6 +153,12 @@ def _check_options(config: SweepConfig) -> None:
     """Refuse option values that cannot work, before anything is built or read."""
     if config.epochs < 1 or config.batch_size < 1 or not (0 < config.lr < float("inf")):
         raise SweepError(f"--epochs {config.epochs}, --batch-size {config.batch_size}, --lr {config.lr}: expected positive values")
+    try:
+        check_number(config.img_size, "--img-size", 1, 4096, integer=True)
+        for seed in config.seeds:
+            check_number(seed, "--seeds", 0, SEED_MAX, integer=True)
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
     if not 0 <= config.cache_budget_gb < float("inf"):
         raise SweepError(f"--cache-budget-gb {config.cache_budget_gb}: expected a size in GB, 0 or more "
                          f"(0 keeps every cached array on disk)")
@@ -167,6 +177,47 @@ def _check_options(config: SweepConfig) -> None:
     index, count = config.shard
     if not 0 <= index < count:
         raise SweepError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
+
+
+def _shard_settings(record: dict) -> dict:
+    """The settings of a shard record (or config dict) that shards of one sweep share."""
+    settings = {k: record[k] for k in SHARD_SETTINGS if k in record}
+    if "bn_reestimate" in settings:  # compare what it resolves to: auto with --weights none is on
+        settings["bn_reestimate"] = settings["bn_reestimate"] == "on" or (
+            settings["bn_reestimate"] == "auto" and record.get("weights") == "none")
+    return settings
+
+
+def check_shards(config: SweepConfig) -> None:
+    """Refuse a sweep whose training settings differ from the shard records already in ``--out``
+    (shards of different settings would merge silently into one summary).
+
+    Raises:
+        SweepError: naming the record and the differing settings, with both values.
+    """
+    mine = _shard_settings(asdict(config))
+    for path, record in layout.read_shard_records(config.out):
+        theirs = _shard_settings(record)
+        diff = [k for k in SHARD_SETTINGS if k in theirs and theirs[k] != mine[k]]
+        if diff:
+            raise SweepError(f"--out {config.out}: {path.name} was run with different settings ("
+                             + ", ".join(f"--{k.replace('_', '-')} {theirs[k]} there, {mine[k]} here" for k in diff)
+                             + "); use the same settings for every shard, or another --out")
+
+
+def check_config(config: SweepConfig) -> tuple[Backbone, ...]:
+    """Refuse bad options, unknown backbones and settings that differ from the shards already
+    in ``--out`` in a moment, before TensorFlow is imported; returns the backbones the sweep names.
+
+    Raises:
+        SweepError: the message names the option and what is expected.
+    """
+    _check_options(config)
+    check_shards(config)
+    try:
+        return tuple(resolve(list(config.backbones)))
+    except KeyError as exc:
+        raise SweepError(f"--backbones: {exc.args[0]}") from None
 
 
 def _open_data(config: SweepConfig):
@@ -198,18 +249,14 @@ def plan(config: SweepConfig, log: Callable[[str], None] = print) -> Plan:
             run folder made with different settings.
         WeightsError: ImageNet weights not available offline (names the file).
     """
+    backbones = check_config(config)
+    dataset, notes = _open_data(config)  # a bad dataset is refused before TensorFlow loads
+    fingerprint = _fingerprint(dataset.records)
+
     import tf_keras as keras
 
     from train.levels import LevelError, parse_schedule
     from train.model import build_base, resolve_weights
-
-    _check_options(config)
-    try:
-        backbones = resolve(list(config.backbones))
-    except KeyError as exc:
-        raise SweepError(f"--backbones: {exc.args[0]}") from None
-    dataset, notes = _open_data(config)
-    fingerprint = _fingerprint(dataset.records)
 
     layer_names: dict[str, list[str]] = {}
     macs: dict[str, list[float]] = {}
@@ -700,12 +747,17 @@ def from_args(args: argparse.Namespace) -> SweepConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow(args.verbose)
-    from train.model import WeightsError
 
     def work() -> int:
         config = from_args(args)
-        out = run_sweep(config)
+        check_config(config)  # a typo is answered at once, not after TensorFlow has loaded
+        quiet_tensorflow(args.verbose)
+        from train.model import WeightsError
+
+        try:
+            out = run_sweep(config)
+        except WeightsError as exc:
+            raise SweepError(str(exc)) from None
         print(f"results: {out / RESULTS}; summary: {out / 'summary.md'}")
         shard = json.loads(layout.shard_record(out, config.shard).read_text())
         if shard.get("failed"):
@@ -714,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
             return Exit.PARTIAL
         return 0
 
-    return run_command(work, (SweepError, WeightsError, DatasetError),
+    return run_command(work, (SweepError, DatasetError),
                        "finished epochs are saved; rerun the same command to resume")
 
 

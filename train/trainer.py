@@ -21,7 +21,7 @@ import tf_keras as keras
 
 from device.atomic import write_json
 from device.progress import Progress
-from device.sweep_results import CHECKPOINT, CHECKPOINT_META, HISTORY, read_history, write_history
+from device.sweep_results import CHECKPOINT, CHECKPOINT_META, HISTORY, HistoryError, read_history, write_history
 
 
 
@@ -244,7 +244,11 @@ def _resume(run_dir: Path, full, ckpt, initial_weights, log):
     run starts again from scratch, with a note.
     """
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
-    history = read_history(run_dir / HISTORY)
+    try:
+        history = read_history(run_dir / HISTORY)
+    except HistoryError as exc:  # torn or damaged by a crash: like a damaged checkpoint
+        log(f"  {exc}; restarting this run")
+        return _restart(run_dir, full, ckpt, initial_weights)
     if not history:
         return [], manager
     saved = {int(Path(p).name.rsplit("-", 1)[1]): p for p in manager.checkpoints}
@@ -277,6 +281,11 @@ def _resume(run_dir: Path, full, ckpt, initial_weights, log):
         return kept, manager
     else:
         log("  no usable checkpoint; restarting this run")
+    return _restart(run_dir, full, ckpt, initial_weights)
+
+
+def _restart(run_dir: Path, full, ckpt, initial_weights):
+    """Start a run again: initial weights, no checkpoint, no history; ``([], manager)``."""
     full.set_weights(initial_weights)
     shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
     for name in (HISTORY, CHECKPOINT, CHECKPOINT_META):
