@@ -146,6 +146,22 @@ def _summary_csv(runs: list[dict]) -> str:
 # --- summary.md ---------------------------------------------------------------------------
 
 
+def _seeds_section(levels: dict[str, list[LevelStats]]) -> list[str]:
+    """Per level: the spread over seeds, and on how many seeds it is its backbone's best."""
+    lines = ["## Seeds", ""]
+    seeded = [s for stats in levels.values() for s in stats if s.n_seeds > 1]
+    if not seeded:
+        return lines + ["Every level ran with a single seed; no spread over seeds can be given.", ""]
+    wins = {backbone: level_wins(stats) for backbone, stats in levels.items()}
+    lines += markdown_table(["Backbone", "Level k", "Seeds", "Mean", "Std", "Min", "Max", "Best level on"],
+                            [[s.backbone, str(s.level), str(s.n_seeds), percent(s.acc_mean),
+                              f"{points(s.acc_std)} pts", percent(s.acc_min), percent(s.acc_max),
+                              f"{wins[s.backbone].get(s.level, 0)} of {s.n_seeds} seeds"] for s in seeded])
+    return lines + ["Validation accuracy over seeds per level; the last column counts the seeds on which the level "
+                    "is its backbone's best (each seed's runs compared alone, ties as for the best level). A level "
+                    "that wins on one seed of three is not a finding.", ""]
+
+
 def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]],
                 failures: list[dict], superseded: int, plots: dict[str, Path]) -> str:
     n_values = sorted({as_int(r.get("val_n")) for r in runs if as_int(r.get("val_n")) is not None})
@@ -195,20 +211,7 @@ def _summary_md(root: Path, runs: list[dict], levels: dict[str, list[LevelStats]
     else:
         lines += ["No successful run.", ""]
 
-    lines += ["## Seeds", ""]
-    seeded = [s for stats in levels.values() for s in stats if s.n_seeds > 1]
-    if seeded:
-        wins = {backbone: level_wins(stats) for backbone, stats in levels.items()}
-        lines += markdown_table(["Backbone", "Level k", "Seeds", "Mean", "Std", "Min", "Max", "Best level on"],
-                        [[s.backbone, str(s.level), str(s.n_seeds), percent(s.acc_mean),
-                          f"{points(s.acc_std)} pts", percent(s.acc_min), percent(s.acc_max),
-                          f"{wins[s.backbone].get(s.level, 0)} of {s.n_seeds} seeds"]
-                         for s in seeded])
-        lines += ["Validation accuracy over seeds per level; the last column counts the seeds on which the level "
-                  "is its backbone's best (each seed's runs compared alone, ties as for the best level). A level "
-                  "that wins on one seed of three is not a finding.", ""]
-    else:
-        lines += ["Every level ran with a single seed; no spread over seeds can be given.", ""]
+    lines += _seeds_section(levels)
 
     lines += ["## Failures", ""]
     if failures:
