@@ -52,6 +52,7 @@ import numpy as np
 
 from device.classifier import Classifier, ClassifyError, Result  # Classifier: the API, also importable from here
 from device.command import Exit, run_command
+from device.csvtext import CsvError, dict_rows
 from device.progress import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -88,16 +89,16 @@ def iter_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[str]:
 
 
 def _csv_paths(path: Path) -> Iterator[str]:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if "path" not in (reader.fieldnames or []):
-            raise ClassifyError(f"input {path}: a CSV without a 'path' column (columns: "
-                                f"{', '.join(reader.fieldnames or []) or 'none'})")
-        for row in reader:
-            value = (row.get("path") or "").strip()
-            if value:
-                yield value if Path(value).is_absolute() else str(path.parent / value)
+    try:
+        header, records = dict_rows(path.read_text(encoding="utf-8-sig"), str(path))
+    except (CsvError, UnicodeDecodeError) as exc:
+        raise ClassifyError(f"input {path}: {exc}") from None
+    if "path" not in header:
+        raise ClassifyError(f"input {path}: a CSV without a 'path' column (columns: {', '.join(header) or 'none'})")
+    for row in records:
+        value = (row.get("path") or "").strip()
+        if value:
+            yield value if Path(value).is_absolute() else str(path.parent / value)
 
 
 # ---------------------------------------------------------------------------------- output
@@ -144,7 +145,10 @@ def done_paths(out: Path) -> set[str]:
             if isinstance(record, dict) and isinstance(record.get("path"), str):
                 paths.add(record["path"])
         return paths
-    return {row["path"] for row in csv.DictReader(io.StringIO(text)) if row.get("path")}
+    try:
+        return {row["path"] for row in dict_rows(text, str(out))[1] if row.get("path")}
+    except CsvError as exc:
+        raise ClassifyError(f"--out {out}: cannot resume from it ({exc})") from None
 
 
 class _Writer:
