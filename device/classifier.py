@@ -89,8 +89,17 @@ def _choose_artifact(exports: Path, artifact: str | None) -> dict:
         if chosen in by_id:
             return by_id[chosen]
     # the most accurate on the validation images; ties: the smaller file, then the id
-    return min(usable, key=lambda r: (-float(r.get("val_accuracy") or 0.0), int(r.get("size_bytes") or 0),
+    return min(usable, key=lambda r: (-_number(r.get("val_accuracy")), _number(r.get("size_bytes")),
                                       str(r.get("artifact_id"))))
+
+
+def _number(value) -> float:
+    """A manifest field as a number for ranking (0 when missing or not a finite number)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def resolve_model(model: str | os.PathLike, artifact: str | None = None) -> tuple[Path, dict | None]:
