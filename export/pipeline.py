@@ -447,7 +447,8 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         record.update(calibration_fields(result.probs, result.labels, ctx.train_prior()))
         embed(path, description(record))  # the file describes itself; the graph is unchanged
         record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
-        problem = strict_failure(variant, result.agreement, result.keras_confidence)
+        problem = strict_failure(variant, result.agreement, result.keras_confidence,
+                                 random_weights=str(ctx.source.config.get("weights")).lower() == "none")
         if problem:
             record["warning"] = problem
     except Exception as exc:  # one variant's crash is recorded; the others still export

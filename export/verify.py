@@ -114,21 +114,27 @@ def verify(path: str | os.PathLike, images: np.ndarray, reference: Reference, th
 UNSURE_CONFIDENCE = 0.6  # a 3-class model whose mean top probability is below this hardly prefers a class
 
 
-def strict_failure(variant: str, agreement: float, keras_confidence: float = float("nan")) -> str | None:
+def strict_failure(variant: str, agreement: float, keras_confidence: float = float("nan"),
+                   random_weights: bool = False) -> str | None:
     """A message when ``agreement`` is below the variant's ``--strict`` threshold, else ``None``.
 
     The threshold protects against a conversion that changes what the model answers (a wrong
     graph, int8 ranges stretched by outliers). When the Keras model itself hardly prefers any
-    class (mean top probability ``keras_confidence`` below ``UNSURE_CONFIDENCE``, as random
-    weights give), any rounding flips its near-ties, so the message says so and what to do.
+    class (mean top probability ``keras_confidence`` below ``UNSURE_CONFIDENCE``), or its frozen
+    layers kept random weights (``random_weights``: a run from ``--weights none``, as the demo's),
+    small rounding flips answers that mean nothing, so the message says so and what to do.
     """
     threshold = STRICT_AGREEMENT.get(variant, 0.97)
     if agreement >= threshold:
         return None
     message = f"agreement {100 * agreement:.2f}% < {100 * threshold:.1f}% required for {variant}"
-    if keras_confidence < UNSURE_CONFIDENCE:
+    advice = ("judge int8 on a trained model, such as one pretrained in-domain with train.pretrain; the threshold "
+              "is there to catch a conversion that changes what a trained model answers")
+    if random_weights:
+        message += (" (this run's frozen layers have random weights, --weights none: their features are noise that "
+                    "int8 rounding reshuffles, so this agreement says nothing about the conversion; " + advice + ")")
+    elif keras_confidence < UNSURE_CONFIDENCE:
         message += (f" (the Keras model's own mean top probability is {keras_confidence:.2f}: it hardly prefers a "
-                    f"class, as untrained or random-weight models do, so any rounding flips its near-ties and this "
-                    f"agreement says little about the conversion; judge int8 on a trained model, such as one "
-                    f"pretrained in-domain with train.pretrain)")
+                    f"class, so any rounding flips its near-ties and this agreement says little about the "
+                    f"conversion; {advice})")
     return message

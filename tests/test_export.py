@@ -553,3 +553,16 @@ def test_tta_variant_is_invariant_and_verified_against_keras(exported, tmp_path)
             # the mean over the dihedral group does not change when the input is turned or mirrored
             assert np.allclose(model.predict(np.rot90(image).copy()), probs, atol=2e-5)
             assert np.allclose(model.predict(image[:, ::-1].copy()), probs, atol=2e-5)
+
+
+def test_agreement_warning_says_why_for_random_or_unsure_models():
+    # #20 item 5: the demo's "agreement ~60% < 97%" said nothing about why or what to do
+    from export.verify import strict_failure
+
+    assert strict_failure("int8", 0.99) is None
+    plain = strict_failure("int8", 0.6, keras_confidence=0.9)
+    assert plain == "agreement 60.00% < 97.0% required for int8"  # a trained, confident model: no excuse given
+    random = strict_failure("int8", 0.6, keras_confidence=0.9, random_weights=True)
+    assert "random weights, --weights none" in random and "train.pretrain" in random
+    unsure = strict_failure("int8", 0.6, keras_confidence=0.45)
+    assert "mean top probability is 0.45" in unsure and "catch a conversion" in unsure
