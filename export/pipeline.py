@@ -274,12 +274,9 @@ class Context:
     def tta_model(self):
         """The deployable model averaged over the 8 rotations and flips of its input (``export.graph``)."""
         if "tta_model" not in self.notes:
-            from export.graph import deployable, with_tta
-            from train.model import build
+            from export.graph import with_tta
 
-            model = build(self.source.backbone, self.source.img_size, None).model
-            model.load_weights(str(self.source.checkpoint))
-            free = deployable(model, self.source.backbone, self.source.img_size, batch_size=None)
+            free = keras_model(self.source, batch_size=None)  # the run's graph with a free batch of 8 views
             self.notes["tta_model"] = with_tta(free, self.source.img_size)
         return self.notes["tta_model"]
 
