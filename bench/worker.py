@@ -296,8 +296,7 @@ def _split_images(job: WorkerJob, size: tuple[int, int], notes: list[str]):
 
     dataset = open_dataset(job.data)
     notes.extend(dataset.notes)
-    images, y_true, records, skipped = dataset.load_arrays(job.split, size[0]) if size[0] == size[1] \
-        else _load_rect(dataset, job.split, size)
+    images, y_true, records, skipped = dataset.load_arrays(job.split, size)
     if skipped:
         notes.append(f"{len(skipped)} unreadable image(s) skipped, first: {skipped[0][1]}")
     if not len(records):
@@ -372,22 +371,6 @@ def _timed_loop(job: WorkerJob, model, dataset, images, records, size, out: dict
     for name, values in phases.items():
         out[f"e2e_{name}_ms_p50"] = float(np.median(values)) / 1e6
     return phases["total"], wall
-
-
-def _load_rect(dataset, split, size):
-    """Split images resized to a non-square (height, width)."""
-    from device.images import ImageError, load_image
-
-    records = dataset.split(split)
-    kept, skipped, images = [], [], []
-    for record in records:
-        try:
-            images.append(load_image(dataset.resolve(record), size))
-            kept.append(record)
-        except ImageError as exc:
-            skipped.append((record.path, str(exc)))
-    arr = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
-    return arr, np.array([r.label_index for r in kept], dtype=np.int64), kept, skipped
 
 
 def answer_one_job(argv: list[str] | None, handle: Callable[[dict], dict], on_error: Callable[[Exception], dict],

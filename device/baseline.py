@@ -228,12 +228,12 @@ def floors(dataset, split: str = "test", size: int = BASELINE_SIZE, train=None) 
     from device.dataset import LABELS
 
     train = dataset if train is None else train
-    train_x, train_y, _, _ = train.load_arrays("train", size)
-    x, y, records, _ = dataset.load_arrays(split, size)
-    if not len(train_y):
+    fit_on = train.load_arrays("train", size)
+    scored = dataset.load_arrays(split, size)
+    if not len(fit_on.labels):
         raise ValueError(f"{train.root}: floors need a training split to fit on")
-    if not len(y):
+    if not len(scored.labels):
         raise ValueError(f"{dataset.root}: no readable images in split {split!r}")
-    model = LogisticRegression.fit(image_features(train_x), train_y, n_classes=len(LABELS))
-    return Floors(split=split, paths=tuple(r.path for r in records), labels=y,
-                  majority=majority_class(train_y), feature_probs=model.probabilities(image_features(x)))
+    model = LogisticRegression.fit(image_features(fit_on.images), fit_on.labels, n_classes=len(LABELS))
+    return Floors(split=split, paths=tuple(r.path for r in scored.records), labels=scored.labels,
+                  majority=majority_class(fit_on.labels), feature_probs=model.probabilities(image_features(scored.images)))

@@ -61,12 +61,13 @@ def predict_exports(models: Path, data: Path | None = None, split: str = "test")
         aid = str(artifact.get("artifact_id"))
         root = _data_for(Path(models), artifact, data)
         size = int((artifact.get("input_shape") or [1, artifact.get("img_size")])[1])
-        images, _labels, records, _skipped = open_dataset(root).load_arrays(split, size)
+        arrays = open_dataset(root).load_arrays(split, size)
         entry = {"variant": artifact.get("variant"), "format": artifact.get("format"),
-                 "paths": [r.path for r in records], "pixels_sha256": hashlib.sha256(images.tobytes()).hexdigest()}
+                 "paths": [r.path for r in arrays.records],
+                 "pixels_sha256": hashlib.sha256(arrays.images.tobytes()).hexdigest()}
         try:
             model = load(Path(models) / str(artifact["file"]))
-            entry["probs"] = [model.probabilities(model.invoke(model.prepare(img))).tolist() for img in images]
+            entry["probs"] = [model.probabilities(model.invoke(model.prepare(img))).tolist() for img in arrays.images]
             out["runtimes"][model.package] = model.version
         except Exception as exc:  # one broken artifact is a row of the comparison, not the end of it
             entry["error"] = f"{type(exc).__name__}: {exc}"

@@ -17,6 +17,7 @@ import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,6 +67,15 @@ def normalize_label(value: str, where: str) -> str:
     return label
 
 
+class Arrays(NamedTuple):
+    """One split decoded: what ``Dataset.load_arrays`` returns."""
+
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray  # int64 (N,), indices into LABELS
+    records: list  # the Record of each image, in order
+    skipped: list  # (path, reason) of each image that could not be decoded
+
+
 @dataclass
 class Dataset:
     """Records of one dataset folder, with paths resolved against ``root``."""
@@ -92,20 +102,21 @@ class Dataset:
             out.setdefault(r.split, {label: 0 for label in LABELS})[r.label] += 1
         return out
 
-    def load_arrays(self, split: str, size: int, on_skip=None):
+    def load_arrays(self, split: str, size: int | tuple[int, int], on_skip=None) -> "Arrays":
         """Decode and resize the images of a split.
 
         Args:
             split: ``train``, ``val`` or ``test``.
-            size: square side in pixels.
+            size: square side in pixels, or ``(height, width)``.
             on_skip: optional callable ``(path, reason)`` for each unreadable image.
 
         Returns:
-            ``(images uint8 (N, size, size, 3), labels int64 (N,), records, skipped)``
-            where ``skipped`` lists ``(path, reason)`` of images that could not be decoded.
+            ``Arrays(images uint8 (N, H, W, 3), labels int64 (N,), records, skipped)``, where
+            ``skipped`` lists ``(path, reason)`` of images that could not be decoded.
         """
+        height, width = (size, size) if isinstance(size, int) else size
         records = self.split(split)
-        images = np.empty((len(records), size, size, 3), dtype=np.uint8)
+        images = np.empty((len(records), height, width, 3), dtype=np.uint8)
         kept, skipped = [], []
         for record in records:
             path = self.resolve(record)
@@ -118,7 +129,7 @@ class Dataset:
                 continue
             kept.append(record)
         labels = np.array([r.label_index for r in kept], dtype=np.int64)
-        return images[: len(kept)], labels, kept, skipped
+        return Arrays(images[: len(kept)], labels, kept, skipped)
 
     def load_splits(self, size: int, names: tuple[str, ...] = SPLITS):
         """``load_arrays`` of each split in ``names``.

@@ -5,15 +5,18 @@ line says how far the step is, what the item gave, the rate and the time left:
 
     [3/12] mobilenetv2-L010-s0: val acc 82.0%, 41.2 s; 4.4 runs/min, elapsed 2m15s, ETA 6m45s
 
-``started`` says what begins before a slow item (an int8 conversion, a pretraining run), so
+``started`` says what begins before a slow item (an int8 conversion, a pretraining run), and
+``StepTimer`` times the steps inside one item with a heartbeat line while a step runs long, so
 no long silence goes unexplained. Lines go to ``log`` (``print`` by default); nothing here
 imports TensorFlow.
 """
 from __future__ import annotations
 
 import math
+import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 
 def duration(seconds: float) -> str:
@@ -100,3 +103,71 @@ class Progress:
     def _prefix(self, number: int) -> str:
         share = f" ({100 * number // self.total}%)" if self.label and self.total else ""
         return f"{self.label + ': ' if self.label else '['}{number}/{self.total}{share}{' ' if self.label else '] '}"
+
+
+class StepTimer:
+    """Times the named steps of one item; while a step runs, a heartbeat line every ``every_s``:
+
+        ... mobilenetv2-L010-s0-int8-tflite: int8 conversion, 40s (1m05s on this item)
+
+    Steps may nest (``convert`` calls ``build``): each second counts for the innermost step
+    only, so ``seconds`` adds up to the item's time spent in steps. The heartbeat runs on a
+    thread, so it also speaks during a long call into C++ that releases the GIL now and then
+    (TensorFlow's converter does, every few seconds).
+
+    Args:
+        item: the name the heartbeat lines give.
+        log: where lines go.
+        every_s: seconds between heartbeat lines of one step (0: none).
+        clock: the time source (seconds).
+    """
+
+    def __init__(self, item: str, log: Callable[[str], object] = print, every_s: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.item, self.log, self.every_s, self.clock = item, log, every_s, clock
+        self.seconds: dict[str, float] = {}
+        self._stack: list[list] = []  # [name, when its uncredited time began], innermost last
+        self._start = clock()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time ``name`` (added to earlier steps of that name) while the block runs."""
+        with self._lock:
+            now = self.clock()
+            if self._stack:  # the outer step pauses
+                self._credit(self._stack[-1][0], now - self._stack[-1][1])
+            entry = [name, now]
+            self._stack.append(entry)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(entry, now, stop), daemon=True) if self.every_s > 0 else None
+        if beat:
+            beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if beat:
+                beat.join()
+            with self._lock:
+                now = self.clock()
+                self._stack.pop()
+                self._credit(name, now - entry[1])
+                if self._stack:
+                    self._stack[-1][1] = now  # the outer step resumes
+
+    def total(self) -> float:
+        """Seconds since the timer was made."""
+        return self.clock() - self._start
+
+    def _credit(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + max(0.0, seconds), 3)
+
+    def _beat(self, entry: list, started: float, stop: threading.Event) -> None:
+        while not stop.wait(self.every_s):
+            with self._lock:
+                innermost = self._stack and self._stack[-1] is entry  # a nested step speaks for itself
+                now = self.clock()
+            if innermost:
+                self.log(f"  ... {self.item}: {entry[0]}, {duration(now - started)} "
+                         f"({duration(now - self._start)} on this item)")

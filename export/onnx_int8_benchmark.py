@@ -89,7 +89,7 @@ def make_forms(record: dict, exports: Path, forms: tuple[str, ...], folder: Path
     for form in forms:
         paths[form] = folder / f"{record['backbone']}-{form}.onnx"
         quantize_int8(fp32, paths[form], images, "minmax", form)
-    held_out = [dataset.load_arrays(split, size)[0] for split in ("val", "test") if dataset.split(split)]
+    held_out = [dataset.load_arrays(split, size).images for split in ("val", "test") if dataset.split(split)]
     return paths, np.concatenate(held_out)
 
 

@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,7 @@ from device.checksum import sha256_file
 from device.command import Exit, run_command
 from device.dataset import LABELS, DatasetError, open_dataset
 from device.model_info import description
-from device.progress import Progress
+from device.progress import Progress, StepTimer, duration
 from device import exports_manifest as manifest
 from device.sweep_results import (CHECKPOINT, CONFIG, RESULTS, TEST_PREDICTIONS, VAL_PREDICTIONS, aggregate,
                                    best_level, load_runs)
@@ -259,11 +260,18 @@ class Context:
     _calibration: Calibration | None = None
     _model: object = None
     notes: dict = field(default_factory=dict)
+    steps: StepTimer | None = None  # the artifact being made: its steps are timed, with a heartbeat
+
+    def step(self, name: str):
+        """Time ``name`` as a step of the artifact being made (see ``STEPS``)."""
+        return self.steps.step(name) if self.steps is not None else nullcontext()
 
     def calibration(self) -> Calibration:
         if self._calibration is None:
-            count = calib_count(self.config.calib, len(self.dataset.split("train")))
-            self._calibration = calibration_set(self.dataset, self.source.img_size, count, seed=self.config.calib_seed)
+            with self.step("calibration images"):
+                count = calib_count(self.config.calib, len(self.dataset.split("train")))
+                self._calibration = calibration_set(self.dataset, self.source.img_size, count,
+                                                    seed=self.config.calib_seed)
         return self._calibration
 
     def train_prior(self) -> list[float]:
@@ -276,14 +284,22 @@ class Context:
         if "tta_model" not in self.notes:
             from export.graph import with_tta
 
-            free = keras_model(self.source, batch_size=None)  # the run's graph with a free batch of 8 views
-            self.notes["tta_model"] = with_tta(free, self.source.img_size)
+            with self.step("build"):
+                free = keras_model(self.source, batch_size=None)  # the run's graph with a free batch of 8 views
+                self.notes["tta_model"] = with_tta(free, self.source.img_size)
         return self.notes["tta_model"]
 
     def model(self):
         if self._model is None:
-            self._model = keras_model(self.source)
+            with self.step("build"):
+                self._model = keras_model(self.source)
         return self._model
+
+
+# the timed steps of one artifact, in the order of the closing table; the first variant of a run
+# pays for "build" and "calibration images", which its other variants share
+STEPS = ("build", "calibration images", "convert", "inspect", "verify", "embed")
+HEARTBEAT_S = 20.0  # a line at least this often while a step runs
 
 
 # a converter writes the artifact file and returns (converter name, settings-independent notes)
@@ -345,7 +361,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
     (exports / fmt).mkdir(exist_ok=True)
     (exports / "reference").mkdir(exist_ok=True)
     common = {"versions": versions(), "runs_root": str(Path(config.runs).resolve())}
-    written, failures = [], []
+    written, failures, made = [], [], []
     progress = Progress(len(sources) * len(variants), "artifacts", log)
     for source in sources:
         ctx = Context(source=source, config=config, exports=exports, log=log, dataset=datasets[source.data])
@@ -368,7 +384,11 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
                       "reference_predictions": reference_rel, "data": str(source.data), **common,
                       "settings": settings, "source_key": key}
             progress.started(f"{artifact_id}: converting {source.run_id} to {fmt} {variant}, then verifying it")
+            ctx.steps = StepTimer(artifact_id, log, every_s=HEARTBEAT_S)
             problem = _make_artifact(ctx, variant, convert, check, record)
+            record["step_seconds"] = dict(ctx.steps.seconds)
+            ctx.steps = None
+            made.append(record)
             if problem:
                 failures.append(f"{artifact_id}: {problem}")
             kept = _keep_good_record(exports, previous, record)
@@ -376,9 +396,29 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
             manifest.write_sidecar(exports, kept)
             written.append(record)
             progress.done(artifact_id, f"{_status(record)}, {record['seconds']:.1f}s")
+    if made:
+        log(step_table(made, skipped=len(written) - len(made)))
     if failures and config.strict:
         raise StrictFailure("; ".join(failures))
     return written
+
+
+def step_table(records: list[dict], skipped: int = 0) -> str:
+    """The closing table: seconds per step of each artifact made, and where the time went."""
+    rows = [[r["artifact_id"]] + [f"{r.get('step_seconds', {}).get(s, 0.0):.1f}" for s in STEPS] + [f"{r['seconds']:.1f}"]
+            for r in records]
+    totals = [sum(r.get("step_seconds", {}).get(s, 0.0) for r in records) for s in STEPS]
+    whole = sum(r["seconds"] for r in records)
+    rows.append(["all"] + [f"{t:.1f}" for t in totals] + [f"{whole:.1f}"])
+    header = ["seconds per step"] + list(STEPS) + ["total"]
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [header] + rows]
+    largest = max(range(len(STEPS)), key=lambda i: totals[i])
+    share = f"{100 * totals[largest] / whole:.0f}%" if whole > 0 else "?"
+    lines.append(f"{len(records)} artifact(s) made in {duration(whole)}; the largest step, {STEPS[largest]}, took {share}"
+                 + (f"; {skipped} unchanged artifact(s) skipped" if skipped else ""))
+    return "\n".join(lines)
 
 
 def _checked_datasets(config: ExportConfig, sources: list[Source], variants: tuple[str, ...],
@@ -412,8 +452,8 @@ class _Verifier:
         ``keras_model`` (the graph it was converted from, such as the TTA wrapper), against that
         model's own predictions on the same images."""
         if self.images is None:
-            images, _, records, _ = self.dataset.load_arrays("val", self.source.img_size)
-            self.images, self.reference = align(self.reference, images, [r.path for r in records])
+            val = self.dataset.load_arrays("val", self.source.img_size)
+            self.images, self.reference = align(self.reference, val.images, [r.path for r in val.records])
         reference = self.reference
         if keras_model is not None:
             probs = np.concatenate([np.asarray(keras_model(self.images[i:i + 1].astype(np.float32), training=False))
@@ -432,18 +472,22 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
     path = ctx.exports / record["file"]
     problem = None
     try:
-        converter_name, extra = convert(ctx, variant, path)
+        with ctx.step("convert"):
+            converter_name, extra = convert(ctx, variant, path)
         record["converter"] = converter_name
         record.update(extra)
-        record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
-        if record.get("macs") is None:  # multiply-accumulates per image, from the graph (unless the converter counted them)
-            record.update(manifest.macs_fields(path))
-        record.update(_io_fields(path))
-        result = check(path, ctx.tta_model() if variant == "tta" else None)
-        record.update(result.as_record())
-        record.update(calibration_fields(result.probs, result.labels, ctx.train_prior()))
-        embed(path, description(record))  # the file describes itself; the graph is unchanged
-        record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
+        with ctx.step("inspect"):
+            if record.get("macs") is None:  # multiply-accumulates per image, from the graph (unless the converter counted them)
+                record.update(manifest.macs_fields(path))
+            record.update(_io_fields(path))
+        reference_model = ctx.tta_model() if variant == "tta" else None
+        with ctx.step("verify"):
+            result = check(path, reference_model)
+            record.update(result.as_record())
+            record.update(calibration_fields(result.probs, result.labels, ctx.train_prior()))
+        with ctx.step("embed"):
+            embed(path, description(record))  # the file describes itself; the graph is unchanged
+            record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
         problem = strict_failure(variant, result.agreement, result.keras_confidence,
                                  random_weights=str(ctx.source.config.get("weights")).lower() == "none")
         if problem:

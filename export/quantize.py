@@ -65,10 +65,11 @@ def calibration_set(dataset: Dataset, img_size: int, count: int, seed: int = 0) 
     order = np.random.default_rng(seed).permutation(len(train))[:count]
     chosen = {train[i].path for i in order}
     subset = Dataset(root=dataset.root, records=[r for r in train if r.path in chosen])
-    images, labels, records, _ = subset.load_arrays("train", img_size)
-    if len(images) == 0:
+    chosen_arrays = subset.load_arrays("train", img_size)
+    if len(chosen_arrays.images) == 0:
         raise CalibrationError("none of the chosen calibration images could be decoded")
-    return Calibration(images=images, paths=[r.path for r in records], labels=labels)
+    return Calibration(images=chosen_arrays.images, paths=[r.path for r in chosen_arrays.records],
+                       labels=chosen_arrays.labels)
 
 
 def pinned(images: np.ndarray) -> np.ndarray:

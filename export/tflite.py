@@ -51,8 +51,8 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         model = build(ctx.source.backbone, ctx.source.img_size, None).model
         model.load_weights(str(ctx.source.checkpoint))
         flat = deployable(model, ctx.source.backbone, ctx.source.img_size, batch_size=None)
-        train_x, train_y, _, _ = ctx.dataset.load_arrays("train", ctx.source.img_size)
-        result = train_qat(flat, train_x, train_y, epochs=ctx.config.qat_epochs, seed=ctx.source.seed, log=ctx.log)
+        train = ctx.dataset.load_arrays("train", ctx.source.img_size)
+        result = train_qat(flat, train.images, train.labels, epochs=ctx.config.qat_epochs, seed=ctx.source.seed, log=ctx.log)
         keras_for_conversion = result.model
         extra = {"qat_epochs": result.epochs, "qat_train_accuracy": round(result.train_accuracy, 6),
                  "qat_float_layers": len(result.float_layers)}

@@ -118,7 +118,7 @@ def exported(tmp_path_factory) -> Exported:
 def _val_images(exported: Exported) -> np.ndarray:
     from device.dataset import open_dataset
 
-    images, _, _, _ = open_dataset(exported.data).load_arrays("val", SIZE)
+    images = open_dataset(exported.data).load_arrays("val", SIZE).images
     return images
 
 
@@ -263,6 +263,23 @@ def test_tflite_variants_export_and_verify(exported):
     assert len(started) == len(TFLITE) and "converting" in started[0], exported.lines
     assert len(progress) == len(TFLITE) and all("agreement" in line and "ETA" in line for line in progress)
     assert any(line.startswith("  QAT epoch 1/1") for line in exported.lines)  # no silent QAT stretch
+
+
+def test_each_artifact_records_its_steps_and_the_export_closes_with_their_table(exported):
+    # #24 item 2: where an artifact's time goes, in its record and in a closing table
+    from export.pipeline import STEPS
+
+    for r in exported.tflite.values():
+        steps = r["step_seconds"]
+        assert {"convert", "inspect", "verify", "embed"} <= set(steps) <= set(STEPS), steps
+        assert all(v >= 0 for v in steps.values())
+        assert sum(steps.values()) <= r["seconds"] + 0.01, (steps, r["seconds"])
+    assert "build" in exported.tflite["fp32"]["step_seconds"]  # the first variant builds the Keras graph
+    head = next(i for i, line in enumerate(exported.lines) if line.startswith("seconds per step"))
+    assert all(name in exported.lines[head] for name in STEPS)
+    table = exported.lines[head].splitlines()
+    assert [row.split()[0] for row in table[1:1 + len(TFLITE)]] == [r["artifact_id"] for r in exported.tflite.values()]
+    assert table[1 + len(TFLITE)].startswith("all ") and "the largest step" in table[-1]
 
 
 def test_every_artifact_describes_itself_and_carries_its_temperature(exported):
@@ -442,7 +459,7 @@ def test_every_backbone_exports_fp32_and_int8(tmp_path):
     from device.runtime import load
 
     # the validation images, not noise: a model's output on noise says nothing about its use
-    images, _, _, _ = open_dataset(data).load_arrays("val", 72)
+    images = open_dataset(data).load_arrays("val", 72).images
     # A backbone without BatchNorm (VGG16) has nothing to re-estimate: its random-init stack
     # washes the input out (probability std 0.002 over these images, one class), and neither
     # training its top 3 layers nor 3-5 epochs of pretraining changed that. Its artifacts
@@ -545,7 +562,7 @@ def test_tta_variant_is_invariant_and_verified_against_keras(exported, tmp_path)
         records[fmt] = record
     plain = next(r for r in exported.tflite.values() if r["variant"] == "fp32")
     assert records["tflite"]["macs"] == 8 * plain["macs"]  # eight passes per image, counted from the graph
-    images, *_ = open_dataset(exported.data).load_arrays("val", SIZE)
+    images = open_dataset(exported.data).load_arrays("val", SIZE).images
     for record in records.values():
         model = load(out / record["file"])
         for image in images[:3]:

@@ -53,7 +53,7 @@ def tiny(tmp_path_factory) -> Tiny:
     out = root / "exports"
     assert main(["--runs", str(runs), "--out", str(out), "--variants", "fp32,int8", "--calib", "20"]) == 0
     records = {r["variant"]: r for r in manifest.read(out).values() if r["format"] == "onnx"}
-    calibration, _, _, _ = open_dataset(data).load_arrays("train", SIZE)
+    calibration = open_dataset(data).load_arrays("train", SIZE).images
     forms = {}
     for form in FORMS:
         forms[form] = root / f"{form}.onnx"
@@ -80,7 +80,7 @@ def _zero_point_types(path: Path, op_type: str, index: int) -> set[int]:
 def _val_images(tiny: Tiny) -> np.ndarray:
     from device.dataset import open_dataset
 
-    images, _, _, _ = open_dataset(tiny.data).load_arrays("val", SIZE)
+    images = open_dataset(tiny.data).load_arrays("val", SIZE).images
     return images
 
 

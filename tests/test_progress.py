@@ -1,7 +1,9 @@
 """The one progress line of every long step (#12 item 9)."""
 from __future__ import annotations
 
-from device.progress import Progress, duration
+import time
+
+from device.progress import Progress, StepTimer, duration
 
 
 class Clock:
@@ -45,3 +47,25 @@ def test_a_resumed_step_leaves_earlier_items_out_of_the_rate():
 
 def test_duration():
     assert [duration(s) for s in (0, 59.4, 61, 3725, float("nan"))] == ["0s", "59s", "1m01s", "1h02m", "?"]
+
+
+def test_step_timer_credits_nested_steps_once_and_beats_while_a_step_runs():
+    # #24 item 2: no silent stretch in a long step; each second counted for the innermost step
+    lines = []
+    timer = StepTimer("model-int8", lines.append, every_s=0.05)
+    with timer.step("convert"):
+        time.sleep(0.05)
+        with timer.step("build"):
+            time.sleep(0.3)
+        time.sleep(0.05)
+    assert set(timer.seconds) == {"convert", "build"}
+    assert 0.25 <= timer.seconds["build"] < 1.0 and 0.08 <= timer.seconds["convert"] < 0.5, timer.seconds
+    assert sum(timer.seconds.values()) <= timer.total()
+    beats = [line for line in lines if line.startswith("  ... model-int8: ")]
+    # the inner step speaks while it runs, naming itself
+    assert sum("build" in line for line in beats) >= 3, lines
+    assert all(line.endswith("on this item)") for line in beats)
+    quiet = StepTimer("x", lines.append, every_s=0)
+    with quiet.step("a"):
+        pass
+    assert quiet.seconds["a"] >= 0 and len(lines) == len(beats)

@@ -216,11 +216,12 @@ def _distill_run(config: DistillConfig, seed: int, splits: dict, teacher: np.nda
                                          **about, **info})
     set_level(model, base, config.level, bn=config.bn)
     onehot = np.eye(len(LABELS), dtype=np.float32)[train_y]
-    result = fit(model, model, [preprocess(train_x, backbone.preprocess)], train_y,
-                 [preprocess(val_x, backbone.preprocess)], val_y, class_weights(train_y),
-                 FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed),
-                 run_dir, initial, log, targets=np.concatenate([onehot, teacher], axis=1),
-                 loss=soft_target_loss(config.temperature, config.alpha))
+    result = fit(model, model, train_inputs=[preprocess(train_x, backbone.preprocess)], train_labels=train_y,
+                 val_inputs=[preprocess(val_x, backbone.preprocess)], val_labels=val_y,
+                 class_weights=class_weights(train_y),
+                 config=FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed),
+                 run_dir=run_dir, initial_weights=initial, log=log,
+                 targets=np.concatenate([onehot, teacher], axis=1), loss=soft_target_loss(config.temperature, config.alpha))
     write_predictions(run_dir / layout.VAL_PREDICTIONS, val_records, val_y, result.val_probs)
     metrics = classification_metrics(val_y, result.val_probs.argmax(1))
     if len(test_y):  # scored once, with the best epoch's weights

@@ -170,11 +170,13 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
         reestimate_batchnorm(base, x_train[refresh_pick], max_images=BN_REFRESH_IMAGES)
 
     t0 = time.perf_counter()
-    result = fit(model, model, [x_train], train_y,
-                 [preprocess(val_x, backbone.preprocess)], val_y, class_weights(train_y),
-                 FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
-                           lr_schedule=lr_schedule),
-                 run_dir, model.get_weights(), log, before_validation=refresh if bn_refresh else None)
+    result = fit(model, model, train_inputs=[x_train], train_labels=train_y,
+                 val_inputs=[preprocess(val_x, backbone.preprocess)], val_labels=val_y,
+                 class_weights=class_weights(train_y),
+                 config=FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
+                                  lr_schedule=lr_schedule),
+                 run_dir=run_dir, initial_weights=model.get_weights(), log=log,
+                 before_validation=refresh if bn_refresh else None)
     metrics = classification_metrics(val_y, result.val_probs.argmax(1))
     majority = _warn_if_chance(metrics, val_y, log)
     test_metrics = {}

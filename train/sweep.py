@@ -611,10 +611,11 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
         cache_seconds = time.perf_counter() - t_cache
         set_level(model, base, run.level, bn=config.bn)
         with strategy.scope():
-            result = fit(model, top, arrays["train"], train.y, arrays["val"], val.y, weights_by_class,
-                         FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                                   seed=run.seed, jit=config.jit, augment=config.augment),
-                         run_dir, run_initial, log)
+            result = fit(model, top, train_inputs=arrays["train"], train_labels=train.y,
+                         val_inputs=arrays["val"], val_labels=val.y, class_weights=weights_by_class,
+                         config=FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                                          seed=run.seed, jit=config.jit, augment=config.augment),
+                         run_dir=run_dir, initial_weights=run_initial, log=log)
         write_predictions(run_dir / VAL_PREDICTIONS, val.records, val.y, result.val_probs)
         metrics = classification_metrics(val.y, result.val_probs.argmax(1))
         if len(test.y):

@@ -129,10 +129,10 @@ def _compiled(top: keras.Model, config: FitConfig, n_train: int, loss, soft: boo
     return optimizer
 
 
-def fit(full: keras.Model, top: keras.Model, train_inputs: list[np.ndarray], train_labels: np.ndarray,
+def fit(full: keras.Model, top: keras.Model, *, train_inputs: list[np.ndarray], train_labels: np.ndarray,
         val_inputs: list[np.ndarray], val_labels: np.ndarray, class_weights: dict[int, float],
         config: FitConfig, run_dir: Path, initial_weights: list[np.ndarray],
-        log: Callable[[str], None] = print, before_validation: Callable[[], None] | None = None, *,
+        log: Callable[[str], None] = print, before_validation: Callable[[], None] | None = None,
         targets: np.ndarray | None = None, loss=None) -> FitResult:
     """Train ``top`` (which shares layers with ``full``), resuming from ``run_dir`` if possible.
 
