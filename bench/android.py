@@ -25,8 +25,9 @@ from pathlib import Path
 
 from bench.jobs import RunConfig
 from device.checksum import sha256_file
+from device.options import defaults
 
-_RUN_DEFAULTS = RunConfig.defaults()
+_RUN_DEFAULTS = defaults(RunConfig)
 
 REMOTE_DIR = "/data/local/tmp/skyedge"
 DELEGATE_FLAGS = {"xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"], "nnapi": ["--use_nnapi=true"],

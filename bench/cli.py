@@ -16,14 +16,13 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
-from bench.android import AndroidConfig
+from bench.android import DELEGATE_FLAGS, AndroidConfig
 from bench.bundle import BundleConfig
 from bench.jobs import RunConfig
 from bench.latency import STRICT_MIN_QUERIES, STRICT_MIN_SECONDS
-from device.options import at_least, names, number, positive_ints, seconds, seed
+from device.options import at_least, defaults, names, number, positive_ints, seconds, seed
 from device.command import Exit, run_command
 from device.runtime import DELEGATES
 
@@ -36,9 +35,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", required=True, type=Path, help="exports folder with manifest.json (or an extracted bundle)")
     p.add_argument("--out", required=True, type=Path, help="JSON-lines file to append to")
     p.add_argument("--data", type=Path, help="dataset folder (default: the artifact's data, else EXPORTS/data)")
-    p.add_argument("--split", default="test",
+    p.add_argument("--split", default=defaults(RunConfig)["split"],
                    help="images scored for accuracy (default test: never used for any choice; val is optimistic)")
-    d = RunConfig.defaults()
+    d = defaults(RunConfig)
     p.add_argument("--runtime", type=names, default=d["runtimes"],
                    help=f"{','.join(d['runtimes'])} (default); tensorflow: TensorFlow's TFLite interpreter, only when named")
     p.add_argument("--threads", type=positive_ints, default=d["threads"], help=f"comma-separated, e.g. 1,4 (default {','.join(map(str, d['threads']))})")
@@ -115,10 +114,11 @@ def _add_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="dataset the reference predictions were made on")
     p.add_argument("--out", required=True, type=Path, help="FILE.tar.gz")
     p.add_argument("--max-images", type=at_least(1), help="images of --split to include (stratified; default all)")
-    p.add_argument("--split", default="test", help="split shipped for on-device accuracy (default test)")
+    p.add_argument("--split", default=defaults(BundleConfig)["split"],
+                   help="split shipped for on-device accuracy (default %(default)s)")
     p.add_argument("--wheel", type=Path, action="append", default=[],
                    help="ship this skyedge wheel instead of building one from this source tree (repeatable)")
-    b = {f.name: f.default for f in fields(BundleConfig) if f.default is not MISSING}
+    b = defaults(BundleConfig)
     p.add_argument("--offline", action="store_true",
                    help="also download the device extra's wheels for the Pi into the bundle (needs a package index "
                         "here, none on the Pi)")
@@ -177,9 +177,9 @@ def _add_android(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-binary", required=True,
                    help="TFLite benchmark_model for the phone's ABI (a local file is pushed; a /data/... path is used as is)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--threads", type=positive_ints, default=(1,))
-    p.add_argument("--delegate", choices=("xnnpack", "gpu", "nnapi", "none"), default="xnnpack")
-    a = {f.name: f.default for f in fields(AndroidConfig) if f.default is not MISSING}
+    a = defaults(AndroidConfig)
+    p.add_argument("--threads", type=positive_ints, default=a["threads"])
+    p.add_argument("--delegate", choices=tuple(DELEGATE_FLAGS), default=a["delegate"])
     p.add_argument("--runs", type=at_least(1), default=a["runs"], help="--num_runs (default %(default)s, as bench run)")
     p.add_argument("--warmup", type=at_least(0), default=a["warmup"],
                    help="--warmup_runs (default %(default)s, as bench run)")

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -98,11 +98,6 @@ class RunConfig:
     delegate: str = "xnnpack"
     max_timed_inputs: int = 64
     worker_command: tuple[str, ...] | None = None
-
-    @classmethod
-    def defaults(cls) -> dict:
-        """Each field's default, by name: the one source of ``bench run``'s option defaults."""
-        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     def __post_init__(self):
         unknown = [m for m in self.modes if m not in MODES]

@@ -5,16 +5,27 @@ One finite-number check for every numeric option: ``number`` (and its short form
 out of range with argparse's one line naming the option and what is expected (exit 2), so no
 command reaches ``time.sleep(inf)``, ``subprocess.run(timeout=1e30)`` or a run that fails
 every job later.
+
+Every command declares its settings one way: a frozen dataclass (``SweepConfig``,
+``RunConfig``, ...) that checks its values in ``__post_init__``, and a parser that reads its
+option defaults from it with ``defaults`` (so a default is written once).
 """
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import MISSING, fields
 
 # a duration option's ceiling: a week is longer than any job, and far below what
 # time.sleep and subprocess timeouts overflow on
 SECONDS_MAX = 7 * 24 * 3600.0
 SEED_MAX = 2 ** 32 - 1  # numpy's and Keras's seed range
+
+
+def defaults(config_class) -> dict:
+    """Each field's default of a settings dataclass, by name: the one source of its command's
+    option defaults (fields without a default, the required options, are left out)."""
+    return {f.name: f.default for f in fields(config_class) if f.default is not MISSING}
 
 
 def _text(value: float) -> str:

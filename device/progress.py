@@ -161,7 +161,7 @@ class StepTimer:
         return self.clock() - self._start
 
     def _credit(self, name: str, seconds: float) -> None:
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + max(0.0, seconds), 3)
+        self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, seconds)
 
     def _beat(self, entry: list, started: float, stop: threading.Event) -> None:
         while not stop.wait(self.every_s):

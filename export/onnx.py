@@ -49,7 +49,7 @@ from device.atomic import write_bytes
 from export.pipeline import Context, ExportConfig, ExportError, run_cli
 
 ONNX_VARIANTS = ("fp32", "int8", "tta")
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = ExportConfig.opset
 CALIB_METHODS = ("minmax", "average", "percentile")
 
 
@@ -223,24 +223,25 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
     raise ValueError(f"unknown ONNX variant {variant!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    def extra(p):
-        p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-        p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
-                       help="how int8 activation ranges are set from the calibration images (default minmax)")
-        p.add_argument("--onnx-int8", default=DEFAULT_INT8_FORM, metavar="|".join(INT8_FORMS),
-                       help=f"form of the int8 variant (default {DEFAULT_INT8_FORM}; see above)")
+def add_arguments(p) -> None:
+    """The ONNX exporter's own arguments."""
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--calib-method", choices=CALIB_METHODS, default=ExportConfig.calib_method,
+                   help="how int8 activation ranges are set from the calibration images (default %(default)s)")
+    p.add_argument("--onnx-int8", default=DEFAULT_INT8_FORM, metavar="|".join(INT8_FORMS),
+                   help=f"form of the int8 variant (default {DEFAULT_INT8_FORM}; see above)")
 
+
+def main(argv: list[str] | None = None) -> int:
     def config_extra(args):
-        if not 13 <= args.opset <= 21:
-            raise ExportError(f"--opset {args.opset}: expected 13..21 (QDQ per-channel needs 13 or later)")
         try:
             form = int8_form(args.onnx_int8).name
         except ValueError as exc:
             raise ExportError(str(exc)) from None
         return {"opset": args.opset, "calib_method": args.calib_method, "onnx_int8": form}
 
-    return run_cli(argv, "python -m export.onnx", __doc__, "onnx", ONNX_VARIANTS, convert_onnx, extra, config_extra)
+    return run_cli(argv, "python -m export.onnx", __doc__, "onnx", ONNX_VARIANTS, convert_onnx, add_arguments,
+                   config_extra)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 
 from device.atomic import check_output_folder, write_text
 from device.backbones import Backbone, get
-from device.options import at_least
+from device.options import SEED_MAX, at_least, check_number, defaults
 from device.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from device.checksum import sha256_file
 from device.command import Exit, run_command
@@ -87,6 +87,18 @@ class ExportConfig:
     onnx_int8: str = "qoperator"  # fastest on x86 here (docs/export.md); qdq-s8 for ARM
     strict: bool = False
     threads: int | None = None
+
+    def __post_init__(self):
+        for option, value, low, high in (("--calib", self.calib, 1, None), ("--calib-seed", self.calib_seed, 0, SEED_MAX),
+                                         ("--qat-epochs", self.qat_epochs, 1, None), ("--opset", self.opset, 13, 21),
+                                         ("--threads", self.threads, 1, None)):
+            if value is not None:
+                try:
+                    check_number(value, option, low, high, integer=True)
+                except ValueError as exc:
+                    raise ExportError(str(exc) + (" (QDQ per-channel needs 13 or later)" if option == "--opset" else "")) from None
+        if not self.variants:
+            raise ExportError("--variants: expected at least one variant")
 
 
 @dataclass
@@ -386,7 +398,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
             progress.started(f"{artifact_id}: converting {source.run_id} to {fmt} {variant}, then verifying it")
             ctx.steps = StepTimer(artifact_id, log, every_s=HEARTBEAT_S)
             problem = _make_artifact(ctx, variant, convert, check, record)
-            record["step_seconds"] = dict(ctx.steps.seconds)
+            record["step_seconds"] = {name: round(s, 3) for name, s in ctx.steps.seconds.items()}
             ctx.steps = None
             made.append(record)
             if problem:
@@ -563,17 +575,33 @@ def parse_variants(text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments both exporters take."""
+    """Arguments both exporters take; their defaults are ``ExportConfig``'s."""
+    d = defaults(ExportConfig)
     p.add_argument("--runs", required=True, help="train.sweep output folder")
     p.add_argument("--out", required=True, help="exports folder (shared by both formats)")
-    p.add_argument("--select", default="best", help=SELECT_HELP)
-    p.add_argument("--calib", type=int, default=None,
+    p.add_argument("--select", default=d["select"], help=SELECT_HELP)
+    p.add_argument("--calib", type=int, default=d["calib"],
                    help=f"training images for int8 calibration (default {CALIB_DEFAULT}, or all when fewer)")
-    p.add_argument("--calib-seed", type=int, default=0,
-                   help="seed of the random draw of calibration images from the training split (default 0)")
-    p.add_argument("--threads", type=at_least(1), default=None, help="runtime threads for verification (default: runtime's)")
+    p.add_argument("--calib-seed", type=int, default=d["calib_seed"],
+                   help="seed of the random draw of calibration images from the training split (default %(default)s)")
+    p.add_argument("--threads", type=at_least(1), default=d["threads"],
+                   help="runtime threads for verification (default: runtime's)")
     p.add_argument("--strict", action="store_true",
                    help="fail when fp32/fp16 agreement < 99.5%% or int8 agreement < 97%% (default: warn)")
+
+
+def build_parser(prog: str, doc: str, allowed: tuple[str, ...],
+                 extra_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    """One exporter's parser: the common arguments, ``--variants`` among ``allowed``, its own."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p)
+    variants = [v for v in allowed if v in DEFAULT_VARIANTS]
+    p.add_argument("--variants", default=",".join(variants),
+                   help=f"comma-separated: {','.join(allowed)} (default {','.join(variants)}; tta, the mean over the "
+                        f"8 rotations and flips inside the graph, costs 8 passes per image)")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    extra_arguments(p)
+    return p
 
 
 def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], convert: Converter,
@@ -584,19 +612,9 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
         0 on success, 1 on a ``--strict`` failure, 2 on bad input, 3 when some artifacts
         failed, 130 on Ctrl-C.
     """
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p)
-    defaults = [v for v in allowed if v in DEFAULT_VARIANTS]
-    p.add_argument("--variants", default=",".join(defaults),
-                   help=f"comma-separated: {','.join(allowed)} (default {','.join(defaults)}; tta, the mean over the "
-                        f"8 rotations and flips inside the graph, costs 8 passes per image)")
-    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    extra_arguments(p)
-    args = p.parse_args(argv)
+    args = build_parser(prog, doc, allowed, extra_arguments).parse_args(argv)
 
     def work() -> int:
-        if args.calib_seed < 0:
-            raise ExportError(f"--calib-seed {args.calib_seed}: expected a non-negative integer")
         config = ExportConfig(runs=args.runs, out=args.out, select=args.select,
                               variants=parse_variants(args.variants, allowed), calib=args.calib, calib_seed=args.calib_seed,
                               strict=args.strict, threads=args.threads, **config_extra(args))

@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 from device.atomic import write_bytes
-from export.pipeline import TFLITE_VARIANTS, Context, ExportError, run_cli
+from device.options import defaults
+from export.pipeline import TFLITE_VARIANTS, Context, ExportConfig, run_cli
 from train.console import hidden_output
 
 
@@ -83,16 +84,18 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
     return f"tf.lite.TFLiteConverter {tf.__version__}", extra
 
 
-def main(argv: list[str] | None = None) -> int:
-    def extra(p):
-        p.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware training epochs (default 2)")
+def add_arguments(p) -> None:
+    """The TFLite exporter's own arguments."""
+    p.add_argument("--qat-epochs", type=int, default=defaults(ExportConfig)["qat_epochs"],
+                   help="quantization-aware training epochs (default %(default)s)")
 
+
+def main(argv: list[str] | None = None) -> int:
     def config_extra(args):
-        if args.qat_epochs < 1:
-            raise ExportError(f"--qat-epochs {args.qat_epochs}: expected at least 1")
         return {"qat_epochs": args.qat_epochs}
 
-    return run_cli(argv, "python -m export.tflite", __doc__, "tflite", TFLITE_VARIANTS, convert_tflite, extra, config_extra)
+    return run_cli(argv, "python -m export.tflite", __doc__, "tflite", TFLITE_VARIANTS, convert_tflite, add_arguments,
+                   config_extra)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ def test_cli_android_writes_complete_lines(phone, tmp_path):
     assert "--use_gpu=true" in phone["log"].read_text()
     # runs, warm-up and minimum time default to bench run's
     from bench.jobs import RunConfig
+    from device.options import defaults
 
-    d = RunConfig.defaults()
+    d = defaults(RunConfig)
     assert f"--num_runs={d['runs']} --warmup_runs={d['warmup']} --min_secs={d['min_secs']:g}" in phone["log"].read_text()

@@ -126,15 +126,15 @@ def test_pretraining_from_scratch_is_not_stuck_at_chance(tmp_path):
     after ~100 steps and every validation image gets the same answer (chance); pretraining's
     defaults (momentum 0.9, statistics re-estimated before each validation) learn.
     """
-    from train.pretrain import pretrain
+    from train.pretrain import PretrainConfig, pretrain
 
     root = _tree(tmp_path / "p", per_class=30, size=32)
     write_manifest(root, stratified_split(index_tree(root)[0], seed=0, val=0.25, test=0.25))
     results = {}
     for name, kw in (("ours", {}), ("keras", {"bn_momentum": 0.999, "bn_refresh": False})):
         messages: list[str] = []
-        weights = pretrain(str(root), "mobilenetv2", str(tmp_path / name), epochs=8, img_size=32, batch_size=8,
-                           augment="none", log=messages.append, **kw)
+        weights = pretrain(PretrainConfig(str(root), "mobilenetv2", str(tmp_path / name), epochs=8, img_size=32,
+                                          batch_size=8, augment="none", **kw), log=messages.append)
         results[name] = (json.loads(weights.with_suffix(".json").read_text()), messages)
     meta, messages = results["ours"]
     assert meta["bn_momentum"] == 0.9 and meta["bn_refresh"] is True

@@ -85,7 +85,7 @@ class Exported:
 def exported(tmp_path_factory) -> Exported:
     from export.onnx import convert_onnx
     from export.tflite import convert_tflite
-    from train.pretrain import pretrain
+    from train.pretrain import PretrainConfig, pretrain
 
     root = tmp_path_factory.mktemp("export")
     seconds = {}
@@ -93,8 +93,8 @@ def exported(tmp_path_factory) -> Exported:
     data = _dataset(root / "data", per_class=14, size=SIZE)
     # in-domain frozen layers: every layer trained (and its BatchNorm statistics re-estimated
     # by the sweep), so the model is smooth enough for quantization checks to mean something
-    pretrain(str(data), "mobilenetv2", str(root / "weights"), epochs=3, img_size=SIZE, batch_size=16, lr=3e-3,
-             augment="none", log=lambda _: None)
+    pretrain(PretrainConfig(str(data), "mobilenetv2", str(root / "weights"), epochs=3, img_size=SIZE, batch_size=16,
+                            lr=3e-3, augment="none"), log=lambda _: None)
     seconds["pretrain"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     runs = _sweep(data, root / "runs", "mobilenetv2", SIZE, 2, levels="0,2", weights=str(root / "weights"),

@@ -87,3 +87,54 @@ def _is_docstring(tree: ast.AST, node: ast.Constant) -> bool:
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and body[0].value is node:
             return True
     return False
+
+
+def test_every_command_reads_its_option_defaults_from_its_config_dataclass():
+    # #23 item 4: one idiom: a frozen config dataclass checked in __post_init__, whose field
+    # defaults are the parser's; a default written twice would drift apart
+    import dataclasses
+
+    from bench.android import AndroidConfig
+    from bench.bundle import BundleConfig
+    from bench.cli import build_parser as bench_parser
+    from bench.jobs import RunConfig
+    from device.options import defaults
+    from export import onnx, tflite
+    from export.onnx import ONNX_VARIANTS
+    from export.pipeline import TFLITE_VARIANTS, ExportConfig, build_parser as export_parser
+    from train.distill import DistillConfig, build_parser as distill_parser
+    from train.pretrain import PretrainConfig, build_parser as pretrain_parser
+    from train.sweep import SweepConfig, build_parser as sweep_parser
+
+    renamed = {"runtime": "runtimes", "thread": "threads", "mode": "modes", "job_timeout": "job_timeout_s",
+               "cooldown_timeout": "cooldown_timeout_s", "cooldown_temp": "cooldown_temp_c"}
+    cases = [
+        (SweepConfig, sweep_parser(), ["--data", "D", "--out", "O"]),
+        (PretrainConfig, pretrain_parser(), ["--data", "D", "--backbone", "mobilenetv2", "--out", "O"]),
+        (DistillConfig, distill_parser(), ["--data", "D", "--teacher", "T", "--student", "mobilenetv2", "--out", "O",
+                                           "--level", "0"]),
+        (ExportConfig, export_parser("t", "", TFLITE_VARIANTS, tflite.add_arguments), ["--runs", "R", "--out", "O"]),
+        (ExportConfig, export_parser("o", "", ONNX_VARIANTS, onnx.add_arguments), ["--runs", "R", "--out", "O"]),
+        (RunConfig, bench_parser(), ["run", "--models", "M", "--out", "O"]),
+        (BundleConfig, bench_parser(), ["bundle", "--exports", "E", "--data", "D", "--out", "O"]),
+        (AndroidConfig, bench_parser(), ["android", "--models", "M", "--adb", "a", "--benchmark-binary", "b",
+                                         "--out", "O"]),
+    ]
+    # the one rule on top: an exporter makes the default variants its format has
+    allowed = {"t": TFLITE_VARIANTS, "o": ONNX_VARIANTS}
+    compared = {}
+    for config_class, parser, required in cases:
+        assert dataclasses.is_dataclass(config_class) and config_class.__dataclass_params__.frozen, config_class
+        assert hasattr(config_class, "__post_init__"), f"{config_class.__name__} checks nothing when built"
+        parsed = vars(parser.parse_args(required))
+        d = defaults(config_class)
+        same = {renamed.get(k, k): v for k, v in parsed.items() if renamed.get(k, k) in d}
+        for name, value in same.items():
+            expected = d[name]
+            if name == "variants":
+                expected = tuple(v for v in expected if v in allowed[parser.prog])
+            if isinstance(expected, tuple) and isinstance(value, str):  # comma-separated options
+                value = tuple(type(expected[0])(v) for v in value.split(",")) if expected else ()
+            assert value == expected, f"{config_class.__name__}.{name}: parser {value!r}, dataclass {expected!r}"
+        compared[config_class.__name__] = len(same)
+    assert all(n >= 2 for n in compared.values()), compared

@@ -49,6 +49,7 @@ from device.command import Exit, run_command
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
 from device.predictions import write_predictions
+from device.options import defaults
 from device.progress import Progress
 from train.console import VERBOSE_HELP, command_parser, hidden_output, quiet_tensorflow
 
@@ -282,7 +283,7 @@ def distill(config: DistillConfig, log: Callable[[str], None] = print) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's parser; defaults read from ``DistillConfig``."""
-    d = {name: f.default for name, f in DistillConfig.__dataclass_fields__.items()}
+    d = defaults(DistillConfig)
     p = command_parser("python -m train.distill", __doc__)
     p.add_argument("--data", required=True, help="dataset folder (its train split is taught, val picks the epoch)")
     p.add_argument("--teacher", required=True, help="exports folder of the teacher model(s)")

@@ -27,13 +27,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow
-from train.sweep import AUGMENTS
+from train.recipe import AUGMENTS, LR_SCHEDULES
 
 from device.atomic import write_json
 from device.backbones import get
@@ -41,14 +42,56 @@ from device.choices import first_bad_choice
 from device.command import run_command
 from device.dataset import DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
-from device.options import at_least, number, seed
+from device.options import SEED_MAX, at_least, check_number, defaults, number, seed
 from device.preprocess import preprocess
-
-LR_SCHEDULES = ("cosine", "constant")  # train.trainer's schedules, checked here before TensorFlow loads
-
 
 BN_MOMENTUM = 0.9
 BN_REFRESH_IMAGES = 1024
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """``train.pretrain``'s settings, checked when built (the parser reads its defaults here).
+
+    Attributes:
+        data: dataset folder (its train split trains, its val split picks the best epoch).
+        backbone: registry name.
+        out: a folder (the file is ``<backbone>.h5`` in it) or a ``.h5`` file path.
+        epochs, img_size, batch_size, lr, seed: training settings.
+        augment: ``d4`` (the 8 rotations/flips) or ``none``.
+        bn_momentum: momentum given to every BatchNorm layer while pretraining (0 < m < 1).
+        lr_schedule: ``cosine`` (decays to zero over all epochs) or ``constant``.
+        bn_refresh: re-estimate BatchNorm statistics on training images before each validation.
+    """
+
+    data: str
+    backbone: str
+    out: str
+    epochs: int = 20
+    img_size: int = 96
+    batch_size: int = 32
+    lr: float = 1e-3
+    augment: str = "d4"
+    seed: int = 0
+    bn_momentum: float = BN_MOMENTUM
+    lr_schedule: str = "cosine"
+    bn_refresh: bool = True
+
+    def __post_init__(self):
+        try:
+            get(self.backbone)
+        except KeyError as exc:
+            raise ValueError(f"--backbone: {exc.args[0]}") from None
+        for option, value, low, high in (("--epochs", self.epochs, 1, None), ("--batch-size", self.batch_size, 1, None),
+                                         ("--img-size", self.img_size, 1, 4096), ("--seed", self.seed, 0, SEED_MAX)):
+            check_number(value, option, low, high, integer=True)
+        check_number(self.lr, "--lr", 0, None, low_open=True)
+        check_number(self.bn_momentum, "--bn-momentum", 0, 1, low_open=True)
+        if self.bn_momentum >= 1.0:
+            raise ValueError(f"--bn-momentum {self.bn_momentum}: expected a number between 0 and 1 (such as 0.9)")
+        problem = first_bad_choice(("--augment", self.augment, AUGMENTS), ("--lr-schedule", self.lr_schedule, LR_SCHEDULES))
+        if problem:
+            raise ValueError(problem)
 
 
 def set_bn_momentum(model, momentum: float) -> dict[float, int]:
@@ -79,17 +122,6 @@ def _save_weights(base, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _check_settings(epochs: int, batch_size: int, lr: float, augment: str, bn_momentum: float,
-                    lr_schedule: str) -> None:
-    if epochs < 1 or batch_size < 1 or not 0 < lr < float("inf"):
-        raise ValueError(f"--epochs {epochs}, --batch-size {batch_size}, --lr {lr}: expected positive values")
-    problem = first_bad_choice(("--augment", augment, AUGMENTS), ("--lr-schedule", lr_schedule, LR_SCHEDULES))
-    if problem:
-        raise ValueError(problem)
-    if not 0.0 < bn_momentum < 1.0:
-        raise ValueError(f"--bn-momentum {bn_momentum}: expected a number between 0 and 1 (such as 0.9)")
-
-
 def _target(out: str, backbone_name: str) -> Path:
     """The weights file ``--out`` names (a ``.h5`` path, or ``<backbone>.h5`` in a folder)."""
     target = Path(out)
@@ -117,54 +149,39 @@ def _load_splits(data: str, img_size: int, log: Callable[[str], None]):
     return splits
 
 
-def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size: int = 96,
-             batch_size: int = 32, lr: float = 1e-3, augment: str = "d4", seed: int = 0,
-             bn_momentum: float = BN_MOMENTUM, lr_schedule: str = "cosine", bn_refresh: bool = True,
-             log: Callable[[str], None] = print) -> Path:
-    """Train every layer of ``backbone`` from random init; save the base's weights.
-
-    Args:
-        data: dataset folder (its train split trains, its val split picks the best epoch).
-        backbone_name: registry name.
-        out: a folder (the file is ``<backbone>.h5`` in it) or a ``.h5`` file path.
-        epochs, img_size, batch_size, lr, seed: training settings.
-        augment: ``d4`` (default: the 8 rotations/flips) or ``none``.
-        bn_momentum: momentum given to every BatchNorm layer while pretraining (0 < m < 1).
-        lr_schedule: ``cosine`` (default: decays to zero over all epochs) or ``constant``.
-        bn_refresh: re-estimate BatchNorm statistics on training images before each validation.
-        log: progress lines.
+def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path:
+    """Train every layer of the backbone from random init; save the base's weights.
 
     Returns:
         The weights file: the base (``include_top=False, pooling="avg"``) at the best
         validation epoch, loadable by ``keras.applications.<Name>(weights=FILE)``.
 
     Raises:
-        DatasetError: unusable dataset. ValueError: bad settings.
+        DatasetError: unusable dataset. ValueError: an output that cannot be written.
     """
     from train.levels import set_level
     from train.model import build, reestimate_batchnorm
     from train.model import head_init
     from train.trainer import FitConfig, fit
 
-    backbone = get(backbone_name)
-    _check_settings(epochs, batch_size, lr, augment, bn_momentum, lr_schedule)
-    target = _target(out, backbone.name)
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = _load_splits(data, img_size, log)
-    built = build(backbone, img_size, None, seed=seed)
+    backbone = get(config.backbone)
+    target = _target(config.out, backbone.name)
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = _load_splits(config.data, config.img_size, log)
+    built = build(backbone, config.img_size, None, seed=config.seed)
     model, base = built.model, built.base
     head = model.get_layer("head")
-    head.set_weights(head_init(head.kernel.shape, seed))
+    head.set_weights(head_init(head.kernel.shape, config.seed))
     set_level(model, base, len(base.layers))
-    previous = set_bn_momentum(base, bn_momentum)
+    previous = set_bn_momentum(base, config.bn_momentum)
     if previous:
-        log(f"BatchNorm momentum {bn_momentum} in {sum(previous.values())} layers (Keras's: "
+        log(f"BatchNorm momentum {config.bn_momentum} in {sum(previous.values())} layers (Keras's: "
             + ", ".join(f"{m:g} x{n}" for m, n in sorted(previous.items())) + ")")
-    run_dir = target.parent / f".pretrain-{backbone.name}-{img_size}"
+    run_dir = target.parent / f".pretrain-{backbone.name}-{config.img_size}"
     run_dir.mkdir(exist_ok=True)
     log(f"pretraining {backbone.name} from scratch: {len(train_y)} train / {len(val_y)} val images at "
-        f"{img_size} px, {epochs} epochs, augment {augment}, lr {lr:g} {lr_schedule}")
+        f"{config.img_size} px, {config.epochs} epochs, augment {config.augment}, lr {config.lr:g} {config.lr_schedule}")
     x_train = preprocess(train_x, backbone.preprocess)
-    refresh_pick = np.random.default_rng(seed).permutation(len(x_train))[:BN_REFRESH_IMAGES]
+    refresh_pick = np.random.default_rng(config.seed).permutation(len(x_train))[:BN_REFRESH_IMAGES]
 
     def refresh() -> None:
         reestimate_batchnorm(base, x_train[refresh_pick], max_images=BN_REFRESH_IMAGES)
@@ -173,10 +190,10 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     result = fit(model, model, train_inputs=[x_train], train_labels=train_y,
                  val_inputs=[preprocess(val_x, backbone.preprocess)], val_labels=val_y,
                  class_weights=class_weights(train_y),
-                 config=FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
-                                  lr_schedule=lr_schedule),
+                 config=FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                                  augment=config.augment, lr_schedule=config.lr_schedule),
                  run_dir=run_dir, initial_weights=model.get_weights(), log=log,
-                 before_validation=refresh if bn_refresh else None)
+                 before_validation=refresh if config.bn_refresh else None)
     metrics = classification_metrics(val_y, result.val_probs.argmax(1))
     majority = _warn_if_chance(metrics, val_y, log)
     test_metrics = {}
@@ -184,10 +201,9 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
         test_probs = model.predict(preprocess(test_x, backbone.preprocess), batch_size=256, verbose=0)
         test_metrics = classification_metrics(test_y, test_probs.argmax(1), prefix="test_")
     _save_weights(base, target)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("data", "backbone", "out")}
     write_json(target.with_suffix(".json"), {
-        "backbone": backbone.name, "img_size": img_size, "epochs": epochs, "best_epoch": result.best_epoch,
-        "augment": augment, "lr": lr, "lr_schedule": lr_schedule, "batch_size": batch_size, "seed": seed,
-        "bn_momentum": bn_momentum, "bn_refresh": bn_refresh, "data": str(Path(data).resolve()),
+        "backbone": backbone.name, **settings, "best_epoch": result.best_epoch, "data": str(Path(config.data).resolve()),
         "train_n": int(len(train_y)), "val_n": int(len(val_y)), "test_n": int(len(test_y)),
         "val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"],
         "val_majority": majority,
@@ -201,33 +217,37 @@ def pretrain(data: str, backbone_name: str, out: str, epochs: int = 20, img_size
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command's parser; defaults read from ``PretrainConfig``."""
+    d = defaults(PretrainConfig)
     p = command_parser("python -m train.pretrain", __doc__)
     p.add_argument("--data", required=True)
     p.add_argument("--backbone", required=True)
     p.add_argument("--out", required=True, help="folder (writes <backbone>.h5) or a .h5 file")
-    p.add_argument("--epochs", type=at_least(1), default=20)
-    p.add_argument("--img-size", type=number(1, 4096, int), default=96)
-    p.add_argument("--batch-size", type=at_least(1), default=32)
-    p.add_argument("--lr", type=number(0, None, float, low_open=True), default=1e-3)
-    p.add_argument("--augment", default="d4", choices=AUGMENTS)
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--bn-momentum", type=number(0, 1, float, low_open=True), default=BN_MOMENTUM,
-                   help=f"momentum of every BatchNorm layer while pretraining (default {BN_MOMENTUM})")
-    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES,
-                   help="cosine decays the learning rate to zero over all epochs (default cosine)")
+    p.add_argument("--epochs", type=at_least(1), default=d["epochs"], help="(default %(default)s)")
+    p.add_argument("--img-size", type=number(1, 4096, int), default=d["img_size"], help="(default %(default)s)")
+    p.add_argument("--batch-size", type=at_least(1), default=d["batch_size"], help="(default %(default)s)")
+    p.add_argument("--lr", type=number(0, None, float, low_open=True), default=d["lr"], help="(default %(default)s)")
+    p.add_argument("--augment", default=d["augment"], choices=AUGMENTS, help="(default %(default)s)")
+    p.add_argument("--seed", type=seed, default=d["seed"], help="(default %(default)s)")
+    p.add_argument("--bn-momentum", type=number(0, 1, float, low_open=True), default=d["bn_momentum"],
+                   help="momentum of every BatchNorm layer while pretraining (default %(default)s)")
+    p.add_argument("--lr-schedule", default=d["lr_schedule"], choices=LR_SCHEDULES,
+                   help="cosine decays the learning rate to zero over all epochs (default %(default)s)")
     p.add_argument("--no-bn-refresh", dest="bn_refresh", action="store_false",
                    help="do not re-estimate BatchNorm statistics on training images before each validation")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def work() -> int:
-        get(args.backbone)  # an unknown backbone or bad setting is refused before TensorFlow loads
-        _check_settings(args.epochs, args.batch_size, args.lr, args.augment, args.bn_momentum, args.lr_schedule)
+        settings = {k: v for k, v in vars(args).items() if k != "verbose"}
+        config = PretrainConfig(**settings)  # a bad setting is refused before TensorFlow loads
         quiet_tensorflow(args.verbose)
-        pretrain(args.data, args.backbone, args.out, epochs=args.epochs, img_size=args.img_size,
-                 batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed,
-                 bn_momentum=args.bn_momentum, lr_schedule=args.lr_schedule, bn_refresh=args.bn_refresh)
+        pretrain(config)
         return 0
 
     return run_command(work, (KeyError, ValueError, DatasetError),

@@ -21,6 +21,7 @@ import tf_keras as keras
 
 from device.atomic import write_json
 from device.progress import Progress
+from train.recipe import LR_SCHEDULES, d4
 from device.sweep_results import CHECKPOINT, CHECKPOINT_META, HISTORY, HistoryError, read_history, write_history
 
 
@@ -38,9 +39,6 @@ class FitConfig:
     lr_schedule: str = "constant"
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
 class NonFiniteError(RuntimeError):
     """Training produced a loss or outputs that are not finite numbers (NaN or inf)."""
 
@@ -55,15 +53,6 @@ class FitResult:
     train_seconds: float
     images_trained: int
     resumed_from: int
-
-
-def d4(images: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Apply one of the 8 rotations/flips (``code`` 0..7) to each image of a batch."""
-    out = np.empty_like(images)
-    for i, code in enumerate(codes):
-        img = np.rot90(images[i], k=int(code) % 4, axes=(0, 1))
-        out[i] = img[:, ::-1] if code >= 4 else img
-    return out
 
 
 def _learning_rate(config: FitConfig, n_train: int):
