@@ -89,14 +89,18 @@ class ExportConfig:
     threads: int | None = None
 
     def __post_init__(self):
-        for option, value, low, high in (("--calib", self.calib, 1, None), ("--calib-seed", self.calib_seed, 0, SEED_MAX),
-                                         ("--qat-epochs", self.qat_epochs, 1, None), ("--opset", self.opset, 13, 21),
-                                         ("--threads", self.threads, 1, None)):
-            if value is not None:
-                try:
-                    check_number(value, option, low, high, integer=True)
-                except ValueError as exc:
-                    raise ExportError(str(exc) + (" (QDQ per-channel needs 13 or later)" if option == "--opset" else "")) from None
+        # --calib is checked against the training images available (``check_calibration_size``)
+        if not (isinstance(self.calib_seed, int) and 0 <= self.calib_seed <= SEED_MAX):
+            raise ExportError(f"--calib-seed {self.calib_seed}: expected a non-negative integer")
+        if not (isinstance(self.qat_epochs, int) and self.qat_epochs >= 1):
+            raise ExportError(f"--qat-epochs {self.qat_epochs}: expected at least 1")
+        if not (isinstance(self.opset, int) and 13 <= self.opset <= 21):
+            raise ExportError(f"--opset {self.opset}: expected 13..21 (QDQ per-channel needs 13 or later)")
+        if self.threads is not None:
+            try:
+                check_number(self.threads, "--threads", 1, None, integer=True)
+            except ValueError as exc:
+                raise ExportError(str(exc)) from None
         if not self.variants:
             raise ExportError("--variants: expected at least one variant")
 
