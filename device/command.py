@@ -132,6 +132,7 @@ def native_output_hidden(hide: bool = True):
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 1)
         os.dup2(captured.fileno(), 2)
+        _terminals.append(saved[0])
         try:
             yield
         except BaseException:
@@ -141,7 +142,24 @@ def native_output_hidden(hide: bool = True):
             sys.stderr.write(captured.read().decode("utf-8", errors="replace"))
             raise
         finally:
+            _terminals.remove(saved[0])
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+_terminals: list[int] = []  # the real stdout of each native_output_hidden block now open, innermost last
+
+
+def console_line(text: str) -> None:
+    """``print`` a line to the real stdout, even from inside ``native_output_hidden`` (where
+    stdout goes to a scratch file): a heartbeat during a hidden conversion is still seen."""
+    sys.stdout.flush()
+    if _terminals:
+        try:
+            os.write(_terminals[-1], (text + "\n").encode())
+            return
+        except OSError:  # the block closed it a moment ago
+            pass
+    print(text, flush=True)

@@ -108,7 +108,7 @@ class Progress:
 class StepTimer:
     """Times the named steps of one item; while a step runs, a heartbeat line every ``every_s``:
 
-        ... mobilenetv2-L010-s0-int8-tflite: int8 conversion, 40s (1m05s on this item)
+        ... mobilenetv2-L010-s0-int8-tflite: convert for 40s so far (1m05s on this artifact)
 
     Steps may nest (``convert`` calls ``build``): each second counts for the innermost step
     only, so ``seconds`` adds up to the item's time spent in steps. The heartbeat runs on a
@@ -117,14 +117,15 @@ class StepTimer:
 
     Args:
         item: the name the heartbeat lines give.
+        noun: what the item is, in the heartbeat lines.
         log: where lines go.
         every_s: seconds between heartbeat lines of one step (0: none).
         clock: the time source (seconds).
     """
 
     def __init__(self, item: str, log: Callable[[str], object] = print, every_s: float = 20.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self.item, self.log, self.every_s, self.clock = item, log, every_s, clock
+                 clock: Callable[[], float] = time.monotonic, noun: str = "item"):
+        self.item, self.log, self.every_s, self.clock, self.noun = item, log, every_s, clock, noun
         self.seconds: dict[str, float] = {}
         self._stack: list[list] = []  # [name, when its uncredited time began], innermost last
         self._start = clock()
@@ -169,5 +170,5 @@ class StepTimer:
                 innermost = self._stack and self._stack[-1] is entry  # a nested step speaks for itself
                 now = self.clock()
             if innermost:
-                self.log(f"  ... {self.item}: {entry[0]}, {duration(now - started)} "
-                         f"({duration(now - self._start)} on this item)")
+                self.log(f"  ... {self.item}: {entry[0]} for {duration(now - started)} so far "
+                         f"({duration(now - self._start)} on this {self.noun})")

@@ -32,6 +32,25 @@ from export.pipeline import TFLITE_VARIANTS, Context, ExportConfig, run_cli
 from train.console import hidden_output
 
 
+def function_converter(model):
+    """A TFLite converter of ``model``'s inference function (``training=False``).
+
+    ``TFLiteConverter.from_keras_model`` first exports a Keras SavedModel, which traces every
+    layer's call functions for serialization: 49 of its 52 s converting MobileNetV2 at 64 px
+    on this project's 2-core machine (cProfile). Converting the one inference function, held
+    by a ``tf.Module``, took 2.8 s against 37.9 s in one run, and gave the same outputs (max
+    difference 0). A batch dimension left free becomes 1, the deployable models' own.
+    """
+    import tensorflow as tf
+
+    spec = model.inputs[0]
+    shape = [1 if d is None else int(d) for d in spec.shape]
+    holder = tf.Module()
+    holder.infer = tf.function(lambda image: model(image, training=False))
+    concrete = holder.infer.get_concrete_function(tf.TensorSpec(shape, spec.dtype, name="image"))
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
+
+
 def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
     """Convert the source's deployable model to one TFLite variant and write it to ``path``.
 
@@ -61,7 +80,7 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         keras_for_conversion = ctx.tta_model()
     else:
         keras_for_conversion = ctx.model()
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_for_conversion)
+    converter = function_converter(keras_for_conversion)
     if variant == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
