@@ -314,7 +314,7 @@ class Context:
 
 # the timed steps of one artifact, in the order of the closing table; the first variant of a run
 # pays for "build" and "calibration images", which its other variants share
-STEPS = ("build", "calibration images", "convert", "inspect", "verify", "embed")
+STEPS = ("build", "calibration images", "qat training", "convert", "inspect", "verify", "embed")
 HEARTBEAT_S = 20.0  # a line at least this often while a step runs
 
 

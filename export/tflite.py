@@ -68,11 +68,14 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
         from export.quantize import train_qat
         from train.model import build
 
-        model = build(ctx.source.backbone, ctx.source.img_size, None).model
-        model.load_weights(str(ctx.source.checkpoint))
-        flat = deployable(model, ctx.source.backbone, ctx.source.img_size, batch_size=None)
-        train = ctx.dataset.load_arrays("train", ctx.source.img_size)
-        result = train_qat(flat, train.images, train.labels, epochs=ctx.config.qat_epochs, seed=ctx.source.seed, log=ctx.log)
+        with ctx.step("build"):
+            model = build(ctx.source.backbone, ctx.source.img_size, None).model
+            model.load_weights(str(ctx.source.checkpoint))
+            flat = deployable(model, ctx.source.backbone, ctx.source.img_size, batch_size=None)
+        with ctx.step("qat training"):
+            train = ctx.dataset.load_arrays("train", ctx.source.img_size)
+            result = train_qat(flat, train.images, train.labels, epochs=ctx.config.qat_epochs, seed=ctx.source.seed,
+                               log=ctx.log)
         keras_for_conversion = result.model
         extra = {"qat_epochs": result.epochs, "qat_train_accuracy": round(result.train_accuracy, 6),
                  "qat_float_layers": len(result.float_layers)}
