@@ -213,16 +213,20 @@ def test_bench_run_ctrl_c_keeps_lines_and_says_how_to_resume(exports_dir, tmp_pa
     # least 10 s, and the signal goes as soon as the first line is there, so two jobs (20 s or
     # more) are still to run however slowly this process is scheduled; a first line that never
     # comes fails here instead of signalling a finished run.
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--models", str(exports_dir), "--out",
-                             str(out), "--warmup", "1", "--runs", "5", "--min-secs", "10", "--split", "val"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the command's output goes to files, not pipes: an unread pipe that fills would stall it
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--models", str(exports_dir), "--out",
+                                 str(out), "--warmup", "1", "--runs", "5", "--min-secs", "10", "--split", "val"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
     deadline = time.time() + 300
     while not (out.exists() and out.read_text().count("\n") >= 1) and time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert proc.poll() is None, err_path.read_text()[-2000:]
         time.sleep(0.1)
     assert out.exists() and out.read_text().count("\n") == 1, "the first job did not finish in 300 s"
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    stderr = err_path.read_text()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
     kept = read_lines(out)
