@@ -1,7 +1,8 @@
 """Export trained runs as deployable artifacts: TFLite and ONNX, quantized and not, verified.
 
 ``python -m export.tflite`` and ``python -m export.onnx`` read a ``train.sweep`` folder and
-share one pipeline (``export.pipeline``): select the runs (``--select``), rebuild each run's
+share one command line (``export.cli``, settings in ``export.config``) and one pipeline
+(``export.pipeline``): select the runs (``--select``, ``export.select``), rebuild each run's
 best checkpoint with its preprocessing inside the graph (``export.graph``), convert it
 (``export.tflite``, ``export.onnx``; int8 calibration and QAT in ``export.quantize``), run the
 artifact on the validation split with the device's own runtime code (``export.verify``), fit

@@ -46,7 +46,9 @@ import numpy as np
 
 from device import exports_manifest as manifest
 from device.atomic import write_bytes
-from export.pipeline import Context, ExportConfig, ExportError, run_cli
+from export.cli import run_cli
+from export.config import ExportConfig, ExportError
+from export.pipeline import Context
 
 ONNX_VARIANTS = ("fp32", "int8", "tta")
 DEFAULT_OPSET = ExportConfig.opset

@@ -30,7 +30,7 @@ from device.command import run_command
 from device.dataset import open_dataset
 from device.runtime import load
 from export.onnx import INT8_FORMS, quantize_int8
-from export.pipeline import calib_count
+from export.config import calib_count
 from export.quantize import calibration_set
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp", "i8mm")  # x86 and ARM int8 features

@@ -1,16 +1,14 @@
 """The export pipeline both formats share (``export.tflite`` and ``export.onnx``).
 
-Run selection (``--select``), validation of the inputs before any conversion, the lazily
-built Keras model and calibration set per run (``Context``), verification of every artifact
-against the Keras model on the device code, manifest records (``device.exports_manifest``)
-and the command line both exporters run (``run_cli``). A format brings only its converter.
+Validation of the inputs before any conversion, the lazily built Keras model and calibration
+set per run (``Context``), each artifact's timed steps, its verification against the Keras
+model on the device code, and its manifest record (``device.exports_manifest``). A format
+brings only its converter. The settings are ``export.config``'s, the runs ``export.select``'s
+and the command line ``export.cli``'s.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
-import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,112 +17,24 @@ from typing import Callable
 
 import numpy as np
 
-from device.atomic import check_output_folder, write_text
-from device.backbones import Backbone, get
-from device.options import SEED_MAX, at_least, check_number, defaults
+from device.atomic import check_output_folder
 from device.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from device.checksum import sha256_file
-from device.command import Exit, console_line, run_command
+from device.command import console_line
 from device.dataset import LABELS, DatasetError, open_dataset
 from device.model_info import description
 from device.progress import Progress, StepTimer, duration
 from device import exports_manifest as manifest
-from device.sweep_results import (CHECKPOINT, CONFIG, RESULTS, TEST_PREDICTIONS, VAL_PREDICTIONS, aggregate,
-                                   best_level, load_runs)
-from device import sweep_results as layout
-from train.console import VERBOSE_HELP, hidden_output, quiet_tensorflow
+from train.console import hidden_output
+from export.config import CALIB_DEFAULT, ExportConfig, ExportError, StrictFailure, calib_count
 from export.embed import embed
-from export.quantize import Calibration, CalibrationError, calibration_set, check_calibration_size
+from export.quantize import Calibration, calibration_set, check_calibration_size
+from export.select import Source, keras_model, select_runs, write_reference
 from export.verify import Reference, align, read_reference, strict_failure, verify
 
-TFLITE_VARIANTS = ("fp32", "fp16", "dynamic", "int8", "qat", "tta")
-# made unless --variants says otherwise; tta (8 forward passes per image) only when asked for
-DEFAULT_VARIANTS = ("fp32", "fp16", "dynamic", "int8", "qat")
-SELECT_HELP = "best (each backbone's best level, seed 0 or its lowest) | all | NAME:LEVEL[:SEED][,...]"
 _VERSION_PACKAGES = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tfmot": "tensorflow-model-optimization",
                      "tf2onnx": "tf2onnx", "onnx": "onnx", "onnxruntime": "onnxruntime",
                      "ai_edge_litert": "ai-edge-litert"}
-
-
-CALIB_DEFAULT = 200
-
-
-def calib_count(requested: int | None, available: int) -> int:
-    """Calibration images to use: ``requested``, or the default capped at what there is."""
-    return requested if requested is not None else min(CALIB_DEFAULT, available)
-
-
-class ExportError(ValueError):
-    """An export that cannot start as asked; the message names the option or file and the fix."""
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Resolved settings of one export command (command line beats defaults).
-
-    Attributes:
-        runs, out: the sweep folder read and the exports folder written.
-        select: ``best`` (each backbone's best level), ``all``, or ``backbone:level[:seed]`` items.
-        variants: the artifacts to make per run (fp32, fp16, int8, ...).
-        calib, calib_seed, calib_method: the int8 calibration images (how many, which, and how
-            the ranges are taken from them).
-        qat_epochs: epochs of quantization-aware training for the ``qat`` variant.
-        opset: the ONNX opset (ONNX exports only).
-        onnx_int8: the ONNX int8 variant's form (``export.onnx.INT8_FORMS``; ONNX exports only).
-        strict: exit 1 when an artifact fails or agrees too little with the Keras model.
-        threads: runtime threads for verification (None: the runtime's default).
-    """
-
-    runs: str
-    out: str
-    select: str = "best"
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
-    calib: int | None = None  # None: CALIB_DEFAULT, or every training image when there are fewer
-    calib_seed: int = 0
-    calib_method: str = "minmax"
-    qat_epochs: int = 2
-    opset: int = 17
-    onnx_int8: str = "qoperator"  # fastest on x86 here (docs/export.md); qdq-s8 for ARM
-    strict: bool = False
-    threads: int | None = None
-
-    def __post_init__(self):
-        # --calib is checked against the training images available (``check_calibration_size``)
-        if not (isinstance(self.calib_seed, int) and 0 <= self.calib_seed <= SEED_MAX):
-            raise ExportError(f"--calib-seed {self.calib_seed}: expected a non-negative integer")
-        if not (isinstance(self.qat_epochs, int) and self.qat_epochs >= 1):
-            raise ExportError(f"--qat-epochs {self.qat_epochs}: expected at least 1")
-        if not (isinstance(self.opset, int) and 13 <= self.opset <= 21):
-            raise ExportError(f"--opset {self.opset}: expected 13..21 (QDQ per-channel needs 13 or later)")
-        if self.threads is not None:
-            try:
-                check_number(self.threads, "--threads", 1, None, integer=True)
-            except ValueError as exc:
-                raise ExportError(str(exc)) from None
-        if not self.variants:
-            raise ExportError("--variants: expected at least one variant")
-
-
-@dataclass
-class Source:
-    """One selected run: where its checkpoint, predictions and data are."""
-
-    run_id: str
-    backbone: Backbone
-    level: int
-    seed: int
-    rel_dir: str
-    run_dir: Path
-    config: dict
-    checkpoint: Path
-    predictions: Path
-    data: Path
-    img_size: int
-    checkpoint_sha256: str = ""
-
-    @property
-    def stem(self) -> str:
-        return layout.run_id(self.backbone.name, self.level, self.seed)
 
 
 def versions() -> dict[str, str | None]:
@@ -136,132 +46,6 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[key] = None
     return out
-
-
-def _finished_runs(runs_root: Path) -> list[dict]:
-    """The sweep's successful runs, by ``device.sweep_results.load_runs``'s rule (the last
-    successful line of a run wins), so that export and the sweep summary read the same results."""
-    if not runs_root.is_dir():
-        raise ExportError(f"--runs {runs_root}: no such folder; expected a train.sweep output folder")
-    if not (runs_root / RESULTS).is_file():
-        raise ExportError(f"--runs {runs_root}: no {RESULTS}; expected a train.sweep output folder")
-    try:
-        finished, _, _ = load_runs(runs_root)
-    except ValueError as exc:
-        raise ExportError(f"--runs {runs_root}: {exc}") from None
-    if not finished:
-        raise ExportError(f"--runs {runs_root}: {RESULTS} has no finished run")
-    return finished
-
-
-def pick_records(records: list[dict], spec: str) -> list[dict]:
-    """The finished runs ``--select`` names: ``all``, ``best`` (one per backbone) or ``backbone:level[:seed]`` items."""
-    spec = spec.strip()
-    if spec == "all":
-        return sorted(records, key=lambda r: (r["backbone"], r["level"], r["seed"]))
-    if spec == "best":
-        # the level the sweep summary calls best (mean accuracy over seeds; ties: fewer
-        # trainable parameters, then the lower level), exported from its seed-0 run (its
-        # lowest seed when seed 0 did not finish there)
-        chosen = []
-        for backbone, levels in aggregate(records).items():
-            level = best_level(levels).level
-            at_level = [r for r in records if r["backbone"] == backbone and int(r["level"]) == level]
-            chosen.append(min(at_level, key=lambda r: int(r.get("seed", 0))))
-        return chosen
-    chosen = []
-    for item in (i.strip() for i in spec.split(",") if i.strip()):
-        parts = item.split(":")
-        try:
-            name = get(parts[0]).name
-            level = int(parts[1])
-            seed = int(parts[2]) if len(parts) > 2 else 0
-            if len(parts) not in (2, 3):
-                raise ValueError
-        except (KeyError, ValueError, IndexError):
-            raise ExportError(f"--select {item!r}: expected {SELECT_HELP}") from None
-        match = [r for r in records if r["backbone"] == name and r["level"] == level and r["seed"] == seed]
-        if not match:
-            have = sorted({f"{r['backbone']}:{r['level']}:{r['seed']}" for r in records if r["backbone"] == name})
-            raise ExportError(f"--select {item!r} names no finished run; finished {name} runs: "
-                              f"{', '.join(have) or 'none'}")
-        chosen.append(match[0])
-    if not chosen:
-        raise ExportError(f"--select {spec!r} names nothing; expected {SELECT_HELP}")
-    return chosen
-
-
-def _data_folder(config: dict, run_dir: Path) -> Path:
-    for key in ("data", "data_resolved"):
-        value = config.get(key)
-        if value and Path(value).exists():
-            return Path(value).resolve()
-    raise ExportError(f"{run_dir}/config.json: dataset folder {config.get('data')!r} not found "
-                      f"(nor data_resolved {config.get('data_resolved')!r}); run from the sweep's folder")
-
-
-def _write_reference(source, path: Path) -> None:
-    """The Keras model's predictions the device compares with: validation rows, then test rows.
-
-    Verification here reads only the validation rows; ``bench run`` (test split by default)
-    finds its images among the test rows.
-    """
-    text = source.predictions.read_text(encoding="utf-8")
-    test = source.run_dir / TEST_PREDICTIONS
-    if test.is_file():
-        header, *rows = test.read_text(encoding="utf-8").splitlines()
-        if header == text.splitlines()[0]:
-            text = text.rstrip("\n") + "\n" + "".join(row + "\n" for row in rows)
-    write_text(path, text)
-
-
-def select_runs(runs: str | os.PathLike, spec: str = "best") -> list[Source]:
-    """The runs to export, each checked for checkpoint, predictions and data.
-
-    Args:
-        runs: a ``train.sweep`` output folder.
-        spec: ``best``, ``all`` or ``NAME:LEVEL[:SEED]`` items separated by commas.
-
-    Returns:
-        One ``Source`` per selected run, with its checkpoint hashed.
-
-    Raises:
-        ExportError: missing folder, no finished run, a selection naming nothing, a run
-            without ``best.h5``, ``config.json`` or ``val_predictions.csv``, or a ``best.h5``
-            that is not the file the sweep recorded.
-    """
-    root = Path(runs)
-    sources = []
-    for record in pick_records(_finished_runs(root), spec):
-        run_dir = root / record["run_dir"]
-        for name in (CONFIG, CHECKPOINT, VAL_PREDICTIONS):
-            if not (run_dir / name).is_file():
-                what = "checkpoint" if name == CHECKPOINT else name
-                raise ExportError(f"run {record['run_id']}: no {what} ({run_dir / name}); rerun the sweep to finish it")
-        import json
-
-        config = json.loads((run_dir / CONFIG).read_text())
-        source = Source(run_id=record["run_id"], backbone=get(record["backbone"]), level=int(record["level"]),
-                        seed=int(record["seed"]), rel_dir=record["run_dir"], run_dir=run_dir, config=config,
-                        checkpoint=run_dir / CHECKPOINT, predictions=run_dir / VAL_PREDICTIONS,
-                        data=_data_folder(config, run_dir), img_size=int(config["img_size"]))
-        source.checkpoint_sha256 = sha256_file(source.checkpoint)
-        recorded = record.get("checkpoint_sha256")
-        if recorded and recorded != source.checkpoint_sha256:
-            raise ExportError(f"run {record['run_id']}: {source.checkpoint} differs from the sha256 recorded when "
-                              f"the run finished (damaged or replaced); rerun the sweep to train it again")
-        sources.append(source)
-    return sources
-
-
-def keras_model(source: Source, batch_size: int | None = 1):
-    """Rebuild the run's model from ``best.h5`` and wrap it as the deployable graph."""
-    from export.graph import deployable
-    from train.model import build
-
-    model = build(source.backbone, source.img_size, None).model
-    model.load_weights(str(source.checkpoint))
-    return deployable(model, source.backbone, source.img_size, batch_size=batch_size)
 
 
 @dataclass
@@ -316,7 +100,6 @@ class Context:
 # pays for "build" and "calibration images", which its other variants share
 STEPS = ("build", "calibration images", "qat training", "convert", "inspect", "verify", "embed")
 HEARTBEAT_S = 20.0  # a line at least this often while a step runs
-
 
 # a converter writes the artifact file and returns (converter name, settings-independent notes)
 Converter = Callable[[Context, str, Path], tuple[str, dict]]
@@ -383,7 +166,7 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
     for source in sources:
         ctx = Context(source=source, config=config, exports=exports, log=log, dataset=datasets[source.data])
         reference_rel = f"reference/{source.stem}.csv"
-        _write_reference(source, exports / reference_rel)
+        write_reference(source, exports / reference_rel)
         check = _Verifier(source, ctx.dataset, read_reference(source.predictions), config.threads)
         for variant in variants:
             artifact_id = f"{source.stem}-{variant}-{fmt}"
@@ -561,88 +344,3 @@ def _with_macs(exports: Path, record: dict) -> dict:
     manifest.merge(exports, [record])
     manifest.write_sidecar(exports, record)
     return record
-
-
-class StrictFailure(RuntimeError):
-    """``--strict``: an artifact failed or agreed too little with the Keras model."""
-
-
-def parse_variants(text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    """Comma-separated variant names, checked against ``allowed``, in the given order.
-
-    Raises:
-        ExportError: an unknown or no variant.
-    """
-    items = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
-    bad = [v for v in items if v not in allowed]
-    if bad or not items:
-        raise ExportError(f"--variants {text!r}: expected a comma-separated subset of {','.join(allowed)}")
-    return items
-
-
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments both exporters take; their defaults are ``ExportConfig``'s."""
-    d = defaults(ExportConfig)
-    p.add_argument("--runs", required=True, help="train.sweep output folder")
-    p.add_argument("--out", required=True, help="exports folder (shared by both formats)")
-    p.add_argument("--select", default=d["select"], help=SELECT_HELP)
-    p.add_argument("--calib", type=int, default=d["calib"],
-                   help=f"training images for int8 calibration (default {CALIB_DEFAULT}, or all when fewer)")
-    p.add_argument("--calib-seed", type=int, default=d["calib_seed"],
-                   help="seed of the random draw of calibration images from the training split (default %(default)s)")
-    p.add_argument("--threads", type=at_least(1), default=d["threads"],
-                   help="runtime threads for verification (default: runtime's)")
-    p.add_argument("--strict", action="store_true",
-                   help="fail when fp32/fp16 agreement < 99.5%% or int8 agreement < 97%% (default: warn)")
-
-
-def build_parser(prog: str, doc: str, allowed: tuple[str, ...],
-                 extra_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
-    """One exporter's parser: the common arguments, ``--variants`` among ``allowed``, its own."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p)
-    variants = [v for v in allowed if v in DEFAULT_VARIANTS]
-    p.add_argument("--variants", default=",".join(variants),
-                   help=f"comma-separated: {','.join(allowed)} (default {','.join(variants)}; tta, the mean over the "
-                        f"8 rotations and flips inside the graph, costs 8 passes per image)")
-    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    extra_arguments(p)
-    return p
-
-
-def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], convert: Converter,
-            extra_arguments: Callable[[argparse.ArgumentParser], None], config_extra: Callable[[argparse.Namespace], dict]) -> int:
-    """The command line of one exporter: parse, build the config, export, report.
-
-    Returns:
-        0 on success, 1 on a ``--strict`` failure, 2 on bad input, 3 when some artifacts
-        failed, 130 on Ctrl-C.
-    """
-    args = build_parser(prog, doc, allowed, extra_arguments).parse_args(argv)
-
-    def work() -> int:
-        config = ExportConfig(runs=args.runs, out=args.out, select=args.select,
-                              variants=parse_variants(args.variants, allowed), calib=args.calib, calib_seed=args.calib_seed,
-                              strict=args.strict, threads=args.threads, **config_extra(args))
-        quiet_tensorflow(args.verbose)  # after the options are checked: a typo is answered at once
-        try:
-            records = export_runs(config, fmt, config.variants, convert)
-        except StrictFailure as exc:
-            print(f"error: --strict: {exc}", file=sys.stderr)
-            return Exit.DIFFERS
-        return _report_records(config, records)
-
-    return run_command(work, (ExportError, CalibrationError, ValueError),
-                       f"finished artifacts are in {Path(args.out) / manifest.MANIFEST}; rerun the same command to "
-                       f"make the rest (unchanged ones are skipped)")
-
-
-def _report_records(config: ExportConfig, records: list[dict]) -> int:
-    """Print the manifest's path and the failures; the exit status."""
-    failed = [r for r in records if "error" in r]
-    print(f"manifest: {Path(config.out) / manifest.MANIFEST} ({len(records) - len(failed)} artifacts ok, {len(failed)} failed)")
-    if failed:
-        print(f"finished with failures: {len(failed)} of {len(records)} artifact(s) failed (exit status "
-              f"{Exit.PARTIAL:d}); their manifest records carry the error", file=sys.stderr)
-        return Exit.PARTIAL
-    return Exit.OK

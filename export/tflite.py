@@ -18,8 +18,8 @@ Variants:
     qat      like int8, after a few epochs of quantization-aware training (tfmot) from the
              run's best checkpoint.
 
-The pipeline around the converter (selection, checks, verification, manifest) is
-``export.pipeline``, shared with ``export.onnx``.
+The pipeline around the converter (checks, timed steps, verification, manifest) is
+``export.pipeline``, shared with ``export.onnx``; run selection is ``export.select``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ from pathlib import Path
 
 from device.atomic import write_bytes
 from device.options import defaults
-from export.pipeline import TFLITE_VARIANTS, Context, ExportConfig, run_cli
+from export.cli import run_cli
+from export.config import TFLITE_VARIANTS, ExportConfig
+from export.pipeline import Context
 from train.console import hidden_output
 
 

@@ -51,7 +51,7 @@ def test_bad_settings_exit_2_before_tensorflow(exports_dir, tmp_path):  # noqa: 
 
 def test_student_learns_from_the_teacher_and_exports_like_a_run(exports_dir, tmp_path):  # noqa: F811
     from device.sweep_results import load_runs
-    from export.pipeline import select_runs
+    from export.select import select_runs
     from train.distill import DistillConfig, distill
 
     data = json.loads((exports_dir / "manifest.json").read_text())["artifacts"][0]["data"]

@@ -33,7 +33,9 @@ from device.preprocess import MODES, preprocess
 from device import exports_manifest as manifest
 from export.graph import preprocess_affine
 from export.quantize import CalibrationError, calibration_set, check_calibration_size, pinned
-from export.pipeline import ExportConfig, ExportError, export_runs, select_runs
+from export.config import ExportConfig, ExportError
+from export.pipeline import export_runs
+from export.select import select_runs
 
 from conftest import REPO, make_image
 from test_tf_free import BLOCKER
@@ -197,7 +199,7 @@ def test_best_selection_picks_seed0_best_level(exported):
 
 
 def test_best_selection_breaks_ties_like_the_sweep_summary():
-    from export.pipeline import pick_records
+    from export.select import pick_records
     from device.sweep_results import aggregate, best_level
 
     def run(level, seed, acc, params):

@@ -101,7 +101,8 @@ def test_every_command_reads_its_option_defaults_from_its_config_dataclass():
     from device.options import defaults
     from export import onnx, tflite
     from export.onnx import ONNX_VARIANTS
-    from export.pipeline import TFLITE_VARIANTS, ExportConfig, build_parser as export_parser
+    from export.cli import build_parser as export_parser
+    from export.config import TFLITE_VARIANTS, ExportConfig
     from train.distill import DistillConfig, build_parser as distill_parser
     from train.pretrain import PretrainConfig, build_parser as pretrain_parser
     from train.sweep import SweepConfig, build_parser as sweep_parser
