@@ -26,8 +26,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/bench report --runs $(DEMO)/sweep --exports $(DEMO)/exports \
 		--results $(DEMO)/bench/this-machine.jsonl --floors $(DEMO)/bench/floors.json --out $(DEMO)/report
 
+# two workers (up to four where there are more cores), a test file per worker at a time so
+# that its module fixtures are built once; the 20 slowest tests listed at the end
 test: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile --durations=20
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest
