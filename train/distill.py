@@ -292,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="student backbone, e.g. mobilenetv2")
     p.add_argument("--weights", default=d["weights"], help="the student's starting weights: imagenet, none, a file "
                    "or a folder of train.pretrain files (default %(default)s)")
-    p.add_argument("--level", type=int, required=True, help="trainable-layer level of the student (as in the sweep)")
+    p.add_argument("--level", required=True,
+                   help="trainable-layer level of the student (as in the sweep), or best: the student's best level "
+                        "in the sweep --sweep names (chosen there on validation images)")
+    p.add_argument("--sweep", help="with --level best: the train.sweep folder to read the student's best level from")
     p.add_argument("--out", required=True, help="output folder, laid out as a sweep folder")
     p.add_argument("--seeds", default=",".join(map(str, d["seeds"])), help="comma-separated (default %(default)s)")
     p.add_argument("--temperature", type=float, default=d["temperature"], help="softening T (default %(default)s)")
@@ -307,6 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def student_level(level: str, sweep: str | None, student: str) -> int:
+    """``--level``: an integer, or ``best``, the student's best level in ``--sweep`` (highest mean
+    validation accuracy over seeds, ties to fewer trainable parameters, as the summary and export
+    choose).
+
+    Raises:
+        DistillError: not an integer nor ``best``; ``best`` without a sweep that trained the student.
+    """
+    if level != "best":
+        try:
+            return int(level)
+        except ValueError:
+            raise DistillError(f"--level {level!r}: expected an integer or best") from None
+    if not sweep:
+        raise DistillError("--level best: name the sweep to read the best level from with --sweep")
+    try:
+        runs, _, _ = layout.load_runs(sweep)
+    except layout.ResultsError as exc:
+        raise DistillError(f"--sweep {sweep}: {exc}") from None
+    levels = layout.aggregate(runs).get(get(student).name)
+    if not levels:
+        raise DistillError(f"--sweep {sweep}: no finished run of {student}; expected a sweep that trained it")
+    return layout.best_level(levels).level
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -316,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             raise DistillError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
         config = DistillConfig(data=args.data, teacher=args.teacher, student=args.student, out=args.out,
-                               level=args.level, weights=args.weights, seeds=seeds,
+                               level=student_level(args.level, args.sweep, args.student), weights=args.weights, seeds=seeds,
                                teacher_artifacts=tuple(a for a in args.teacher_artifacts.split(",") if a.strip()),
                                temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, bn=args.bn)
