@@ -1,5 +1,5 @@
 """Efficiency against the hardware: each bench line's achieved GMAC/s and its fraction of the
-CPU's fp32 peak.
+CPU's peak for the line's arithmetic: fp32 for float models, int8 for integer ones.
 
 Units: one MAC is one multiply-accumulate (one fused multiply-add, two FLOP). A core's fp32
 peak in GMAC/s is ``GHz x fp32 FMA lanes it completes per cycle``; the peak of a line is the
@@ -18,9 +18,13 @@ Where the peak comes from, in order:
    (``python -m bench.peak -``) like the jobs. It is what this runtime's own GEMM reaches,
    not the silicon's limit, so it is a fair yardstick for that runtime's convolutions.
 
-Each line's ``peak_source`` says which, with its figures. Int8 lines are divided by the same
-fp32 peak: integer kernels can exceed it. TensorFlow-free; the runtimes are imported only to
-measure.
+Each line divides by the peak of its own arithmetic (``arithmetic``): full-integer and
+dynamic-range artifacts (``int8``, ``qat``, ``dynamic``) by the int8 peak, the others by the
+fp32 one. The int8 table gives each core's int8 MACs per cycle (``INT8_MACS``); the int8
+measurement is a dense int8 matmul in the same runtime (a quantized ``FULLY_CONNECTED`` for
+LiteRT; ``QLinearMatMul`` with uint8 activations and int8 weights, ONNX Runtime's fast U8S8
+form on x86, for ONNX Runtime). Each line's ``peak_source`` says which, with its figures.
+TensorFlow-free; the runtimes are imported only to measure.
 """
 from __future__ import annotations
 
@@ -49,6 +53,14 @@ CORES = {
     0xd47: ("Cortex-A710", 8),
     0xd48: ("Cortex-X2", 16),
 }
+# int8 MACs per cycle per core. Cores with the dot-product instructions (Armv8.2 SDOT/UDOT: a
+# 128-bit SDOT is 16 int8 multiply-accumulates): A55 one per cycle (16), A76, A77, A78, A710
+# two (32), X1, X2 four (64). The Cortex-A72 (Raspberry Pi 4) has none: its int8 kernels widen
+# to 16 bits and multiply-accumulate 8 lanes per 128-bit instruction, one per cycle (8).
+INT8_MACS = {0xd05: 16, 0xd08: 8, 0xd0b: 32, 0xd0d: 32, 0xd41: 32, 0xd44: 64, 0xd47: 32, 0xd48: 64}
+ARITHMETICS = ("fp32", "int8")
+# variants whose heavy ops run on integers (weights int8; dynamic quantizes activations on the fly)
+INT8_VARIANTS = ("int8", "qat", "dynamic")
 ARM = 0x41
 # default Arm clock of Raspberry Pi boards (GHz), used when cpufreq gives none; longest prefix wins
 BOARD_GHZ = {"Raspberry Pi 4": 1.5, "Raspberry Pi 400": 1.8, "Raspberry Pi Compute Module 4": 1.5,
@@ -58,9 +70,14 @@ MEASURE_SECS = 1.0
 PEAK_TIMEOUT_S = 120.0
 
 
+def arithmetic(artifact: dict) -> str:
+    """``int8`` for an artifact whose convolutions run on integers, else ``fp32``."""
+    return "int8" if str(artifact.get("variant")) in INT8_VARIANTS else "fp32"
+
+
 @dataclass(frozen=True)
 class Peak:
-    """A CPU's fp32 peak for some threads: GMAC/s, and where the figure comes from."""
+    """A CPU's peak for some threads and one arithmetic: GMAC/s, and where the figure comes from."""
 
     gmacs_per_s: float | None
     source: str
@@ -101,13 +118,15 @@ def _board_ghz(model: str | None) -> float | None:
     return BOARD_GHZ[max(names, key=len)] if names else None
 
 
-def table_peak(cpuinfo: str, threads: int, freq_ghz: dict[int, float] | None = None) -> Peak | None:
-    """The fp32 peak from the core table, or None when a core or its clock is not known.
+def table_peak(cpuinfo: str, threads: int, freq_ghz: dict[int, float] | None = None,
+               kind: str = "fp32") -> Peak | None:
+    """The peak from the core table, or None when a core or its clock is not known.
 
     Args:
         cpuinfo: the text of ``/proc/cpuinfo``.
         threads: the runtime threads (each on its own core, fastest cores first).
         freq_ghz: each logical CPU's maximum clock (cpufreq); missing ones take the board default.
+        kind: ``fp32`` (FMA lanes per cycle) or ``int8`` (int8 MACs per cycle, ``INT8_MACS``).
     """
     blocks, model = parse_cpuinfo(cpuinfo)
     board = _board_ghz(model)
@@ -123,18 +142,21 @@ def table_peak(cpuinfo: str, threads: int, freq_ghz: dict[int, float] | None = N
         if not ghz:
             return None
         name, lanes = CORES[part]
+        if kind == "int8":
+            lanes = INT8_MACS[part]
         cores.append((lanes * ghz, name, lanes, ghz, origin))
     if not cores:
         return None
     used = sorted(cores, reverse=True)[:max(1, int(threads))]
-    kinds = sorted({f"{name}: {lanes} fp32 FMA lanes/cycle @ {ghz:g} GHz ({origin})"
+    unit = "int8 MACs/cycle" if kind == "int8" else "fp32 FMA lanes/cycle"
+    kinds = sorted({f"{name}: {lanes} {unit} @ {ghz:g} GHz ({origin})"
                     for _, name, lanes, ghz, origin in used})
     where = f"{model} " if model else ""
     return Peak(round(sum(c[0] for c in used), 3),
                 f"table: {where}({len(used)} core(s) for {threads} thread(s); {'; '.join(kinds)})")
 
 
-def local_table_peak(threads: int) -> Peak | None:
+def local_table_peak(threads: int, kind: str = "fp32") -> Peak | None:
     """``table_peak`` of this machine (None off Linux, or for a CPU the table lacks)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -142,7 +164,7 @@ def local_table_peak(threads: int) -> Peak | None:
         return None
     cpus = [_int(b.get("processor")) for b in parse_cpuinfo(text)[0]]
     freqs = {c: f for c in cpus if c is not None and (f := cpufreq_max_ghz(c))}
-    return table_peak(text, threads, freqs)
+    return table_peak(text, threads, freqs, kind)
 
 
 # --- the measured peak: a dense fp32 matmul in the line's runtime ----------------------------
@@ -205,6 +227,76 @@ def fully_connected_tflite(m: int, k: int, n: int, weights=None) -> bytes:
     return bytes(b.Output())
 
 
+def _float_vector(builder, values: list[float]) -> int:
+    builder.StartVector(4, len(values), 4)
+    for v in reversed(values):
+        builder.PrependFloat32(v)
+    return _end_vector(builder, len(values))
+
+
+def _long_vector(builder, values: list[int]) -> int:
+    builder.StartVector(8, len(values), 8)
+    for v in reversed(values):
+        builder.PrependInt64(v)
+    return _end_vector(builder, len(values))
+
+
+def fully_connected_int8_tflite(m: int, k: int, n: int, seed: int = 0) -> bytes:
+    """A TFLite model of one quantized ``FULLY_CONNECTED``: int8 input [m, k], constant int8
+    weights [n, k] (per-tensor, zero point 0, as XNNPACK's QS8 kernels take them), an int32 bias,
+    int8 output [m, n]; ``m * k * n`` int8 MACs per call."""
+    import flatbuffers
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(-127, 128, (n, k), dtype=np.int8).tobytes()
+    bias = np.zeros(n, dtype="<i4").tobytes()
+    scale_x, scale_w, scale_y = 1 / 128, 0.05 / 127, 0.1
+    b = flatbuffers.Builder(len(weights) + len(bias) + 4096)
+    w_data, b_data = b.CreateByteVector(weights), b.CreateByteVector(bias)
+    buffers = [_table(b, []), _table(b, []), _table(b, [("o", 0, w_data)]), _table(b, [("o", 0, b_data)]), _table(b, [])]
+    names = [b.CreateString(t) for t in ("x", "w", "b", "y")]
+    shapes = [_int_vector(b, s) for s in ([m, k], [n, k], [n], [m, n])]
+    types = [9, 9, 2, 9]  # INT8, INT8, INT32, INT8
+    scales = [scale_x, scale_w, scale_x * scale_w, scale_y]
+    quant = [_table(b, [("o", 2, _float_vector(b, [sc])), ("o", 3, _long_vector(b, [0]))]) for sc in scales]
+    tensors = [_table(b, [("o", 0, shapes[i]), ("b", 1, types[i]), ("u", 2, i + 1), ("o", 3, names[i]),
+                          ("o", 4, quant[i])]) for i in range(4)]
+    options = _table(b, [])
+    op = _table(b, [("u", 0, 0), ("o", 1, _int_vector(b, [0, 1, 2])), ("o", 2, _int_vector(b, [3])),
+                    ("b", 3, 8), ("o", 4, options)])
+    subgraph = _table(b, [("o", 0, _offset_vector(b, tensors)), ("o", 1, _int_vector(b, [0])),
+                          ("o", 2, _int_vector(b, [3])), ("o", 3, _offset_vector(b, [op]))])
+    code = _table(b, [("b", 0, 9), ("i", 2, 4), ("i", 3, 9)])  # FULLY_CONNECTED, version 4 (int8)
+    model = _table(b, [("u", 0, 3), ("o", 1, _offset_vector(b, [code])), ("o", 2, _offset_vector(b, [subgraph])),
+                       ("o", 4, _offset_vector(b, buffers))])
+    b.Finish(model, file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def qlinear_matmul_onnx(m: int, k: int, n: int, seed: int = 0) -> bytes:
+    """An ONNX model of one ``QLinearMatMul``: uint8 input [m, k] by constant int8 [k, n] (U8S8,
+    the form ONNX Runtime's x86 kernels are fastest in), uint8 output (needs ``onnx``)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(seed).integers(-127, 128, (k, n), dtype=np.int8)
+    consts = [numpy_helper.from_array(np.array(1 / 255, np.float32), "x_scale"),
+              numpy_helper.from_array(np.array(128, np.uint8), "x_zero"),
+              numpy_helper.from_array(weights, "w"),
+              numpy_helper.from_array(np.array(0.05 / 127, np.float32), "w_scale"),
+              numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
+              numpy_helper.from_array(np.array(0.1, np.float32), "y_scale"),
+              numpy_helper.from_array(np.array(128, np.uint8), "y_zero")]
+    node = helper.make_node("QLinearMatMul", ["x", "x_scale", "x_zero", "w", "w_scale", "w_zero", "y_scale", "y_zero"],
+                            ["y"])
+    graph = helper.make_graph([node], "qlinear_matmul", [helper.make_tensor_value_info("x", TensorProto.UINT8, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [m, n])], initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def matmul_onnx(m: int, k: int, n: int, seed: int = 0) -> bytes:
     """An ONNX model of one ``MatMul``: input [m, k] float32 by constant [k, n] (needs ``onnx``)."""
     import numpy as np
@@ -240,8 +332,8 @@ def _onnx_importable() -> bool:
 
 
 def measure_peak(runtime: str, threads: int, delegate: str | None = "xnnpack",
-                 seconds: float = MEASURE_SECS, shape: tuple[int, int, int] = MATMUL) -> Peak:
-    """The best GMAC/s of a dense fp32 matmul in ``runtime`` with ``threads`` threads.
+                 seconds: float = MEASURE_SECS, shape: tuple[int, int, int] = MATMUL, kind: str = "fp32") -> Peak:
+    """The best GMAC/s of a dense matmul (``kind``: fp32 or int8) in ``runtime`` with ``threads`` threads.
 
     ONNX Runtime needs ``onnx`` to build its model; without it the matmul runs on LiteRT and
     the source says so.
@@ -256,22 +348,28 @@ def measure_peak(runtime: str, threads: int, delegate: str | None = "xnnpack",
         suffix = ".onnx"
     elif runtime == "onnxruntime":
         runtime, why = "litert", " (onnx, needed to build an ONNX Runtime matmul, is not installed)"
+    builders = {(".onnx", "fp32"): matmul_onnx, (".tflite", "fp32"): fully_connected_tflite,
+                (".onnx", "int8"): qlinear_matmul_onnx, (".tflite", "int8"): fully_connected_int8_tflite}
+    rng = np.random.default_rng(1)
+    inputs = {"fp32": rng.standard_normal((m, k)).astype(np.float32),
+              "int8": rng.integers(0, 256, (m, k), dtype=np.uint8) if suffix == ".onnx"
+              else rng.integers(-128, 128, (m, k), dtype=np.int8)}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"matmul{suffix}"
-        path.write_bytes(matmul_onnx(m, k, n) if suffix == ".onnx" else fully_connected_tflite(m, k, n))
+        path.write_bytes(builders[(suffix, kind)](m, k, n))
         model = load(path, runtime, threads, delegate or "xnnpack")
-        x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+        x = inputs[kind]
         best, count = _best_call_s(lambda: model.invoke(x), seconds)
-    op = "MatMul" if suffix == ".onnx" else "FULLY_CONNECTED"
+    op = {".onnx": "QLinearMatMul" if kind == "int8" else "MatMul", ".tflite": "FULLY_CONNECTED"}[suffix]
     engine = f"{runtime}{f' ({delegate})' if runtime != 'onnxruntime' and delegate else ''} {model.version}"
     return Peak(round(m * k * n / best / 1e9, 3),
-                f"measured: dense fp32 matmul ({op} {m}x{k}x{n}) on {engine}{why}, {threads} thread(s), "
+                f"measured: dense {kind} matmul ({op} {m}x{k}x{n}) on {engine}{why}, {threads} thread(s), "
                 f"best of {count} calls in {seconds:g} s")
 
 
-def measure_in_subprocess(runtime: str, threads: int, delegate: str | None) -> Peak:
+def measure_in_subprocess(runtime: str, threads: int, delegate: str | None, kind: str = "fp32") -> Peak:
     """``measure_peak`` in a fresh ``python -m bench.peak -`` (its own thread pools, like a job)."""
-    job = json.dumps({"runtime": runtime, "threads": threads, "delegate": delegate})
+    job = json.dumps({"runtime": runtime, "threads": threads, "delegate": delegate, "kind": kind})
     try:
         proc = subprocess.run([sys.executable, "-m", "bench.peak", "-"], input=job, capture_output=True,
                               text=True, timeout=PEAK_TIMEOUT_S)
@@ -309,9 +407,9 @@ class Efficiency:
         self.macs_cache: dict[str, tuple[int | None, str | None]] = {}
 
     @staticmethod
-    def lookup_or_measure(runtime: str, threads: int, delegate: str | None) -> Peak:
-        """The table's peak of this CPU, else a measured one."""
-        return local_table_peak(threads) or measure_in_subprocess(runtime, threads, delegate)
+    def lookup_or_measure(runtime: str, threads: int, delegate: str | None, kind: str = "fp32") -> Peak:
+        """The table's peak of this CPU for ``kind`` arithmetic, else a measured one."""
+        return local_table_peak(threads, kind) or measure_in_subprocess(runtime, threads, delegate, kind)
 
     def macs(self, artifact: dict) -> tuple[int | None, str | None]:
         """``(macs, note)``: the manifest's count, else one counted from the file (note on failure)."""
@@ -331,9 +429,10 @@ class Efficiency:
             out["notes"] = list(line.get("notes") or []) + [note]
         if line.get("error") or line.get("mode") != "kernel" or not macs or not line.get("latency_ms_p50"):
             return out
-        key = (runtime, threads, delegate)
+        kind = arithmetic(artifact)
+        key = (runtime, threads, delegate) + ((kind,) if kind != "fp32" else ())
         if key not in self.peaks:
-            self.peaks[key] = self.peak_of(runtime, threads, delegate)
+            self.peaks[key] = self.peak_of(*key)
         return {**out, **efficiency(macs, line["latency_ms_p50"], self.peaks[key])}
 
 
@@ -342,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.worker import answer_one_job
 
     def measure(job: dict) -> dict:
-        peak = measure_peak(job["runtime"], int(job["threads"]), job.get("delegate"))
+        peak = measure_peak(job["runtime"], int(job["threads"]), job.get("delegate"), kind=job.get("kind", "fp32"))
         return {"peak_gmacs_per_s": peak.gmacs_per_s, "peak_source": peak.source}
 
     # every failure is the answer's error, never a lost line

@@ -269,8 +269,8 @@ def _efficiency_text(lines: list[dict]) -> list[str]:
                      str(ln.get("peak_source"))) for ln in measured})
     text = ["Efficiency: GMAC/s is the model's multiply-accumulates per image (`macs`, counted from the "
             "exported graph's convolution, dense and matmul ops) over its p50 latency; % of peak divides it by "
-            "the CPU's fp32 peak for the line's runtime and threads (1 MAC = 1 fused multiply-add; int8 "
-            "kernels can exceed the fp32 peak):", ""]
+            "the CPU's peak for the line's runtime, threads and arithmetic: fp32 for float models, int8 for "
+            "int8, qat and dynamic ones (1 MAC = 1 multiply-accumulate):", ""]
     text += [f"- {runtime}, {threads} thread(s): "
              + (f"{peak:.4g} GMAC/s, {source}" if peak is not None else source) for runtime, threads, peak, source in peaks]
     return text + [""]
