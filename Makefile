@@ -10,7 +10,8 @@ DEMO ?= demo
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[all]"
+	@echo "installing SkyEdge and its extras into $(VENV) (about a minute from pip's cache; the first time it downloads about 830 MB)"
+	$(PY) -m pip install --progress-bar off -e ".[all]"
 	touch $@
 
 # every command hides TensorFlow's own chatter unless given --verbose

@@ -23,7 +23,7 @@ from device.checksum import sha256_file
 from device.dataset import LABELS, class_weights
 from device.metrics import classification_metrics
 from device.predictions import write_predictions
-from device.progress import Progress
+from device.progress import Progress, StepTimer
 from device.preprocess import preprocess
 from device.sweep_results import (BASELINE, BASELINE_PREDICTIONS, CHECKPOINT, CONFIG, METRICS, RESULTS,
                                    TEST_PREDICTIONS, VAL_PREDICTIONS, append_run)
@@ -33,6 +33,7 @@ from train.sweep_plan import (Plan, RunPlan, damaged_checkpoint, ensure_results_
                               run_identity)
 
 RUN_LOCK = ".lock"  # in each run folder, held while a process trains that run
+HEARTBEAT_S = 20.0  # a progress line at least this often within a run
 
 
 def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
@@ -293,16 +294,19 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
             "class_weights": {LABELS[c]: w for c, w in weights_by_class.items()},
             "train_n": int(len(train.y)), "val_n": int(len(val.y)), "test_n": int(len(test.y)), **info})
         t_cache = time.perf_counter()
+        # a heartbeat line every 20 s while the frozen pass or an epoch (with its tracing) runs long
+        steps = StepTimer(run.run_id, log, every_s=HEARTBEAT_S, noun="run")
         if loaded.caches is not None:
             # caches must see the initial weights of the frozen layers
-            arrays = {name: cache.advance(run.level) for name, cache in loaded.caches.items()}
+            with steps.step("frozen features"):
+                arrays = {name: cache.advance(run.level) for name, cache in loaded.caches.items()}
             with strategy.scope():
                 top = top_model(model, loaded.caches["train"].boundary)
         else:
             arrays, top = {name: [x] for name, x in loaded.inputs.items()}, model
         cache_seconds = time.perf_counter() - t_cache
         set_level(model, base, run.level, bn=config.bn)
-        with strategy.scope():
+        with strategy.scope(), steps.step("training"):
             result = fit(model, top, train_inputs=arrays["train"], train_labels=train.y,
                          val_inputs=arrays["val"], val_labels=val.y, class_weights=weights_by_class,
                          config=FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
