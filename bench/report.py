@@ -14,21 +14,23 @@ Writes ``REPORT/report.md`` and its figures (``REPORT/*.png``), atomically:
 2. the export table from ``EXPORTS/manifest.json``;
 3. per device (result lines grouped by ``device_name``; several results files combine): one
    row per artifact x runtime x threads x mode with latency, efficiency (GMAC/s and its share of
-   the CPU's fp32 peak, each peak stated with its source: ``bench.peak``), memory, size and accuracy;
+   the CPU's peak for the line's arithmetic, fp32 or int8, each peak stated with its source:
+   ``bench.peak``), memory, size and accuracy;
 4. per device: accuracy against p50 latency and against model size, with the Pareto fronts;
 5. per device: the verdict on the claim (see ``DECISION_RULE``), with its reasons as sentences
    built from the numbers.
 
 Lines with an ``error`` are listed and left out. Lines run under emulation (qemu) keep their
 accuracy, which emulation does not change, but their latency is never used.
-The verdict itself is computed in ``bench.verdict`` and the figures drawn by ``bench.plots``.
+The verdict itself is computed in ``bench.verdict`` and the figures drawn by ``bench.plots``;
+the tables are ``bench.report_tables``', the floors ``bench.report_floors``' and the files
+beside the Markdown (``devices.csv``, ``verdict.json``) ``bench.report_records``'.
 No TensorFlow is imported; matplotlib is imported only to draw.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import os
 import re
 import sys
@@ -36,25 +38,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from device.options import at_least, fraction, positive_numbers
 from bench.plots import plot_front
 from bench.calibration import mix_section, section as calibration_section
 from bench.jobs import line_problem
-from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MARGIN, DEFAULT_MIN_IMAGES,
-                           RECOMMENDATION_RULE, DeviceVerdict, Point, acc_ci, decide, is_emulated, is_mobile, line_ci,
-                           ms_text, num, percent, recommend)
+from bench.verdict import (DECISION_RULE, DEFAULT_ALPHA, DEFAULT_BUDGETS_MS, DEFAULT_MARGIN, DEFAULT_MIN_IMAGES, RECOMMENDATION_RULE, DeviceVerdict, acc_ci, decide, is_emulated, ms_text, percent, recommend)
 from device import exports_manifest
 from device.classifier import RECOMMENDATION
 from device.atomic import check_output_folder, read_jsonl_records, skipped_warning, write_bytes, write_text
 from device.command import Exit, run_command
-from device.metrics import MCNEMAR_CONVENTION, mcnemar
+from device.metrics import MCNEMAR_CONVENTION
 from device import sweep_tables
-from device.sweep_tables import markdown_table, short
-from device.sweep_results import RESULTS, aggregate, best_level, load_runs, overall_best
-
-MB = 1e6
+from device.sweep_tables import markdown_table
+from device.sweep_results import RESULTS, load_runs
+from bench.report_floors import device_floors, floor_reasons, floors_pairs, floors_section, read_floors_file
+from bench.report_records import devices_csv, shown_path, verdict_record
+from bench.report_tables import (MB, device_header, device_table, errors_section, export_section, size_mb_text,
+                                 study_section)
 
 
 @dataclass(frozen=True)
@@ -138,198 +139,6 @@ def load_results(paths, log: Callable[[str], None] | None = None) -> tuple[dict[
     return by_device, errors
 
 
-# --- markdown -----------------------------------------------------------------------------
-
-def _study_section(runs: Path | None) -> list[str]:
-    lines = ["## 1. The study's tables (training sweep)", ""]
-    if runs is None:
-        return lines + ["No sweep folder given (--runs); the study's tables are left out.", ""]
-    try:
-        ok, failures, _superseded = load_runs(Path(runs))
-    except ValueError as exc:
-        return lines + [f"No study tables: {exc}", ""]
-    levels = aggregate(ok)
-    lines += [f"From `{Path(runs) / RESULTS}`: {len(ok)} successful runs of {len(levels)} backbones, "
-              f"{len(failures)} failed. Tables built as `train.summary` builds them (`device.sweep_tables`); Wilson 95% intervals.", ""]
-    if not levels:
-        return lines + ["No successful run.", ""]
-    baseline = [s for stats in levels.values() for s in stats if s.level == 0]
-    if baseline:
-        lines += ["### Level 0 (head only)", ""]
-        lines += sweep_tables.markdown_table(["Backbone", "Family", "Val accuracy [95% CI]", "Macro-F1", "Trainable params", "PTR"],
-                                [[s.backbone, _family(s.backbone), sweep_tables.accuracy_cell(s),
-                                  sweep_tables.spread(s.f1_mean, s.f1_std, ".3f"), sweep_tables.params_text(s.trainable_params),
-                                  sweep_tables.ratio_text(s.ptr)] for s in baseline])
-    best = {backbone: best_level(stats) for backbone, stats in levels.items()}
-    overall = overall_best(best)
-    lines += ["### Best level per backbone", ""]
-    lines += sweep_tables.best_section(Path(runs), best, overall)
-    families = {b: _family(b) for b in best}
-    lines += ["Families (registry `mobile` flag): "
-              + "; ".join(f"{b}: {f}" for b, f in families.items()) + ".", ""]
-    return lines
-
-
-def _family(backbone: str) -> str:
-    return {True: "mobile", False: "non-mobile", None: "unknown"}[is_mobile(backbone)]
-
-
-def _export_section(exports: Path | None) -> list[str]:
-    lines = ["## 2. Exported models", ""]
-    if exports is None:
-        return lines + ["No exports folder given (--exports); the export table is left out.", ""]
-    from bench.jobs import BenchError, load_manifest
-
-    try:
-        artifacts = load_manifest(exports)
-    except BenchError as exc:
-        return lines + [f"No export table: {exc}", ""]
-    fp32 = {(a.get("backbone"), a.get("level"), a.get("seed"), a.get("format")): a for a in artifacts
-            if a.get("variant") == "fp32" and not a.get("error")}
-    rows = []
-    for a in artifacts:
-        size = num(a.get("size_bytes"))
-        base = fp32.get((a.get("backbone"), a.get("level"), a.get("seed"), a.get("format")))
-        base_size = num(base.get("size_bytes")) if base else None
-        ratio = "1.00" if a.get("variant") == "fp32" and size else (
-            f"{size / base_size:.2f}" if size and base_size else "n/a")
-        rows.append([str(a.get("artifact_id")), str(a.get("backbone")), _family(str(a.get("backbone"))),
-                     str(a.get("variant")), str(a.get("format")), _size_mb(size), ratio, _mmacs(a.get("macs")),
-                     percent(num(a.get("val_accuracy"))), _points(num(a.get("accuracy_delta"))),
-                     percent(num(a.get("agreement"))), _sci(num(a.get("max_abs_diff"))),
-                     short(str(a.get("error"))) if a.get("error") else
-                     f"WARNING: {short(str(a['warning']))}" if a.get("warning") else ""])
-    lines += [f"From `{Path(exports) / 'manifest.json'}`: {len(artifacts)} artifact(s), "
-              f"{sum(bool(a.get('error')) for a in artifacts)} with an export error. Size ratio: the artifact's "
-              "size over the fp32 artifact of the same model and format. MMAC: millions of multiply-accumulates "
-              "per image, counted from the artifact's graph. Delta: accuracy minus the Keras model's; "
-              "agreement: share of images where its prediction equals the Keras model's; max diff: largest "
-              "absolute difference of a class probability.", ""]
-    lines += markdown_table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32", "MMAC",
-                     "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Error or warning"], rows)
-    return lines
-
-
-def _mmacs(value) -> str:
-    value = num(value)
-    return "n/a" if value is None else f"{value / 1e6:.4g}"
-
-
-def _points(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:+.1f} pts"
-
-
-def _sci(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2g}"
-
-
-def _mb(value) -> str:
-    value = num(value)
-    return "n/a" if value is None else f"{value / MB:.1f}"
-
-
-def _size_mb(value) -> str:
-    value = num(value)
-    if not value:
-        return "n/a"
-    # Two decimals for real models; three significant digits keep a tiny test model above 0.00.
-    return f"{value / MB:.2f}" if value >= MB else f"{value / MB:.3g}"
-
-
-def _device_header(device: str, lines: list[dict]) -> list[str]:
-    first = lines[0]
-    ram = num(first.get("ram_bytes"))
-    runtimes = sorted({f"{ln.get('runtime_package') or ln.get('runtime')} {ln.get('runtime_version') or ''}".strip()
-                       for ln in lines})
-    facts = [f"CPU {first.get('cpu_model') or 'n/a'} ({first.get('arch') or 'n/a'}, {first.get('cores') or 'n/a'} cores)",
-             f"RAM {ram / 2 ** 30:.1f} GiB" if ram else "RAM n/a", f"OS {first.get('os') or 'n/a'}",
-             f"Python {first.get('python') or 'n/a'}", f"governor {first.get('governor') or 'n/a'}",
-             f"runtimes: {', '.join(runtimes)}",
-             f"from {', '.join(sorted({Path(ln['_source']).name for ln in lines}))}"]
-    common = _common_notes(lines)
-    shared = ["Notes on every line: " + "; ".join(common) + ".", ""] if common else []
-    return [f"### {device}", "", "; ".join(facts) + ".", ""] + shared + _efficiency_text(lines)
-
-
-def _efficiency_cell(line: dict) -> str:
-    """``GMAC/s (NN%)`` of a line: its MACs per image over its p50, and its share of the peak."""
-    gmacs, fraction = num(line.get("gmacs_per_s")), num(line.get("fraction_of_peak"))
-    if gmacs is None or is_emulated(line):
-        return "n/a"
-    return f"{gmacs:.3g}" + (f" ({100 * fraction:.0f}%)" if fraction is not None else "")
-
-
-def _efficiency_text(lines: list[dict]) -> list[str]:
-    """How the efficiency column is computed, and each peak it divides by, with its source."""
-    measured = [ln for ln in lines if num(ln.get("gmacs_per_s")) is not None and not is_emulated(ln)]
-    if not measured:
-        return ["No line of this device has its model's multiply-accumulates (`macs`) and a kernel-mode "
-                "latency outside emulation, so the efficiency column is empty.", ""]
-    peaks = sorted({(str(ln.get("runtime")), int(ln.get("threads") or 0), num(ln.get("peak_gmacs_per_s")),
-                     str(ln.get("peak_source"))) for ln in measured})
-    text = ["Efficiency: GMAC/s is the model's multiply-accumulates per image (`macs`, counted from the "
-            "exported graph's convolution, dense and matmul ops) over its p50 latency; % of peak divides it by "
-            "the CPU's peak for the line's runtime, threads and arithmetic: fp32 for float models, int8 for "
-            "int8, qat and dynamic ones (1 MAC = 1 multiply-accumulate):", ""]
-    text += [f"- {runtime}, {threads} thread(s): "
-             + (f"{peak:.4g} GMAC/s, {source}" if peak is not None else source) for runtime, threads, peak, source in peaks]
-    return text + [""]
-
-
-def _common_notes(lines: list[dict]) -> list[str]:
-    # notes every line of a device carries (e.g. how the dataset was indexed) are said once
-    # above its table, not in each row
-    sets = [[str(n) for n in ln.get("notes") or []] for ln in lines]
-    return [n for n in sets[0] if all(n in other for other in sets[1:])] if len(sets) > 1 else []
-
-
-def _majority_share(labels) -> float | None:
-    """The accuracy of always answering the most common class of these labels."""
-    if not labels:
-        return None
-    counts = np.bincount(np.asarray(labels, dtype=int))
-    return float(counts.max() / counts.sum())
-
-
-def _device_table(lines: list[dict]) -> list[str]:
-    common = set(_common_notes(lines))
-    rows = []
-    for ln in sorted(lines, key=lambda x: (str(x.get("artifact_id")), str(x.get("runtime")),
-                                           int(x.get("threads") or 0), str(x.get("mode")))):
-        low, high = num(ln.get("latency_ms_p50_ci_low")), num(ln.get("latency_ms_p50_ci_high"))
-        p50 = ms_text(num(ln.get("latency_ms_p50"))) + (f" [{ms_text(low)}, {ms_text(high)}]" if low is not None and high is not None else "")
-        acc = num(ln.get("accuracy"))
-        a_low, a_high = line_ci(ln) if acc is not None else (None, None)
-        notes = [str(n) for n in ln.get("notes") or [] if str(n) not in common]
-        if ln.get("export_warning"):
-            notes.insert(0, f"EXPORT WARNING: {ln['export_warning']}")
-        if is_emulated(ln):
-            notes.insert(0, "EMULATED: latency not meaningful")
-        share = _majority_share(ln.get("label_indices"))
-        if acc is not None and share is not None and a_low is not None and a_low <= share:
-            notes.insert(0, f"NOT ABOVE CHANCE: its interval reaches {percent(share)}, the score of always answering "
-                            f"the most common class of these images")
-        rows.append([str(ln.get("artifact_id")), _family(str(ln.get("backbone"))), str(ln.get("runtime")),
-                     str(ln.get("threads")), str(ln.get("mode")), p50, ms_text(num(ln.get("latency_ms_p90"))),
-                     ms_text(num(ln.get("latency_ms_p99"))), _efficiency_cell(ln), _mb(ln.get("peak_rss_bytes")),
-                     _mb(ln.get("rss_increase_bytes")), _size_mb(ln.get("size_bytes")),
-                     f"{percent(acc)} [{percent(a_low)}, {percent(a_high)}]", _sci(num(ln.get("macro_f1"))),
-                     percent(num(ln.get("agreement"))), short("; ".join(notes), 300)])
-    return markdown_table(["Artifact", "Family", "Runtime", "Threads", "Mode", "p50 ms [95% CI]", "p90 ms", "p99 ms",
-                   "GMAC/s (% of peak)", "Peak RSS MB", "RSS increase MB", "Size MB", "Accuracy [Wilson 95%]", "Macro-F1", "Agreement",
-                   "Notes"], rows)
-
-
-def _errors_section(errors: list[dict]) -> list[str]:
-    lines = ["### Lines with an error (left out)", ""]
-    if not errors:
-        return lines + ["None.", ""]
-    return lines + markdown_table(["Device", "Artifact", "Runtime", "Threads", "Mode", "File", "Error"],
-                          [[str(e.get("device_name")), str(e.get("artifact_id")), str(e.get("runtime")),
-                            str(e.get("threads")), str(e.get("mode")), Path(e["_source"]).name,
-                            short(str(e.get("error")))] for e in errors])
-
-
 def _verdict_lines(v: DeviceVerdict) -> list[str]:
     lines = [f"### {v.device}: the claim is **{v.verdict}**", ""]
     lines += [f"- {reason}" for reason in v.reasons] + [""]
@@ -338,7 +147,7 @@ def _verdict_lines(v: DeviceVerdict) -> list[str]:
                          "Size front"],
                         [[p.label, p.family, acc_ci(p),
                           ms_text(p.p50_ms) + (" (emulated)" if is_emulated(p.line) else ""),
-                          _size_mb(p.size_bytes),
+                          size_mb_text(p.size_bytes),
                           "yes" if p in v.latency_front else ("n/a" if p not in v.latency_points else "no"),
                           "yes" if p in v.size_front else "no"] for p in v.points])
     if v.budgets:
@@ -400,178 +209,6 @@ def with_export_warnings(by_device: dict[str, list[dict]], exports: Path | None)
     return {device: [{**ln, "export_warning": warnings[str(ln.get("artifact_id"))]}
                      if str(ln.get("artifact_id")) in warnings else ln for ln in lines]
             for device, lines in by_device.items()}
-
-
-def read_floors_file(path: str | os.PathLike) -> dict:
-    """A ``bench floors`` file, checked for the fields the pairing needs.
-
-    Raises:
-        ValueError: missing, not JSON, or without the per-image lists; the message names it.
-    """
-    import json
-
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"--floors {path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError:
-        raise ValueError(f"--floors {path}: not JSON; expected a file written by `bench floors`") from None
-    need = ("images_sha256", "label_indices", "features_pred_indices", "features_accuracy", "majority_accuracy")
-    if not isinstance(record, dict) or any(k not in record for k in need):
-        raise ValueError(f"--floors {path}: expected a file written by `bench floors` (with {', '.join(need)})")
-    return {**record, "_source": str(path)}
-
-
-def floors_pairs(files: list[dict], verdicts: dict, alpha: float) -> tuple[list[dict], int]:
-    """Each model point paired with the floors file scored on its very images.
-
-    Returns:
-        ``(pairs, unmatched)``: one dict per paired point (device, artifact, accuracies,
-        McNemar b, c and p against the feature baseline, ``beats``), and how many points
-        had no floors file on their images or no per-image predictions.
-    """
-    by_images = {f["images_sha256"]: f for f in files}
-    pairs, unmatched = [], 0
-    for device, v in verdicts.items():
-        for point in sorted(v.points, key=lambda p: -p.accuracy):
-            floor = by_images.get(point.line.get("images_sha256"))
-            pred, truth = point.line.get("pred_indices"), point.line.get("label_indices")
-            if floor is None or not pred or truth != floor["label_indices"]:
-                unmatched += 1
-                continue
-            truth = np.asarray(truth)
-            test = mcnemar(np.asarray(pred) == truth, np.asarray(floor["features_pred_indices"]) == truth)
-            pairs.append({"device": device, "artifact_id": point.artifact_id, "label": point.label,
-                          "family": point.family, "accuracy": point.accuracy, "floors": floor["_source"],
-                          "features_accuracy": floor["features_accuracy"],
-                          "majority_accuracy": floor["majority_accuracy"], "b": test["b"], "c": test["c"],
-                          "n": test["n"], "p_value": test["p_value"], "accuracy_diff": test["accuracy_diff"],
-                          "beats_features": bool(test["accuracy_diff"] > 0 and test["p_value"] < alpha)})
-    return pairs, unmatched
-
-
-def _floors_section(files: list[dict], pairs: list[dict], unmatched: int, alpha: float) -> list[str]:
-    """Each model against the floors scored on the very same images (McNemar, exact)."""
-    if not files:
-        return []
-    lines = ["## Against the floors on the same images", ""]
-    for f in files:
-        lines.append(f"- `{f['_source']}`: {f.get('n')} `{f.get('split')}` images of `{f.get('data')}`; floors fitted "
-                     f"on the training split of `{f.get('train_data')}`: always {f.get('majority_class')} "
-                     f"{percent(f['majority_accuracy'])}, logistic regression on image features "
-                     f"{percent(f['features_accuracy'])} [{percent(f.get('features_accuracy_ci_low'))}, "
-                     f"{percent(f.get('features_accuracy_ci_high'))}].")
-    lines += [""]
-    if pairs:
-        lines += [f"McNemar's exact test of each model against the feature baseline on the same images (b and c "
-                  f"as stated at the top). Beats it: higher accuracy and p < {alpha:g}.", ""]
-        lines += markdown_table(["Device", "Model", "Family", "Accuracy", "Feature floor", "Difference (points)", "b / c",
-                         "McNemar p", "Beats it"],
-                        [[q["device"], q["label"], q["family"], percent(q["accuracy"]), percent(q["features_accuracy"]),
-                          f"{100 * q['accuracy_diff']:+.1f}", f"{q['b']} / {q['c']}", f"{q['p_value']:.2g}",
-                          "yes" if q["beats_features"] else "no"] for q in pairs])
-    if unmatched:
-        lines += [f"{unmatched} model line(s) were scored on other images than any floors file, or carry no "
-                  f"per-image predictions; they are not paired.", ""]
-    return lines
-
-
-# --- machine-readable outputs ---------------------------------------------------------------
-
-DEVICES_CSV_COLUMNS = (
-    "device_name", "artifact_id", "backbone", "family", "variant", "format", "runtime", "runtime_version",
-    "threads", "mode", "emulated", "latency_ms_p50", "latency_ms_p50_ci_low", "latency_ms_p50_ci_high",
-    "latency_ms_p5", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "peak_rss_bytes", "rss_increase_bytes", "size_bytes", "data", "split",
-    "n_images", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "agreement", "cpu_model", "arch",
-    "error", "macs", "gmacs_per_s", "peak_gmacs_per_s", "fraction_of_peak", "peak_source",
-)
-
-
-def shown_path(path) -> str:
-    """A recorded path as the report shows it: relative to the folder ``bench report`` runs in
-    when it lies below it (a report copied elsewhere then names no folder of this machine),
-    else as recorded."""
-    text = str(path)
-    try:
-        return str(Path(text).relative_to(Path.cwd())) if Path(text).is_absolute() else text
-    except ValueError:
-        return text
-
-
-def devices_csv(by_device: dict[str, list[dict]], errors: list[dict]) -> str:
-    """One row per results line (errors included), the columns of ``DEVICES_CSV_COLUMNS``."""
-    import csv
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(DEVICES_CSV_COLUMNS)
-    for line in [ln for lines in by_device.values() for ln in lines] + errors:
-        row = {**line, "family": _family(str(line.get("backbone"))), "emulated": is_emulated(line),
-               "data": shown_path(line["data"]) if line.get("data") else None}
-        writer.writerow(["" if row.get(k) is None else row.get(k) for k in DEVICES_CSV_COLUMNS])
-    return buffer.getvalue()
-
-
-def _point_record(p: Point | None) -> dict | None:
-    if p is None:
-        return None
-    return {"artifact_id": p.artifact_id, "backbone": p.backbone, "variant": p.variant, "format": p.format,
-            "mobile": p.mobile, "accuracy": p.accuracy, "accuracy_ci_low": p.ci_low, "accuracy_ci_high": p.ci_high,
-            "latency_ms_p50": p.p50_ms, "size_bytes": p.size_bytes, "runtime": p.line.get("runtime"),
-            "threads": p.line.get("threads"), "n_images": p.line.get("n_images"), "split": p.line.get("split")}
-
-
-def verdict_record(config: "ReportConfig", verdicts: dict, pairs: list[dict]) -> dict:
-    """Everything the verdict used, per device: the decision, its reasons and every number."""
-    return {
-        "format_version": 1,
-        "claim": "mobile networks may not always be ideal for deployment on a low-compute device, as they had "
-                 "consistently lower validation accuracies (Sabeesh & Bolla, 2022)",
-        "rule": DECISION_RULE, "alpha": config.alpha, "margin": config.margin,
-        "budgets_ms": list(config.budgets_ms) if config.budgets_ms else "derived per device from its p50 range",
-        "min_images": config.min_images, "results": [str(p) for p in config.results],
-        "devices": {d: {"verdict": v.verdict, "reasons": list(v.reasons), "mode": v.mode,
-                        "emulated_lines": v.emulated, "best_mobile": _point_record(v.best_mobile),
-                        "best_other": _point_record(v.best_other), "mcnemar_mobile_vs_other": v.test,
-                        "gap": v.gap and {k: v.gap[k] for k in ("gap", "ci_low", "ci_high", "margin", "n_images",
-                                                               "n_seeds", "n_seeds_mobile", "n_seeds_other", "draws")},
-                        "p_equivalence": v.gap and v.gap["p_equivalence"],
-                        "p_noninferiority": v.gap and v.gap["p_noninferiority"],
-                        "p_inferiority": v.gap and v.gap["p_inferiority"], "n_seeds": v.gap and v.gap["n_seeds"],
-                        "points": [_point_record(p) for p in v.points],
-                        "latency_front": [p.artifact_id for p in v.latency_front],
-                        "size_front": [p.artifact_id for p in v.size_front],
-                        "budgets": [{"budget_ms": b, "artifact_id": p.artifact_id if p else None} for b, p in v.budgets]}
-                    for d, v in verdicts.items()},
-        "against_floors": pairs,
-    }
-
-
-# --- entry points -------------------------------------------------------------------------
-
-def device_floors(v: DeviceVerdict, pairs: list[dict]) -> dict:
-    """The floors drawn on a device's plots: the majority class (from the scored labels) and the
-    feature floor where a floors file was scored on the same images."""
-    labels = next((p.line.get("label_indices") for p in v.points if p.line.get("label_indices")), None)
-    mine = [q for q in pairs if q["device"] == v.device]
-    return {"majority": _majority_share(labels) if labels else None,
-            "features": mine[0]["features_accuracy"] if mine else None}
-
-
-def floor_reasons(verdicts: dict, pairs: list[dict], alpha: float) -> None:
-    """Add to each device's reasons whether any model beats the feature floor on its images."""
-    for device, v in verdicts.items():
-        mine = [q for q in pairs if q["device"] == device]
-        if not mine:
-            continue
-        beat = [q for q in mine if q["beats_features"]]
-        floor = percent(mine[0]["features_accuracy"])
-        v.reasons.append(f"Against the feature floor ({floor} on the same images, McNemar at alpha {alpha:g}): "
-                         + (f"{len(beat)} of {len(mine)} models beat it." if beat else
-                            "no model beats it, so none of these accuracies is evidence of a learnt image "
-                            "classifier beyond six hand-made measurements, and the verdict compares models "
-                            "that are no better than that floor."))
 
 
 def _figures_section(out: Path, verdicts: dict, md: list[str], pairs: list[dict] = ()) -> list[Path]:
@@ -642,20 +279,20 @@ def write_report(config: ReportConfig, log: Callable[[str], object] = print) -> 
     floor_files = [read_floors_file(p) for p in config.floors]
     pairs, unmatched = floors_pairs(floor_files, verdicts, config.alpha)
     floor_reasons(verdicts, pairs, config.alpha)
-    md += _floors_section(floor_files, pairs, unmatched, config.alpha)
+    md += floors_section(floor_files, pairs, unmatched, config.alpha)
     md += ["## Verdicts at a glance", ""]
     md += [f"- {d}: **{v.verdict}**" for d, v in verdicts.items()] or ["- no device has a usable line"]
     md += [""]
-    md += _study_section(config.runs)
-    md += _export_section(config.exports)
+    md += study_section(config.runs)
+    md += export_section(config.exports)
 
     md += ["## 3. Devices: latency, memory, size and accuracy", "",
            "One row per artifact x runtime x threads x mode. Latency in ms (p50 with its bootstrap 95% "
            "interval), memory and size in MB (10^6 bytes); accuracy with its Wilson 95% interval; agreement "
            "with the Keras model's predictions.", ""]
     for device, lines in by_device.items():
-        md += _device_header(device, lines) + _device_table(lines)
-    md += _errors_section(errors)
+        md += device_header(device, lines) + device_table(lines)
+    md += errors_section(errors)
 
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures_section(out, verdicts, md, pairs)
@@ -768,6 +405,10 @@ def _report(args: argparse.Namespace) -> int:
         print(f"{device}: claim {verdict}")
     print(result["report"])
     return Exit.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 if __name__ == "__main__":
