@@ -298,7 +298,7 @@ def test_export_warnings_reach_the_notes_and_the_verdict(report):
 
 def test_paths_below_the_working_folder_are_shown_relative(tmp_path, monkeypatch):
     # a report copied elsewhere (docs/report-example) must not name a folder of this machine
-    from bench.report import devices_csv, shown_path
+    from bench.report_records import devices_csv, shown_path
 
     monkeypatch.chdir(tmp_path)
     assert shown_path(tmp_path / "demo" / "data") == "demo/data"

@@ -221,7 +221,8 @@ def test_stored_macs_are_used_and_missing_ones_counted(exports_dir, tmp_path):
 
 
 def test_report_shows_the_efficiency_column_and_the_peak(bench_lines, exports_dir, tmp_path):
-    from bench.report import DEVICES_CSV_COLUMNS, ReportConfig, write_report
+    from bench.report import ReportConfig, write_report
+    from bench.report_records import DEVICES_CSV_COLUMNS
 
     results, lines = bench_lines
     emulated = tmp_path / "qemu.jsonl"
