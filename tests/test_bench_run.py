@@ -255,6 +255,22 @@ def test_latency_stats_and_bootstrap():
     assert latency_stats([])["latency_ms_p50"] is None
 
 
+def test_many_timings_get_the_order_statistic_interval_which_agrees_with_the_bootstrap():
+    # a 3 us model timed for 10 s gives a million timings, whose bootstrap took minutes: past
+    # ORDER_STATISTIC_N the interval comes from the ranks, and agrees with the bootstrap's
+    from bench.latency import ORDER_STATISTIC_N, bootstrap_ci, latency_stats, order_statistic_ci
+
+    x = np.random.default_rng(0).lognormal(0.0, 0.3, ORDER_STATISTIC_N + 10_000)
+    for q in (50, 90):
+        boot, ranks = bootstrap_ci(x, q), order_statistic_ci(x, q)
+        width = boot[1] - boot[0]
+        assert ranks[0] < np.percentile(x, q) < ranks[1]
+        assert abs(ranks[0] - boot[0]) < 0.25 * width and abs(ranks[1] - boot[1]) < 0.25 * width, (q, boot, ranks)
+    many = np.random.default_rng(1).lognormal(0.0, 0.3, 1_000_000)
+    stats = latency_stats(many)
+    assert (stats["latency_ms_p50_ci_low"], stats["latency_ms_p50_ci_high"]) == order_statistic_ci(many, 50)
+
+
 def test_int8_slower_notes_on_both_lines(tmp_path):
     from bench.jobs import annotate_int8
 
