@@ -213,12 +213,15 @@ def test_bench_run_ctrl_c_keeps_lines_and_says_how_to_resume(exports_dir, tmp_pa
     # least 10 s, and the signal goes as soon as the first line is there, so two jobs (20 s or
     # more) are still to run however slowly this process is scheduled; a first line that never
     # comes fails here instead of signalling a finished run.
-    # the command's output goes to files, not pipes: an unread pipe that fills would stall it
+    # the command's output goes to files, not pipes: an unread pipe that fills would stall it;
+    # and it gets Ctrl-C as a terminal gives it: a suite started in the background by a shell
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt (exit 0 here)
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--models", str(exports_dir), "--out",
                                  str(out), "--warmup", "1", "--runs", "5", "--min-secs", "10", "--split", "val"],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out.exists() and out.read_text().count("\n") >= 1) and time.time() < deadline:
         assert proc.poll() is None, err_path.read_text()[-2000:]
