@@ -11,7 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@echo "installing SkyEdge and its extras into $(VENV) (about a minute from pip's cache; the first time it downloads about 830 MB)"
-	$(PY) -m pip install --progress-bar off -e ".[all]"
+	@# pip says nothing while it unpacks TensorFlow and the rest (about 40 s): a line every 20 s meanwhile
+	@( while sleep 20; do echo "  ... pip is still installing"; done ) & beat=$$!; \
+	$(PY) -m pip install --progress-bar off -e ".[all]"; status=$$?; kill $$beat; exit $$status
 	touch $@
 
 # every command hides TensorFlow's own chatter unless given --verbose
