@@ -176,18 +176,20 @@ def _end_vector(builder, n: int) -> int:
         return builder.EndVector(n)
 
 
-def _int_vector(builder, values: list[int]) -> int:
-    builder.StartVector(4, len(values), 4)
+def _vector(builder, values: list, prepend: str, size: int = 4) -> int:
+    """A flatbuffer vector of ``values``, each written by ``builder.<prepend>`` in ``size`` bytes."""
+    builder.StartVector(size, len(values), size)
     for v in reversed(values):
-        builder.PrependInt32(v)
+        getattr(builder, prepend)(v)
     return _end_vector(builder, len(values))
 
 
+def _int_vector(builder, values: list[int]) -> int:
+    return _vector(builder, values, "PrependInt32")
+
+
 def _offset_vector(builder, offsets: list[int]) -> int:
-    builder.StartVector(4, len(offsets), 4)
-    for off in reversed(offsets):
-        builder.PrependUOffsetTRelative(off)
-    return _end_vector(builder, len(offsets))
+    return _vector(builder, offsets, "PrependUOffsetTRelative")
 
 
 def _table(builder, fields: list[tuple[str, int, int]]) -> int:
@@ -197,6 +199,21 @@ def _table(builder, fields: list[tuple[str, int, int]]) -> int:
         {"o": builder.PrependUOffsetTRelativeSlot, "i": builder.PrependInt32Slot,
          "u": builder.PrependUint32Slot, "b": builder.PrependInt8Slot}[kind](slot, value, 0)
     return builder.EndObject()
+
+
+def _fully_connected_model(b, tensors: list[int], buffers: list[int], op_inputs: list[int], version: int) -> bytes:
+    """The model around one ``FULLY_CONNECTED`` op: ``tensors[0]`` in, the last tensor out."""
+    out = len(tensors) - 1
+    options = _table(b, [])  # FullyConnectedOptions: defaults (no activation, 2-D output)
+    op = _table(b, [("u", 0, 0), ("o", 1, _int_vector(b, op_inputs)), ("o", 2, _int_vector(b, [out])),
+                    ("b", 3, 8), ("o", 4, options)])
+    subgraph = _table(b, [("o", 0, _offset_vector(b, tensors)), ("o", 1, _int_vector(b, [0])),
+                          ("o", 2, _int_vector(b, [out])), ("o", 3, _offset_vector(b, [op]))])
+    code = _table(b, [("b", 0, 9), ("i", 2, version), ("i", 3, 9)])  # FULLY_CONNECTED
+    model = _table(b, [("u", 0, 3), ("o", 1, _offset_vector(b, [code])), ("o", 2, _offset_vector(b, [subgraph])),
+                       ("o", 4, _offset_vector(b, buffers))])
+    b.Finish(model, file_identifier=b"TFL3")
+    return bytes(b.Output())
 
 
 def fully_connected_tflite(m: int, k: int, n: int, weights=None) -> bytes:
@@ -215,30 +232,7 @@ def fully_connected_tflite(m: int, k: int, n: int, weights=None) -> bytes:
     names = [b.CreateString(s) for s in ("x", "w", "y")]
     shapes = [_int_vector(b, s) for s in ([m, k], [n, k], [m, n])]
     tensors = [_table(b, [("o", 0, shapes[i]), ("b", 1, 0), ("u", 2, i), ("o", 3, names[i])]) for i in range(3)]
-    options = _table(b, [])  # FullyConnectedOptions: defaults (no activation, 2-D output)
-    op = _table(b, [("u", 0, 0), ("o", 1, _int_vector(b, [0, 1, -1])), ("o", 2, _int_vector(b, [2])),
-                    ("b", 3, 8), ("o", 4, options)])
-    subgraph = _table(b, [("o", 0, _offset_vector(b, tensors)), ("o", 1, _int_vector(b, [0])),
-                          ("o", 2, _int_vector(b, [2])), ("o", 3, _offset_vector(b, [op]))])
-    code = _table(b, [("b", 0, 9), ("i", 2, 1), ("i", 3, 9)])  # FULLY_CONNECTED, version 1
-    model = _table(b, [("u", 0, 3), ("o", 1, _offset_vector(b, [code])), ("o", 2, _offset_vector(b, [subgraph])),
-                       ("o", 4, _offset_vector(b, buffers))])
-    b.Finish(model, file_identifier=b"TFL3")
-    return bytes(b.Output())
-
-
-def _float_vector(builder, values: list[float]) -> int:
-    builder.StartVector(4, len(values), 4)
-    for v in reversed(values):
-        builder.PrependFloat32(v)
-    return _end_vector(builder, len(values))
-
-
-def _long_vector(builder, values: list[int]) -> int:
-    builder.StartVector(8, len(values), 8)
-    for v in reversed(values):
-        builder.PrependInt64(v)
-    return _end_vector(builder, len(values))
+    return _fully_connected_model(b, tensors, buffers, op_inputs=[0, 1, -1], version=1)  # no bias
 
 
 def fully_connected_int8_tflite(m: int, k: int, n: int, seed: int = 0) -> bytes:
@@ -259,19 +253,11 @@ def fully_connected_int8_tflite(m: int, k: int, n: int, seed: int = 0) -> bytes:
     shapes = [_int_vector(b, s) for s in ([m, k], [n, k], [n], [m, n])]
     types = [9, 9, 2, 9]  # INT8, INT8, INT32, INT8
     scales = [scale_x, scale_w, scale_x * scale_w, scale_y]
-    quant = [_table(b, [("o", 2, _float_vector(b, [sc])), ("o", 3, _long_vector(b, [0]))]) for sc in scales]
+    quant = [_table(b, [("o", 2, _vector(b, [sc], "PrependFloat32")), ("o", 3, _vector(b, [0], "PrependInt64", 8))])
+             for sc in scales]
     tensors = [_table(b, [("o", 0, shapes[i]), ("b", 1, types[i]), ("u", 2, i + 1), ("o", 3, names[i]),
                           ("o", 4, quant[i])]) for i in range(4)]
-    options = _table(b, [])
-    op = _table(b, [("u", 0, 0), ("o", 1, _int_vector(b, [0, 1, 2])), ("o", 2, _int_vector(b, [3])),
-                    ("b", 3, 8), ("o", 4, options)])
-    subgraph = _table(b, [("o", 0, _offset_vector(b, tensors)), ("o", 1, _int_vector(b, [0])),
-                          ("o", 2, _int_vector(b, [3])), ("o", 3, _offset_vector(b, [op]))])
-    code = _table(b, [("b", 0, 9), ("i", 2, 4), ("i", 3, 9)])  # FULLY_CONNECTED, version 4 (int8)
-    model = _table(b, [("u", 0, 3), ("o", 1, _offset_vector(b, [code])), ("o", 2, _offset_vector(b, [subgraph])),
-                       ("o", 4, _offset_vector(b, buffers))])
-    b.Finish(model, file_identifier=b"TFL3")
-    return bytes(b.Output())
+    return _fully_connected_model(b, tensors, buffers, op_inputs=[0, 1, 2], version=4)  # version 4: int8
 
 
 def qlinear_matmul_onnx(m: int, k: int, n: int, seed: int = 0) -> bytes:
