@@ -205,9 +205,9 @@ def export_runs(config: ExportConfig, fmt: str, variants: tuple[str, ...], conve
 
 def step_table(records: list[dict], skipped: int = 0) -> str:
     """The closing table: seconds per step of each artifact made, and where the time went."""
-    rows = [[r["artifact_id"]] + [f"{r.get('step_seconds', {}).get(s, 0.0):.1f}" for s in STEPS] + [f"{r['seconds']:.1f}"]
-            for r in records]
-    totals = [sum(r.get("step_seconds", {}).get(s, 0.0) for r in records) for s in STEPS]
+    seconds = [[r["step_seconds"].get(s, 0.0) for s in STEPS] for r in records]
+    rows = [[r["artifact_id"]] + [f"{t:.1f}" for t in times] + [f"{r['seconds']:.1f}"] for r, times in zip(records, seconds)]
+    totals = [sum(column) for column in zip(*seconds)]
     whole = sum(r["seconds"] for r in records)
     rows.append(["all"] + [f"{t:.1f}" for t in totals] + [f"{whole:.1f}"])
     header = ["seconds per step"] + list(STEPS) + ["total"]

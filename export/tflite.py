@@ -31,6 +31,7 @@ from device.options import defaults
 from export.cli import run_cli
 from export.config import TFLITE_VARIANTS, ExportConfig
 from export.pipeline import Context
+from export.select import keras_model
 from train.console import hidden_output
 
 
@@ -66,14 +67,10 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
 
     extra: dict = {}
     if variant == "qat":
-        from export.graph import deployable
         from export.quantize import train_qat
-        from train.model import build
 
         with ctx.step("build"):
-            model = build(ctx.source.backbone, ctx.source.img_size, None).model
-            model.load_weights(str(ctx.source.checkpoint))
-            flat = deployable(model, ctx.source.backbone, ctx.source.img_size, batch_size=None)
+            flat = keras_model(ctx.source, batch_size=None)  # a batch dimension of its own, to train on
         with ctx.step("qat training"):
             train = ctx.dataset.load_arrays("train", ctx.source.img_size)
             result = train_qat(flat, train.images, train.labels, epochs=ctx.config.qat_epochs, seed=ctx.source.seed,
