@@ -87,10 +87,6 @@ def top_model(model: keras.Model, boundary: list) -> keras.Model:
     return replay(model, boundary, [model.output], name=f"{model.name}_top")
 
 
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def reserve(path: Path) -> None:
     """Give a (sparse) memory-mapped file all its disk blocks now, so a full disk is an
     ``OSError`` naming the file here, not a SIGBUS when a page is first written.
@@ -163,11 +159,13 @@ class FeatureStore:
 def run_frozen(front: keras.Model, inputs: list[np.ndarray], store: FeatureStore,
                batch_size: int = 64) -> list[np.ndarray]:
     """Run ``front`` in inference mode over ``inputs`` in batches into store-allocated arrays."""
+    from train.model import inference_function
+
+    infer = inference_function(front)
     n = len(inputs[0])
     outputs: list[np.ndarray] | None = None
     for start in range(0, n, batch_size):
-        batch = [a[start:start + batch_size] for a in inputs]
-        result = _as_list(front.predict_on_batch(batch if len(batch) > 1 else batch[0]))
+        result = [r.numpy() for r in infer(*(a[start:start + batch_size] for a in inputs))]
         if outputs is None:
             outputs = [store.allocate((n,) + r.shape[1:], r.dtype) for r in result]
         for out, r in zip(outputs, result):

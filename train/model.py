@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from device.backbones import Backbone
@@ -29,6 +31,31 @@ class Built:
 
     model: keras.Model
     base: keras.Model
+
+
+_INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def inference_function(model: keras.Model):
+    """``model`` in inference mode as one compiled function of any batch size.
+
+    Keras's ``predict_on_batch`` traces a new graph for each new batch shape (the last,
+    partial batch included) and each new model; this one is traced once per model and
+    kept while the model lives. It takes a list of arrays (one per model input) and returns
+    a list of tensors (one per output).
+    """
+    fn = _INFERENCE.get(model)
+    if fn is None:
+        spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype) for t in model.inputs]
+        single_in, single_out = len(model.inputs) == 1, len(model.outputs) == 1
+
+        @tf.function(input_signature=spec, autograph=False)
+        def fn(*xs):
+            out = model(xs[0] if single_in else list(xs), training=False)
+            return [out] if single_out else list(out)
+
+        _INFERENCE[model] = fn
+    return fn
 
 
 def keras_cache_dir() -> Path:

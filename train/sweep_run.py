@@ -115,6 +115,13 @@ def _write_floors(dataset, out: Path, fingerprint: str, log: Callable[[str], Non
         f"({time.perf_counter() - t0:.0f}s)")
 
 
+def _step_seconds(wall: float, cache_seconds: float, fit_seconds: dict[str, float]) -> dict[str, float]:
+    """Where one run's wall time went: the frozen pass, the trainer's parts, and the rest
+    (building the top, level settings, test predictions, files)."""
+    parts = {"frozen features": cache_seconds, **fit_seconds}
+    return {**{k: round(v, 3) for k, v in parts.items()}, "other": round(max(0.0, wall - sum(parts.values())), 3)}
+
+
 @contextlib.contextmanager
 def _precision(policy: str):
     import tf_keras as keras
@@ -149,14 +156,20 @@ class _Split:
 
 @dataclass
 class _Loaded:
-    """One backbone built for training: its model, inputs per split and level caches."""
+    """One backbone built for training: its model, preprocessed inputs (plain training) or its level cache."""
 
     model: object
     base: object
     initial: list  # the weights every run starts from (before its own head init)
     inputs: dict[str, np.ndarray]  # preprocessed images per split
-    caches: dict | None  # LevelCache per split, None when features are not cached
+    cache: object | None  # one LevelCache over every split's images in a row; None: not cached
+    bounds: dict[str, tuple[int, int]]  # each split's rows in the cache's arrays
     strategy: object
+
+    def features(self, level: int) -> dict[str, list[np.ndarray]]:
+        """Each split's boundary arrays at ``level``: views of one frozen pass over all of them."""
+        arrays = self.cache.advance(level)
+        return {name: [a[lo:hi] for a in arrays] for name, (lo, hi) in self.bounds.items()}
 
 
 def _load_splits(dataset, img_size: int, log: Callable[[str], None]) -> dict[str, _Split]:
@@ -201,13 +214,12 @@ def _execute(the_plan: Plan, bases: dict[str, object], out: Path,
                         record = _train_run(the_plan, run, out, loaded, splits, log)
                         append_run(out, record)
                         progress.done(run.run_id, _run_line(record, config.epochs))
-            if loaded.caches is not None:
-                frozen_passes[backbone.name] = loaded.caches["train"].passes_from_images
+            if loaded.cache is not None:
+                frozen_passes[backbone.name] = loaded.cache.passes_from_images
                 log(f"{backbone.name}: {frozen_passes[backbone.name]} frozen pass(es) over the images shared by "
                     f"{len(runs)} run(s)")
-                for cache in loaded.caches.values():
-                    if cache.arrays[0] is not cache.images:
-                        store.release(cache.arrays)
+                if loaded.cache.arrays[0] is not loaded.cache.images:
+                    store.release(loaded.cache.arrays)
             del loaded
             keras.backend.clear_session()
     finally:
@@ -258,11 +270,15 @@ def _load_backbone(config: SweepConfig, backbone: Backbone, base, splits: dict[s
         pick = np.random.default_rng(0).permutation(len(inputs["train"]))[:512]
         count = reestimate_batchnorm(built.base, inputs["train"][pick])
         log(f"{backbone.name}: BatchNorm statistics re-estimated on {len(pick)} training images ({count} layers)")
-    caches = None
+    cache, bounds = None, {}
     if store is not None:
-        caches = {name: LevelCache(built.model, built.base, x, store) for name, x in inputs.items()
-                  if len(splits[name].y)}
-    return _Loaded(built.model, built.base, built.model.get_weights(), inputs, caches, strategy)
+        # one frozen pass (one graph per level) over train, val and test in a row
+        names = [name for name in inputs if len(splits[name].y)]
+        starts = np.cumsum([0] + [len(inputs[name]) for name in names])
+        bounds = {name: (int(starts[i]), int(starts[i + 1])) for i, name in enumerate(names)}
+        cache = LevelCache(built.model, built.base, np.concatenate([inputs[name] for name in names]), store)
+        inputs = {}  # the cache holds the images now
+    return _Loaded(built.model, built.base, built.model.get_weights(), inputs, cache, bounds, strategy)
 
 
 def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits: dict[str, _Split],
@@ -296,12 +312,12 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
         t_cache = time.perf_counter()
         # a heartbeat line every 20 s while the frozen pass or an epoch (with its tracing) runs long
         steps = StepTimer(run.run_id, log, every_s=HEARTBEAT_S, noun="run")
-        if loaded.caches is not None:
-            # caches must see the initial weights of the frozen layers
+        if loaded.cache is not None:
+            # the cache must see the initial weights of the frozen layers
             with steps.step("frozen features"):
-                arrays = {name: cache.advance(run.level) for name, cache in loaded.caches.items()}
+                arrays = loaded.features(run.level)
             with strategy.scope():
-                top = top_model(model, loaded.caches["train"].boundary)
+                top = top_model(model, loaded.cache.boundary)
         else:
             arrays, top = {name: [x] for name, x in loaded.inputs.items()}, model
         cache_seconds = time.perf_counter() - t_cache
@@ -324,9 +340,10 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
         record.update({
             "img_size": config.img_size, "epochs": config.epochs, "epochs_run": len(result.history),
             "best_epoch": result.best_epoch, **metrics, **{k: v for k, v in info.items() if k != "level"},
-            "weights": config.weights, "bn": config.bn, "cache_features": loaded.caches is not None,
+            "weights": config.weights, "bn": config.bn, "cache_features": loaded.cache is not None,
             "cache_seconds": round(cache_seconds, 3), "train_seconds": round(result.train_seconds, 3),
             "wall_seconds": round(time.perf_counter() - t0, 3),
+            "step_seconds": _step_seconds(time.perf_counter() - t0, cache_seconds, result.seconds),
             "train_images_per_s": round(result.images_trained / result.train_seconds, 1) if result.train_seconds else None,
             "resumed_from_epoch": result.resumed_from,
             "precision": config.precision, "jit": config.jit, "strategy": config.strategy,

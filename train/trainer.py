@@ -39,6 +39,11 @@ class FitConfig:
     lr_schedule: str = "constant"
 
 
+# A run's time besides its frozen pass: the first epoch (tracing the training step),
+# the other epochs, validation passes, and checkpoint/best-weights/history writes
+TIME_PARTS = ("first epoch", "epochs", "validation", "checkpoints")
+
+
 class NonFiniteError(RuntimeError):
     """Training produced a loss or outputs that are not finite numbers (NaN or inf)."""
 
@@ -53,6 +58,7 @@ class FitResult:
     train_seconds: float
     images_trained: int
     resumed_from: int
+    seconds: dict[str, float]  # where the run's time went, by TIME_PARTS
 
 
 def _learning_rate(config: FitConfig, n_train: int):
@@ -81,31 +87,39 @@ def _cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
 
 
-def _batches(inputs: list[np.ndarray], onehot: np.ndarray, weights: np.ndarray, order: np.ndarray,
-             batch_size: int, augment_codes: np.ndarray | None):
-    for start in range(0, len(order), batch_size):
-        idx = np.sort(order[start:start + batch_size]) if isinstance(inputs[0], np.memmap) else order[start:start + batch_size]
-        xs = [a[idx] for a in inputs]
-        if augment_codes is not None:
-            xs[0] = d4(xs[0], augment_codes[idx])
-        yield (tuple(xs) if len(xs) > 1 else xs[0]), onehot[idx], weights[idx]
+def _batches(inputs: list[np.ndarray], onehot: np.ndarray, weights: np.ndarray, config: "FitConfig",
+             epochs: range):
+    """Every batch of ``epochs`` in a row; each epoch's order and D4 codes come from
+    ``(config.seed, epoch)``."""
+    memmapped = isinstance(inputs[0], np.memmap)
+    for epoch in epochs:
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(onehot))
+        codes = rng.integers(0, 8, len(onehot)) if config.augment == "d4" else None
+        for start in range(0, len(order), config.batch_size):
+            idx = np.sort(order[start:start + config.batch_size]) if memmapped else order[start:start + config.batch_size]
+            xs = [a[idx] for a in inputs]
+            if codes is not None:
+                xs[0] = d4(xs[0], codes[idx])
+            yield (tuple(xs) if len(xs) > 1 else xs[0]), onehot[idx], weights[idx]
 
 
-def _dataset(inputs, onehot, weights, order, batch_size, augment_codes) -> tf.data.Dataset:
+def _dataset(inputs, onehot, weights, config: "FitConfig", epochs: range) -> tf.data.Dataset:
     x_spec = tuple(tf.TensorSpec((None,) + a.shape[1:], tf.as_dtype(a.dtype)) for a in inputs)
     signature = (x_spec if len(x_spec) > 1 else x_spec[0],
                  tf.TensorSpec((None, onehot.shape[1]), tf.float32), tf.TensorSpec((None,), tf.float32))
-    return tf.data.Dataset.from_generator(
-        lambda: _batches(inputs, onehot, weights, order, batch_size, augment_codes),
-        output_signature=signature).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.from_generator(lambda: _batches(inputs, onehot, weights, config, epochs),
+                                          output_signature=signature).prefetch(tf.data.AUTOTUNE)
 
 
 def predict(model: keras.Model, inputs: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
     """Class probabilities of ``model`` over ``inputs`` (a list of arrays), inference mode."""
+    from train.model import inference_function
+
+    infer = inference_function(model)
     out = []
     for start in range(0, len(inputs[0]), batch_size):
-        batch = [a[start:start + batch_size] for a in inputs]
-        out.append(np.asarray(model.predict_on_batch(batch if len(batch) > 1 else batch[0]), dtype=np.float32))
+        out.append(np.asarray(infer(*(a[start:start + batch_size] for a in inputs))[0], dtype=np.float32))
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
@@ -162,42 +176,60 @@ def fit(full: keras.Model, top: keras.Model, *, train_inputs: list[np.ndarray], 
     for row in history:
         if row["val_accuracy"] > best_acc:
             best_epoch, best_acc = row["epoch"], row["val_accuracy"]
-    train_seconds = 0.0
     epochs = Progress(config.epochs, "epochs", log, already=start_epoch)
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(len(train_labels))
-        codes = rng.integers(0, 8, len(train_labels)) if config.augment == "d4" else None
-        ds = _dataset(train_inputs, onehot, weights, order, config.batch_size, codes)
-        logs = top.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0).history
-        if before_validation is not None:
-            before_validation()
-        train_seconds += time.perf_counter() - t0
-        probs = predict(top, val_inputs)
-        if not (np.isfinite(logs["loss"][-1]) and np.isfinite(probs).all()):
-            raise NonFiniteError(f"epoch {epoch + 1}: training loss {logs['loss'][-1]} or validation outputs are "
-                                 f"not finite (learning rate {config.lr} too high, or bad input values)")
-        val_acc = float(np.mean(probs.argmax(1) == val_labels)) if len(val_labels) else float("nan")
-        row = {"epoch": epoch + 1, "loss": float(logs["loss"][-1]), "accuracy": float(logs.get("accuracy", [float("nan")])[-1]),
-               "val_loss": _cross_entropy(probs, val_labels), "val_accuracy": val_acc,
-               "seconds": round(time.perf_counter() - t0, 3)}
-        manager.save(checkpoint_number=epoch + 1)
-        if val_acc > best_acc:
-            best_epoch, best_acc = epoch + 1, val_acc
-            _save_weights_atomic(full, best_path)
-            write_json(best_meta, {"epoch": best_epoch, "val_accuracy": best_acc})
-        history.append(row)
-        write_history(history_path, history)
-        log(f"  epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, train acc {100 * row['accuracy']:.1f}%, "
-            f"val loss {row['val_loss']:.3f}, val acc {100 * val_acc:.1f}%"
-            f"{' (best)' if best_epoch == epoch + 1 else ''}, {row['seconds']:.0f}s; {epochs.advance()}")
+    seconds = dict.fromkeys(TIME_PARTS, 0.0)
+
+    class EpochEnd(keras.callbacks.Callback):
+        """Per epoch: validation, checkpoint, best weights, history row (in that order)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            nonlocal best_epoch, best_acc
+            if before_validation is not None:
+                before_validation()
+            t_val = time.perf_counter()
+            seconds["first epoch" if epoch == start_epoch else "epochs"] += t_val - self.t0
+            probs = predict(top, val_inputs)
+            t_save = time.perf_counter()
+            seconds["validation"] += t_save - t_val
+            if not (np.isfinite(logs["loss"]) and np.isfinite(probs).all()):
+                raise NonFiniteError(f"epoch {epoch + 1}: training loss {logs['loss']} or validation outputs are "
+                                     f"not finite (learning rate {config.lr} too high, or bad input values)")
+            val_acc = float(np.mean(probs.argmax(1) == val_labels)) if len(val_labels) else float("nan")
+            row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs.get("accuracy", float("nan"))),
+                   "val_loss": _cross_entropy(probs, val_labels), "val_accuracy": val_acc,
+                   "seconds": round(time.perf_counter() - self.t0, 3)}
+            manager.save(checkpoint_number=epoch + 1)
+            if val_acc > best_acc:
+                best_epoch, best_acc = epoch + 1, val_acc
+                _save_weights_atomic(full, best_path)
+                write_json(best_meta, {"epoch": best_epoch, "val_accuracy": best_acc})
+            history.append(row)
+            write_history(history_path, history)
+            seconds["checkpoints"] += time.perf_counter() - t_save
+            log(f"  epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, train acc {100 * row['accuracy']:.1f}%, "
+                f"val loss {row['val_loss']:.3f}, val acc {100 * val_acc:.1f}%"
+                f"{' (best)' if best_epoch == epoch + 1 else ''}, {row['seconds']:.0f}s; {epochs.advance()}")
+
+    if start_epoch < config.epochs:
+        # one fit call and one input pipeline for every epoch left: each epoch's order comes
+        # from (seed, epoch), so a resumed run draws the same batches as an unbroken one
+        steps = -(-len(train_labels) // config.batch_size)
+        ds = _dataset(train_inputs, onehot, weights, config, range(start_epoch, config.epochs))
+        top.fit(ds, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps, verbose=0,
+                callbacks=[EpochEnd()])
     if best_epoch == 0:
         raise RuntimeError("no epoch finished (epochs must be >= 1)")
+    t_end = time.perf_counter()
     full.load_weights(str(best_path))
-    return FitResult(best_epoch=best_epoch, val_probs=predict(top, val_inputs), history=history,
-                     train_seconds=train_seconds, images_trained=(config.epochs - start_epoch) * len(train_labels),
-                     resumed_from=start_epoch)
+    val_probs = predict(top, val_inputs)
+    seconds["validation"] += time.perf_counter() - t_end
+    return FitResult(best_epoch=best_epoch, val_probs=val_probs, history=history,
+                     train_seconds=seconds["first epoch"] + seconds["epochs"],
+                     images_trained=(config.epochs - start_epoch) * len(train_labels),
+                     resumed_from=start_epoch, seconds={k: round(v, 3) for k, v in seconds.items()})
 
 
 def _h5_readable(path: Path) -> bool:
