@@ -45,6 +45,7 @@ from device.atomic import write_json
 from device.backbones import get
 from device.checksum import sha256_file
 from device.choices import first_bad_choice
+from train.precision import PRECISION_HELP, PRECISIONS, effective_precision, policy
 from device.command import Exit, run_command
 from device.dataset import LABELS, DatasetError, class_weights, open_dataset
 from device.metrics import classification_metrics
@@ -79,6 +80,7 @@ class DistillConfig:
     lr: float = 1e-3
     img_size: int = 64
     bn: str = "frozen"
+    precision: str = "float32"
 
     def __post_init__(self):
         for name, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
@@ -92,7 +94,7 @@ class DistillConfig:
             raise DistillError(f"--alpha {self.alpha!r}: expected a number from 0 (soft targets only) to 1 (labels only)")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise DistillError(f"--seeds {self.seeds!r}: expected non-negative integers")
-        problem = first_bad_choice(("--bn", self.bn, BN_CHOICES))
+        problem = first_bad_choice(("--bn", self.bn, BN_CHOICES), ("--precision", self.precision, PRECISIONS))
         if problem:
             raise DistillError(problem)
         try:
@@ -264,12 +266,14 @@ def distill(config: DistillConfig, log: Callable[[str], None] = print) -> Path:
         log(f"every seed is already distilled in {out}")
         return out
     splits = _splits(dataset, config.img_size)
+    precision = effective_precision(config.precision, log)
     progress = Progress(len(todo), "runs", log)
     for seed in todo:
         progress.started(f"{config.student} L{config.level} seed {seed}: distilling (T {config.temperature:g}, "
                          f"alpha {config.alpha:g})")
         try:
-            record = _distill_run(config, seed, splits, teacher, about, log)
+            with policy(precision):
+                record = _distill_run(config, seed, splits, teacher, about, log)
         except (WeightsError, DistillError):
             raise
         except Exception as exc:  # one failed seed is recorded; the others still run
@@ -306,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default %(default)s)")
     p.add_argument("--img-size", type=int, default=d["img_size"], help="the student's input side (default %(default)s)")
     p.add_argument("--bn", default=d["bn"], choices=BN_CHOICES, help="BatchNorm mode, as the sweep's (default %(default)s)")
+    p.add_argument("--precision", default=d["precision"], choices=PRECISIONS, help=PRECISION_HELP + " (default %(default)s)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
 
@@ -347,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                                level=student_level(args.level, args.sweep, args.student), weights=args.weights, seeds=seeds,
                                teacher_artifacts=tuple(a for a in args.teacher_artifacts.split(",") if a.strip()),
                                temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, bn=args.bn)
+                               batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, bn=args.bn,
+                               precision=args.precision)
         teacher_records(config.teacher, config.teacher_artifacts)  # checked before TensorFlow loads
         quiet_tensorflow(args.verbose)
         from train.model import WeightsError

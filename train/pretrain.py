@@ -35,6 +35,7 @@ import numpy as np
 
 from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow
 from train.recipe import AUGMENTS, LR_SCHEDULES
+from train.precision import PRECISION_HELP, PRECISIONS, effective_precision, policy
 
 from device.atomic import write_json
 from device.backbones import get
@@ -62,6 +63,7 @@ class PretrainConfig:
         bn_momentum: momentum given to every BatchNorm layer while pretraining (0 < m < 1).
         lr_schedule: ``cosine`` (decays to zero over all epochs) or ``constant``.
         bn_refresh: re-estimate BatchNorm statistics on training images before each validation.
+        precision: ``float32`` or a mixed policy (``train.precision``).
     """
 
     data: str
@@ -76,6 +78,7 @@ class PretrainConfig:
     bn_momentum: float = BN_MOMENTUM
     lr_schedule: str = "cosine"
     bn_refresh: bool = True
+    precision: str = "float32"
 
     def __post_init__(self):
         try:
@@ -89,7 +92,8 @@ class PretrainConfig:
         check_number(self.bn_momentum, "--bn-momentum", 0, 1, low_open=True)
         if self.bn_momentum >= 1.0:
             raise ValueError(f"--bn-momentum {self.bn_momentum}: expected a number between 0 and 1 (such as 0.9)")
-        problem = first_bad_choice(("--augment", self.augment, AUGMENTS), ("--lr-schedule", self.lr_schedule, LR_SCHEDULES))
+        problem = first_bad_choice(("--augment", self.augment, AUGMENTS), ("--lr-schedule", self.lr_schedule, LR_SCHEDULES),
+                                   ("--precision", self.precision, PRECISIONS))
         if problem:
             raise ValueError(problem)
 
@@ -159,13 +163,19 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
     Raises:
         DatasetError: unusable dataset. ValueError: an output that cannot be written.
     """
-    from train.levels import set_level
-    from train.model import build, reestimate_batchnorm
-    from train.model import head_init
-    from train.trainer import FitConfig, fit
-
     backbone = get(config.backbone)
     target = _target(config.out, backbone.name)
+    precision = effective_precision(config.precision, log)
+    with policy(precision):
+        return _pretrain(config, backbone, target, precision, log)
+
+
+def _pretrain(config: PretrainConfig, backbone, target: Path, precision: str, log: Callable[[str], None]) -> Path:
+    """``pretrain`` under its precision policy (the model is built inside it)."""
+    from train.levels import set_level
+    from train.model import build, head_init, reestimate_batchnorm
+    from train.trainer import FitConfig, fit
+
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = _load_splits(config.data, config.img_size, log)
     built = build(backbone, config.img_size, None, seed=config.seed)
     model, base = built.model, built.base
@@ -179,7 +189,8 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
     run_dir = target.parent / f".pretrain-{backbone.name}-{config.img_size}"
     run_dir.mkdir(exist_ok=True)
     log(f"pretraining {backbone.name} from scratch: {len(train_y)} train / {len(val_y)} val images at "
-        f"{config.img_size} px, {config.epochs} epochs, augment {config.augment}, lr {config.lr:g} {config.lr_schedule}")
+        f"{config.img_size} px, {config.epochs} epochs, augment {config.augment}, lr {config.lr:g} {config.lr_schedule}, "
+        f"{precision}")
     x_train = preprocess(train_x, backbone.preprocess)
     refresh_pick = np.random.default_rng(config.seed).permutation(len(x_train))[:BN_REFRESH_IMAGES]
 
@@ -201,7 +212,7 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Path
         test_probs = model.predict(preprocess(test_x, backbone.preprocess), batch_size=256, verbose=0)
         test_metrics = classification_metrics(test_y, test_probs.argmax(1), prefix="test_")
     _save_weights(base, target)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("data", "backbone", "out")}
+    settings = {**{k: v for k, v in asdict(config).items() if k not in ("data", "backbone", "out")}, "precision": precision}
     write_json(target.with_suffix(".json"), {
         "backbone": backbone.name, **settings, "best_epoch": result.best_epoch, "data": str(Path(config.data).resolve()),
         "train_n": int(len(train_y)), "val_n": int(len(val_y)), "test_n": int(len(test_y)),
@@ -236,6 +247,7 @@ def build_parser():
                    help="cosine decays the learning rate to zero over all epochs (default %(default)s)")
     p.add_argument("--no-bn-refresh", dest="bn_refresh", action="store_false",
                    help="do not re-estimate BatchNorm statistics on training images before each validation")
+    p.add_argument("--precision", default=d["precision"], choices=PRECISIONS, help=PRECISION_HELP + " (default %(default)s)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
 

@@ -28,7 +28,8 @@ from device import sweep_results as layout
 from train.console import VERBOSE_HELP, command_parser, quiet_tensorflow
 from train.levels import BN_MODES
 from train.recipe import AUGMENTS
-from train.sweep_config import (CACHE_MODES, PRECISIONS, STRATEGIES, SweepConfig, SweepError, check_config)
+from train.precision import PRECISION_HELP, PRECISIONS
+from train.sweep_config import (CACHE_MODES, STRATEGIES, SweepConfig, SweepError, check_config)
 from train.sweep_plan import Plan, RunPlan, failed_runs, plan, plan_with_bases
 from train.sweep_run import run_sweep, spill_dir
 
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where memory-mapped features go, in a folder of this process's own "
                                        "(default $TMPDIR when set, else OUT/cache)")
     p.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
-                   help="mixed_float16 on GPUs with tensor cores (default %(default)s)")
+                   help=PRECISION_HELP + " (default %(default)s)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     p.add_argument("--strategy", default=d["strategy"], choices=STRATEGIES,
                    help="mirrored: all GPUs of this machine (default %(default)s)")

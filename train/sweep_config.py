@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from device.atomic import check_output_folder
 from device.backbones import Backbone, resolve
 from device.choices import first_bad_choice
+from train.precision import PRECISIONS
 from device.options import SEED_MAX, check_number
 from device import sweep_results as layout
 from train.levels import BN_MODES
@@ -18,7 +19,6 @@ from train.recipe import AUGMENTS
 
 CACHE_MODES = ("auto", "on", "off")
 
-PRECISIONS = ("float32", "mixed_float16")
 
 STRATEGIES = ("none", "mirrored")
 

@@ -101,7 +101,8 @@ def plan_with_bases(config: SweepConfig, log: Callable[[str], None] = print) -> 
     plan (to read their layers), by backbone name, for execution to reuse.
 
     Only the bases of backbones this process will train are kept, and none under a
-    distribution strategy (whose scope they were not built in).
+    distribution strategy (whose scope they were not built in) or a mixed precision policy
+    (their layers were built in float32).
 
     Raises:
         SweepError: bad option values, a level beyond a backbone's depth, an image size
@@ -144,7 +145,8 @@ def plan_with_bases(config: SweepConfig, log: Callable[[str], None] = print) -> 
                                                     or "no runs (more shards than runs)")
                      + f"; {100 * sum(g.cost for g in shares[index]) / total:.0f}% of the sweep's planned arithmetic")
     todo = _still_to_do(config, mine, fingerprint, notes)
-    keep = {r.backbone.name for r in todo} if config.strategy == "none" else set()
+    # a base built here is float32 and outside any strategy's scope: reuse it only for that
+    keep = {r.backbone.name for r in todo} if config.strategy == "none" and config.precision == "float32" else set()
     the_plan = Plan(config=config, runs=mine, todo=todo, data_fingerprint=fingerprint, notes=notes, dataset=dataset)
     return the_plan, {name: b for name, b in bases.items() if name in keep}
 

@@ -29,6 +29,7 @@ from device.sweep_results import (BASELINE, BASELINE_PREDICTIONS, CHECKPOINT, CO
                                    TEST_PREDICTIONS, VAL_PREDICTIONS, append_run)
 from device import sweep_results as layout
 from train.sweep_config import SweepConfig, bn_reestimate_on, use_cache
+from train.precision import effective_precision, policy
 from train.sweep_plan import (Plan, RunPlan, damaged_checkpoint, ensure_results_line, failed_runs, plan_with_bases,
                               run_identity)
 
@@ -58,7 +59,7 @@ def run_sweep(config: SweepConfig, log: Callable[[str], None] = print) -> Path:
     busy: list[str] = []
     frozen_passes: dict[str, int] = {}
     if the_plan.todo:
-        with _precision(config.precision):
+        with policy(effective_precision(config.precision, log)):
             busy, frozen_passes = _execute(the_plan, bases, out, log)
     failed = [r for r in failed_runs(out, [r.run_id for r in the_plan.runs]) if r not in busy]
     if busy:
@@ -120,18 +121,6 @@ def _step_seconds(wall: float, cache_seconds: float, fit_seconds: dict[str, floa
     (building the top, level settings, test predictions, files)."""
     parts = {"frozen features": cache_seconds, **fit_seconds}
     return {**{k: round(v, 3) for k, v in parts.items()}, "other": round(max(0.0, wall - sum(parts.values())), 3)}
-
-
-@contextlib.contextmanager
-def _precision(policy: str):
-    import tf_keras as keras
-
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def spill_dir(config: SweepConfig, out: Path) -> Path:
