@@ -7,8 +7,8 @@
 For every backbone (every layer trainable, as in-domain pretraining trains it) and mode it
 measures:
 
-- **bare step**: images/s of Keras training steps on in-memory tensors, after two warm-up
-  steps (the tracing);
+- **bare step**: images/s of a Keras ``fit`` on in-memory tensors, after a short ``fit``
+  that traces the step;
 - **pipeline** (with ``--accuracy-epochs``): images/s of ``train.trainer.fit`` as
   ``train.pretrain`` runs it (D4 augmentation, the input pipeline, BatchNorm refresh not
   counted), its epochs after the first, and that as a share of the bare step;
@@ -74,16 +74,17 @@ def _model(backbone, img_size: int, precision: str, jit: bool, seed: int = 0):
 
 
 def bare_step(backbone, img_size: int, batch_size: int, steps: int, precision: str, jit: bool) -> float:
-    """Images/s of ``steps`` training steps on one in-memory batch (two warm-up steps first)."""
+    """Images/s of a Keras ``fit`` over ``steps`` batches of in-memory tensors, after a
+    two-batch ``fit`` that traces the step."""
+    import tensorflow as tf
+
     built = _model(backbone, img_size, precision, jit)
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (batch_size, img_size, img_size, 3)).astype(np.float32)
-    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, batch_size)]
-    for _ in range(2):
-        built.model.train_on_batch(x, y)
+    x = tf.constant(rng.uniform(-1, 1, (steps * batch_size, img_size, img_size, 3)).astype(np.float32))
+    y = tf.constant(np.eye(3, dtype=np.float32)[rng.integers(0, 3, steps * batch_size)])
+    built.model.fit(x[:2 * batch_size], y[:2 * batch_size], batch_size=batch_size, epochs=1, verbose=0)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        built.model.train_on_batch(x, y)
+    built.model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
     return steps * batch_size / (time.perf_counter() - t0)
 
 

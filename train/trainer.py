@@ -169,67 +169,80 @@ def fit(full: keras.Model, top: keras.Model, *, train_inputs: list[np.ndarray], 
     # Only the top changes: the frozen layers come back identical from the seeded init or the
     # weights file, so checkpointing ``top`` (not ``full``) keeps per-epoch saves small.
     ckpt = tf.train.Checkpoint(model=top, optimizer=optimizer)
-    history_path, best_path, best_meta = run_dir / HISTORY, run_dir / CHECKPOINT, run_dir / CHECKPOINT_META
+    best_path = run_dir / CHECKPOINT
     history, manager = _resume(run_dir, full, ckpt, initial_weights, log)
     start_epoch = len(history)
-    best_epoch, best_acc = 0, -1.0
-    for row in history:
-        if row["val_accuracy"] > best_acc:
-            best_epoch, best_acc = row["epoch"], row["val_accuracy"]
-    epochs = Progress(config.epochs, "epochs", log, already=start_epoch)
     seconds = dict.fromkeys(TIME_PARTS, 0.0)
 
-    class EpochEnd(keras.callbacks.Callback):
-        """Per epoch: validation, checkpoint, best weights, history row (in that order)."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            nonlocal best_epoch, best_acc
-            if before_validation is not None:
-                before_validation()
-            t_val = time.perf_counter()
-            seconds["first epoch" if epoch == start_epoch else "epochs"] += t_val - self.t0
-            probs = predict(top, val_inputs)
-            t_save = time.perf_counter()
-            seconds["validation"] += t_save - t_val
-            if not (np.isfinite(logs["loss"]) and np.isfinite(probs).all()):
-                raise NonFiniteError(f"epoch {epoch + 1}: training loss {logs['loss']} or validation outputs are "
-                                     f"not finite (learning rate {config.lr} too high, or bad input values)")
-            val_acc = float(np.mean(probs.argmax(1) == val_labels)) if len(val_labels) else float("nan")
-            row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs.get("accuracy", float("nan"))),
-                   "val_loss": _cross_entropy(probs, val_labels), "val_accuracy": val_acc,
-                   "seconds": round(time.perf_counter() - self.t0, 3)}
-            manager.save(checkpoint_number=epoch + 1)
-            if val_acc > best_acc:
-                best_epoch, best_acc = epoch + 1, val_acc
-                _save_weights_atomic(full, best_path)
-                write_json(best_meta, {"epoch": best_epoch, "val_accuracy": best_acc})
-            history.append(row)
-            write_history(history_path, history)
-            seconds["checkpoints"] += time.perf_counter() - t_save
-            log(f"  epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, train acc {100 * row['accuracy']:.1f}%, "
-                f"val loss {row['val_loss']:.3f}, val acc {100 * val_acc:.1f}%"
-                f"{' (best)' if best_epoch == epoch + 1 else ''}, {row['seconds']:.0f}s; {epochs.advance()}")
-
+    end = _EpochEnd(full, top, val_inputs, val_labels, config, run_dir, manager, history, seconds, start_epoch,
+                    before_validation, log)
     if start_epoch < config.epochs:
         # one fit call and one input pipeline for every epoch left: each epoch's order comes
         # from (seed, epoch), so a resumed run draws the same batches as an unbroken one
         steps = -(-len(train_labels) // config.batch_size)
         ds = _dataset(train_inputs, onehot, weights, config, range(start_epoch, config.epochs))
         top.fit(ds, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps, verbose=0,
-                callbacks=[EpochEnd()])
-    if best_epoch == 0:
+                callbacks=[end])
+    if end.best_epoch == 0:
         raise RuntimeError("no epoch finished (epochs must be >= 1)")
     t_end = time.perf_counter()
     full.load_weights(str(best_path))
     val_probs = predict(top, val_inputs)
     seconds["validation"] += time.perf_counter() - t_end
-    return FitResult(best_epoch=best_epoch, val_probs=val_probs, history=history,
+    return FitResult(best_epoch=end.best_epoch, val_probs=val_probs, history=history,
                      train_seconds=seconds["first epoch"] + seconds["epochs"],
                      images_trained=(config.epochs - start_epoch) * len(train_labels),
                      resumed_from=start_epoch, seconds={k: round(v, 3) for k, v in seconds.items()})
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """What ``fit`` does after each epoch's training: validation, then the checkpoint, the
+    best weights and the history row (in that order, so a kill loses at most one epoch)."""
+
+    def __init__(self, full, top, val_inputs, val_labels, config: FitConfig, run_dir: Path, manager,
+                 history: list[dict], seconds: dict[str, float], start_epoch: int,
+                 before_validation: Callable[[], None] | None, log: Callable[[str], None]):
+        super().__init__()
+        self.full, self.top, self.val_inputs, self.val_labels, self.config = full, top, val_inputs, val_labels, config
+        self.run_dir, self.manager, self.history, self.seconds = run_dir, manager, history, seconds
+        self.start_epoch, self.before_validation, self.log = start_epoch, before_validation, log
+        self.progress = Progress(config.epochs, "epochs", log, already=start_epoch)
+        self.best_epoch, self.best_acc = 0, -1.0
+        for row in history:
+            if row["val_accuracy"] > self.best_acc:
+                self.best_epoch, self.best_acc = row["epoch"], row["val_accuracy"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        config, seconds = self.config, self.seconds
+        if self.before_validation is not None:
+            self.before_validation()
+        t_val = time.perf_counter()
+        seconds["first epoch" if epoch == self.start_epoch else "epochs"] += t_val - self.t0
+        probs = predict(self.top, self.val_inputs)
+        t_save = time.perf_counter()
+        seconds["validation"] += t_save - t_val
+        if not (np.isfinite(logs["loss"]) and np.isfinite(probs).all()):
+            raise NonFiniteError(f"epoch {epoch + 1}: training loss {logs['loss']} or validation outputs are "
+                                 f"not finite (learning rate {config.lr} too high, or bad input values)")
+        labels = self.val_labels
+        val_acc = float(np.mean(probs.argmax(1) == labels)) if len(labels) else float("nan")
+        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs.get("accuracy", float("nan"))),
+               "val_loss": _cross_entropy(probs, labels), "val_accuracy": val_acc,
+               "seconds": round(time.perf_counter() - self.t0, 3)}
+        self.manager.save(checkpoint_number=epoch + 1)
+        if val_acc > self.best_acc:
+            self.best_epoch, self.best_acc = epoch + 1, val_acc
+            _save_weights_atomic(self.full, self.run_dir / CHECKPOINT)
+            write_json(self.run_dir / CHECKPOINT_META, {"epoch": self.best_epoch, "val_accuracy": self.best_acc})
+        self.history.append(row)
+        write_history(self.run_dir / HISTORY, self.history)
+        seconds["checkpoints"] += time.perf_counter() - t_save
+        self.log(f"  epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, train acc {100 * row['accuracy']:.1f}%, "
+                 f"val loss {row['val_loss']:.3f}, val acc {100 * val_acc:.1f}%"
+                 f"{' (best)' if self.best_epoch == epoch + 1 else ''}, {row['seconds']:.0f}s; {self.progress.advance()}")
 
 
 def _h5_readable(path: Path) -> bool:
