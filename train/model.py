@@ -48,10 +48,11 @@ def inference_function(model: keras.Model):
     if fn is None:
         spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype) for t in model.inputs]
         single_in, single_out = len(model.inputs) == 1, len(model.outputs) == 1
+        ref = weakref.ref(model)  # a strong reference here would keep every model of a sweep alive
 
         @tf.function(input_signature=spec, autograph=False)
         def fn(*xs):
-            out = model(xs[0] if single_in else list(xs), training=False)
+            out = ref()(xs[0] if single_in else list(xs), training=False)
             return [out] if single_out else list(out)
 
         _INFERENCE[model] = fn
