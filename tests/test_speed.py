@@ -9,18 +9,18 @@ from conftest import REPO
 
 
 def test_gpu_check_runs_at_tiny_size_on_the_cpu(tmp_path):
-    env = {**os.environ, "SIZE": "32", "BACKBONES": "mobilenetv2", "MODES": "float32,float32+xla", "BATCH": "8",
-           "STEPS": "2", "CACHE_BACKBONES": "mobilenetv2", "LEVELS": "0,7", "N": "60", "EPOCHS": "2",
+    env = {**os.environ, "SIZE": "32", "BACKBONES": "mobilenetv2", "MODES": "float32,mixed_float16", "BATCH": "8",
+           "STEPS": "2", "CACHE_BACKBONES": "mobilenetv2", "LEVELS": "0", "N": "60", "EPOCHS": "1",
            "STUDY_SIZE": "64", "STUDY_TRAIN_IMAGES": "100", "PY": sys.executable}
     out = tmp_path / "check"
     result = subprocess.run(["bash", str(REPO / "docs" / "gpu_check.sh"), str(out)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     speed = json.loads((out / "speed" / "speed_benchmark.json").read_text())
-    assert [(r["backbone"], r["mode"]) for r in speed["rows"]] == [("mobilenetv2", "float32"), ("mobilenetv2", "float32+xla")]
+    assert [(r["backbone"], r["mode"]) for r in speed["rows"]] == [("mobilenetv2", "float32"), ("mobilenetv2", "mixed_float16")]
     assert all(r["bare_images_per_s"] > 0 for r in speed["rows"]) and speed["rows"][0]["ratio"] == 1.0
     cache = json.loads((out / "cache" / "cache_benchmark.json").read_text())
-    assert cache["runs"] == 2 and not cache["failed_runs"] and cache["speedup"] > 0
+    assert cache["runs"] == 1 and not cache["failed_runs"] and cache["speedup"] > 0
     assert set(cache["seconds_by_part"]["cached"]) >= {"frozen features", "first epoch", "epochs", "checkpoints"}
     study = (out / "study.txt").read_text()
     # the study's 10 MobileNetV2 levels, 10 epochs of 100 images, 4x the pixels of the 32 px step
