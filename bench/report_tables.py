@@ -152,7 +152,7 @@ def export_section(exports: Path | None) -> list[str]:
         rows.append([str(a.get("artifact_id")), str(a.get("backbone")), family(str(a.get("backbone"))),
                      str(a.get("variant")), str(a.get("format")), size_mb_text(size), ratio, _mmacs(a.get("macs")),
                      percent(num(a.get("val_accuracy"))), points_text(num(a.get("accuracy_delta"))),
-                     percent(num(a.get("agreement"))), _sci(num(a.get("max_abs_diff"))),
+                     percent(num(a.get("agreement"))), _sci(num(a.get("max_abs_diff"))), _worst_int8(a),
                      short(str(a.get("error"))) if a.get("error") else
                      f"WARNING: {short(str(a['warning']))}" if a.get("warning") else ""])
     lines += [f"From `{Path(exports) / 'manifest.json'}`: {len(artifacts)} artifact(s), "
@@ -160,10 +160,22 @@ def export_section(exports: Path | None) -> list[str]:
               "size over the fp32 artifact of the same model and format. MMAC: millions of multiply-accumulates "
               "per image, counted from the artifact's graph. Delta: accuracy minus the Keras model's; "
               "agreement: share of images where its prediction equals the Keras model's; max diff: largest "
-              "absolute difference of a class probability.", ""]
+              "absolute difference of a class probability. Worst int8 layer (full-int8 TFLite): the layer whose "
+              "int8 output is furthest from its float output, as root mean squared error in quantization steps "
+              "(rounding alone gives 0.29; every layer is in the export's int8-layers/ CSV).", ""]
     lines += markdown_table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32", "MMAC",
-                     "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Error or warning"], rows)
+                     "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Worst int8 layer", "Error or warning"],
+                            rows)
     return lines
+
+
+def _worst_int8(record: dict) -> str:
+    """``"block_16_project 31%"``: the record's worst int8 layer and its error relative to its signal."""
+    rows = record.get("int8_worst_layers") or []
+    try:
+        return f"{rows[0]['layer']} {100 * float(rows[0]['relative_rmse']):.0f}%" if rows else ""
+    except (KeyError, TypeError, ValueError):
+        return "unreadable"
 
 
 def device_table(lines: list[dict]) -> list[str]:

@@ -28,6 +28,7 @@ from device import exports_manifest as manifest
 from train.console import hidden_output
 from export.config import CALIB_DEFAULT, ExportConfig, ExportError, StrictFailure, calib_count
 from export.embed import embed
+from export.int8_layers import summary as int8_summary
 from export.quantize import Calibration, calibration_set, check_calibration_size
 from export.select import Source, keras_model, select_runs, write_reference
 from export.verify import Reference, align, read_reference, strict_failure, verify
@@ -98,7 +99,7 @@ class Context:
 
 # the timed steps of one artifact, in the order of the closing table; the first variant of a run
 # pays for "build" and "calibration images", which its other variants share
-STEPS = ("build", "calibration images", "qat training", "convert", "inspect", "verify", "embed")
+STEPS = ("build", "calibration images", "qat training", "convert", "int8 layers", "inspect", "verify", "embed")
 HEARTBEAT_S = 20.0  # a line at least this often while a step runs
 
 # a converter writes the artifact file and returns (converter name, settings-independent notes)
@@ -291,6 +292,9 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
             record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
         problem = strict_failure(variant, result.agreement, result.keras_confidence,
                                  random_weights=str(ctx.source.config.get("weights")).lower() == "none")
+        if problem and record.get("int8_worst_layers"):
+            problem += (f"; largest int8 errors (rounding alone: 0.29 steps): {int8_summary(record['int8_worst_layers'])}; "
+                        f"every layer in {record['int8_layers_file']}")
         if problem:
             record["warning"] = problem
     except Exception as exc:  # one variant's crash is recorded; the others still export

@@ -102,7 +102,34 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
     with hidden_output():  # the converter's own notes ("fully_quantize: 0, ...")
         data = converter.convert()
     write_bytes(path, data)
+    if variant == "int8":
+        with ctx.step("int8 layers"):
+            extra.update(_int8_layers(ctx, keras_for_conversion, path))
     return f"tf.lite.TFLiteConverter {tf.__version__}", extra
+
+
+def _int8_layers(ctx: Context, model, path: Path) -> dict:
+    """The int8 error of every quantized op (``export.int8_layers``): the full table in
+    ``int8-layers/<artifact>.csv`` beside the manifest, the worst rows in the record. A
+    debugger failure is recorded, never fatal to the artifact."""
+    import tensorflow as tf
+
+    from export.int8_layers import layer_errors, worst, write_csv
+    from export.quantize import representative_dataset
+
+    images = ctx.calibration().images
+    converter = function_converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset(images)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    names = {layer.name for layer in model.submodules if hasattr(layer, "name")}
+    try:
+        rows = layer_errors(converter, images, names, hide_output=hidden_output)
+    except Exception as exc:  # an op the debugger cannot instrument: the artifact itself is fine
+        return {"int8_layers_error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+    rel = f"int8-layers/{path.stem}.csv"
+    write_csv(ctx.exports / rel, rows)
+    return {"int8_layers_file": rel, "int8_worst_layers": worst(rows)}
 
 
 def add_arguments(p) -> None:

@@ -585,3 +585,25 @@ def test_agreement_warning_says_why_for_random_or_unsure_models():
     assert "random weights, --weights none" in random and "train.pretrain" in random
     unsure = strict_failure("int8", 0.6, keras_confidence=0.45)
     assert "mean top probability is 0.45" in unsure and "catch a conversion" in unsure
+
+
+def test_int8_record_names_its_worst_layers_and_keeps_every_layer_in_a_csv(exported):
+    # #20 item 1: LiteRT's quantization debugger, run at export on calibration images
+    import csv as csv_module
+
+    from device.backbones import get
+    from train.model import build_base
+
+    record = exported.tflite["int8"]
+    assert "int8_layers_error" not in record
+    worst = record["int8_worst_layers"]
+    assert len(worst) == 5 and all(w["relative_rmse"] >= v["relative_rmse"] for w, v in zip(worst, worst[1:]))
+    names = {layer.name for layer in build_base(get("mobilenetv2"), SIZE, None).layers}
+    with open(exported.out / record["int8_layers_file"]) as fh:
+        rows = list(csv_module.DictReader(fh))
+    # every quantized op of MobileNetV2 (over 60), nearly all traced back to a Keras layer
+    assert len(rows) > 60 and sum(bool(r["keras_layers"]) for r in rows) >= 0.9 * len(rows)
+    assert [r["layer"] for r in rows[:5]] == [w["layer"] for w in worst]
+    assert sum(r["layer"] in names for r in rows) >= 0.8 * len(rows)
+    assert record["step_seconds"].get("int8 layers", 0) > 0
+    assert "int8_worst_layers" not in exported.tflite["fp32"]

@@ -1,0 +1,117 @@
+"""Where a full-int8 TFLite model loses precision, layer by layer.
+
+LiteRT's quantization debugger (``tf.lite.experimental.QuantizationDebugger``) quantizes the
+model as the int8 export does, with a numeric check after every quantized op, runs it on
+a few calibration images and reports, per op output, the error between the float result
+and the dequantized int8 one. The figure compared across layers is the root mean squared
+error over the tensor's quantization step (``rmse/scale``): rounding alone gives
+``1/sqrt(12) = 0.29`` steps, so a layer far above that carries error from the layers before
+it or clips values outside its calibrated range. A range stretched by outliers shows in a
+second figure, the float values' standard deviation in steps (``std_in_steps``): a tensor
+whose typical values span only a few of the 255 steps keeps little of its signal. Rows are
+ranked by the error relative to the signal (``rmse / float std``), which catches both.
+
+Each row is mapped back to the Keras layers it was fused from (the converter names a fused
+op after every TensorFlow op in it, and those carry the Keras layer names).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROUNDING_ONLY = 1 / math.sqrt(12)  # rmse/scale of a tensor whose only error is rounding
+DEBUG_IMAGES = 32  # calibration images the debugger runs (training images: validation stays untouched)
+WORST_KEPT = 5  # rows written into the manifest record
+COLUMNS = ("rank", "layer", "keras_layers", "op", "relative_rmse", "rmse_over_scale", "std_in_steps", "mean_error",
+           "max_abs_error", "scale", "num_elements", "tensor")
+
+
+def _std_in_steps(float_values, quantized_values, scale, zero_point) -> float:
+    """The float output's standard deviation in quantization steps (the debugger's callback)."""
+    return float(np.std(np.asarray(float_values, dtype=np.float64))) / scale if scale > 0 else float("nan")
+
+
+def keras_layers(tensor_name: str, layer_names: set[str]) -> list[str]:
+    """The Keras layers a TFLite tensor was made from, in the converter's order (the fused op's
+    last TensorFlow op first), each named once."""
+    found: list[str] = []
+    for part in tensor_name.split(";"):
+        for component in part.split("/"):
+            if component in layer_names and component not in found:
+                found.append(component)
+    return found
+
+
+def layer_errors(converter: object, images: np.ndarray, layer_names: set[str],
+                 hide_output: Callable = None) -> list[dict]:
+    """Per quantized op output: its Keras layers and int8 error on ``images``, worst first.
+
+    Args:
+        converter: a TFLite converter set up for full-int8 quantization (optimizations and
+            representative dataset); its input and output types are left float here.
+        images: raw pixels (N, H, W, 3), the model's input; the first ``DEBUG_IMAGES`` are run.
+        layer_names: every layer name of the Keras model (nested models' layers included).
+        hide_output: a context manager factory that silences the converter's native output.
+    """
+    import contextlib
+
+    import tensorflow as tf
+
+    def debug_dataset():
+        for image in images[:DEBUG_IMAGES]:
+            yield [image[None].astype(np.float32)]
+
+    with (hide_output or contextlib.nullcontext)():
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            layer_direct_compare_metrics={"std_in_steps": _std_in_steps})
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_dataset,
+                                                             debug_options=options)
+        debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    rows = []
+    for row in csv.DictReader(io.StringIO(dump.getvalue())):
+        scale = float(row["scale"])
+        if not scale > 0:
+            continue
+        found = keras_layers(row["tensor_name"], layer_names)
+        rmse_steps, std_steps = math.sqrt(float(row["mean_squared_error"])) / scale, float(row["std_in_steps"])
+        rows.append({"layer": found[-1] if found else row["tensor_name"].split(";")[0],
+                     "keras_layers": found, "op": row["op_name"],
+                     "relative_rmse": round(rmse_steps / std_steps, 5) if std_steps > 0 else float("inf"),
+                     "rmse_over_scale": round(rmse_steps, 4), "std_in_steps": round(std_steps, 3),
+                     "mean_error": float(row["mean_error"]), "max_abs_error": float(row["max_abs_error"]),
+                     "scale": scale, "num_elements": int(float(row["num_elements"])), "tensor": row["tensor_name"]})
+    rows.sort(key=lambda r: -r["relative_rmse"])
+    return [{"rank": i + 1, **r} for i, r in enumerate(rows)]
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Every row, worst first, as CSV (``keras_layers`` joined with ``+``)."""
+    from device.atomic import write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "keras_layers": "+".join(row["keras_layers"])})
+    write_text(path, out.getvalue())
+
+
+def worst(rows: list[dict], n: int = WORST_KEPT) -> list[dict]:
+    """The ``n`` worst rows, in the manifest's short form."""
+    return [{"layer": r["layer"], "op": r["op"], "relative_rmse": r["relative_rmse"],
+             "rmse_over_scale": r["rmse_over_scale"], "std_in_steps": r["std_in_steps"],
+             "mean_error": round(r["mean_error"], 6)} for r in rows[:n]]
+
+
+def summary(worst_rows: list[dict], n: int = 3) -> str:
+    """``"block_16_project (CONV_2D): error 31% of its signal, 0.35 steps, std 1.1 steps; ..."``."""
+    return "; ".join(f"{r['layer']} ({r['op']}): error {100 * r['relative_rmse']:.0f}% of its signal, "
+                     f"{r['rmse_over_scale']:.2f} steps, std {r['std_in_steps']:.1f} steps" for r in worst_rows[:n])
