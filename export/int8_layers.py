@@ -7,9 +7,11 @@ and the dequantized int8 one. The figure compared across layers is the root mean
 error over the tensor's quantization step (``rmse/scale``): rounding alone gives
 ``1/sqrt(12) = 0.29`` steps, so a layer far above that carries error from the layers before
 it or clips values outside its calibrated range. A range stretched by outliers shows in a
-second figure, the float values' standard deviation in steps (``std_in_steps``): a tensor
-whose typical values span only a few of the 255 steps keeps little of its signal. Rows are
-ranked by the error relative to the signal (``rmse / float std``), which catches both.
+second figure, the spread of the float values in steps (``std_in_steps``; ``spread``: a
+standard deviation from the 1st-99th percentile range, so the outliers themselves do not
+count): a tensor whose typical values span only a few of the 255 steps keeps little of its
+signal. Rows are ranked by the error relative to that spread (``relative_rmse``), which
+catches both.
 
 Each row is mapped back to the Keras layers it was fused from (the converter names a fused
 op after every TensorFlow op in it, and those carry the Keras layer names).
@@ -31,9 +33,16 @@ COLUMNS = ("rank", "layer", "keras_layers", "op", "relative_rmse", "rmse_over_sc
            "max_abs_error", "scale", "num_elements", "tensor")
 
 
+def spread(values) -> float:
+    """A standard deviation that a few outliers cannot inflate: the 1st-99th percentile range
+    over 4.65 (the same for normally distributed values, where that range is 4.65 sigma)."""
+    low, high = np.percentile(np.asarray(values, dtype=np.float64), (1, 99))
+    return float(high - low) / 4.65
+
+
 def _std_in_steps(float_values, quantized_values, scale, zero_point) -> float:
-    """The float output's standard deviation in quantization steps (the debugger's callback)."""
-    return float(np.std(np.asarray(float_values, dtype=np.float64))) / scale if scale > 0 else float("nan")
+    """The float output's spread in quantization steps (the debugger's callback)."""
+    return spread(float_values) / scale if scale > 0 else float("nan")
 
 
 def keras_layers(tensor_name: str, layer_names: set[str]) -> list[str]:
@@ -115,3 +124,48 @@ def summary(worst_rows: list[dict], n: int = 3) -> str:
     """``"block_16_project (CONV_2D): error 31% of its signal, 0.35 steps, std 1.1 steps; ..."``."""
     return "; ".join(f"{r['layer']} ({r['op']}): error {100 * r['relative_rmse']:.0f}% of its signal, "
                      f"{r['rmse_over_scale']:.2f} steps, std {r['std_in_steps']:.1f} steps" for r in worst_rows[:n])
+
+
+def onnx_layer_errors(prepared: Path, qdq: Path, images: np.ndarray, layer_names: set[str], workdir: Path) -> list[dict]:
+    """Per quantized activation of an ONNX model: its Keras layers and int8 error, worst first.
+
+    ONNX Runtime's QDQ debugging recipe (``onnxruntime.quantization.qdq_loss_debug``): every
+    intermediate tensor of the float graph ``prepared`` and of its QDQ quantization ``qdq``
+    (same calibration, so the same ranges as the exported form) is made an output, both run
+    on the first ``DEBUG_IMAGES`` of ``images``, and each dequantized tensor is compared with
+    the float one. The figures are those of ``layer_errors``.
+    """
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    from export.onnx import calibration_reader
+
+    debug = images[:DEBUG_IMAGES]
+    activations = {}
+    for name, model in (("float", prepared), ("qdq", qdq)):
+        augmented = workdir / f"{name}-augmented.onnx"
+        modify_model_output_intermediate_tensors(str(model), str(augmented))
+        activations[name] = collect_activations(str(augmented), calibration_reader(augmented, debug))
+    graph = onnx.load(str(qdq)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    scales = {n.input[0]: float(np.asarray(inits[n.input[1]]).ravel()[0]) for n in graph.node
+              if n.op_type == "QuantizeLinear" and n.input[1] in inits}
+    producers = {out: n.op_type for n in onnx.load(str(prepared)).graph.node for out in n.output}
+    rows = []
+    for tensor, match in create_activation_matching(activations["qdq"], activations["float"]).items():
+        if not match.get("float") or tensor not in scales or not scales[tensor] > 0:
+            continue
+        exact = np.concatenate([np.asarray(a, np.float64).ravel() for a in match["float"]])
+        rounded = np.concatenate([np.asarray(a, np.float64).ravel() for a in match["post_qdq"]])
+        error, scale = rounded - exact, scales[tensor]
+        rmse, std = float(np.sqrt(np.mean(error ** 2))), spread(exact)
+        found = keras_layers(tensor, layer_names)
+        rows.append({"layer": found[-1] if found else tensor, "keras_layers": found, "op": producers.get(tensor, "?"),
+                     "relative_rmse": round(rmse / std, 5) if std > 0 else float("inf"),
+                     "rmse_over_scale": round(rmse / scale, 4), "std_in_steps": round(std / scale, 3),
+                     "mean_error": float(error.mean()), "max_abs_error": float(np.abs(error).max()), "scale": scale,
+                     "num_elements": int(exact.size // len(debug)), "tensor": tensor})
+    rows.sort(key=lambda r: -r["relative_rmse"])
+    return [{"rank": i + 1, **r} for i, r in enumerate(rows)]

@@ -142,51 +142,69 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, method: s
     Returns:
         Whether ONNX Runtime's pre-processing (shape inference, BatchNorm folding) ran.
     """
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
     if method not in CALIB_METHODS:
         raise ValueError(f"calibration method {method!r}: expected one of {', '.join(CALIB_METHODS)}")
+    int8_form(form)  # an unknown form is refused before any work
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        tmp_out = Path(tmp) / out_path.name
+        source, preprocessed = prepare(fp32_path, Path(tmp) / "prepared.onnx")
+        quantize_prepared(source, tmp_out, images, method, form)
+        write_bytes(out_path, tmp_out.read_bytes())
+    return preprocessed
+
+
+def calibration_reader(model_path: Path, images: np.ndarray):
+    """An onnxruntime ``CalibrationDataReader`` feeding ``images`` one by one to the model's input."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+
+    input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+    return type("Reader", (_CalibrationReader, CalibrationDataReader), {})(input_name, images)
+
+
+def prepare(fp32_path: Path, out: Path) -> tuple[Path, bool]:
+    """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation, which
+    folds standalone BatchNorms, DenseNet's pre-activation ones, into neighbours) into ``out``.
+
+    Returns:
+        ``(the graph to quantize, whether pre-processing ran)``: ``fp32_path`` itself when it
+        failed (an optional step).
+    """
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        # shapes are static (batch 1, fixed size): symbolic shape inference, which needs
+        # sympy (not installed by the export extra), has nothing to add, and without
+        # skipping it the whole step failed and BatchNorms stayed unfolded
+        quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=True)
+        return out, True
+    except Exception:
+        return fp32_path, False
+
+
+def quantize_prepared(source: Path, out: Path, images: np.ndarray, method: str, form: str) -> None:
+    """``quantize_static`` of a prepared graph: per-channel int8 weights, activations and file
+    format as ``form`` names, calibrated on ``images`` by ``method``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     chosen = int8_form(form)
     calibrate_method = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax
     # onnxruntime's "moving average" over one-image batches, all collected in one pass, is the
     # plain mean of the per-image minima and maxima
     extra_options = {"CalibMovingAverage": True} if method == "average" else {}
-
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-    reader = type("Reader", (_CalibrationReader, CalibrationDataReader), {})(input_name, images)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        tmp_out = Path(tmp) / out_path.name
-        source = Path(tmp) / "prepared.onnx"
-        try:
-            # ORT's recommended pre-processing: shape inference and graph optimisation, which
-            # folds standalone BatchNorms (DenseNet's pre-activation ones) into neighbours
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            # shapes are static (batch 1, fixed size): symbolic shape inference, which needs
-            # sympy (not installed by the export extra), has nothing to add, and without
-            # skipping it the whole step failed and BatchNorms stayed unfolded
-            quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
-            preprocessed = True
-        except Exception:  # an optional step: quantize the converted graph as it is
-            source = fp32_path
-            preprocessed = False
-        # onnxruntime warns through the root logger once per 1-D weight (BatchNorm vectors:
-        # "Axis 1 is out-of-range ... with rank 1", then quantized per tensor, as intended),
-        # hundreds of lines for a DenseNet; errors still show
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_static(str(source), str(tmp_out), reader, quant_format=QuantFormat[chosen.quant_format],
-                            per_channel=True, activation_type=QuantType[chosen.activations],
-                            weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-                            extra_options=extra_options)
-        finally:
-            root.setLevel(level)
-        write_bytes(out_path, tmp_out.read_bytes())
-    return preprocessed
+    # onnxruntime warns through the root logger once per 1-D weight (BatchNorm vectors:
+    # "Axis 1 is out-of-range ... with rank 1", then quantized per tensor, as intended),
+    # hundreds of lines for a DenseNet; errors still show
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(str(source), str(out), calibration_reader(source, images),
+                        quant_format=QuantFormat[chosen.quant_format], per_channel=True,
+                        activation_type=QuantType[chosen.activations], weight_type=QuantType.QInt8,
+                        calibrate_method=calibrate_method, extra_options=extra_options)
+    finally:
+        root.setLevel(level)
 
 
 def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
@@ -218,11 +236,35 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
             # the quantized graph does the fp32 graph's arithmetic; counted there, since ONNX shape
             # inference stops at QOperator's com.microsoft ops (QLinearAdd, QLinearConcat, ...)
             macs = manifest.macs_fields(fp32)
+            with ctx.step("int8 layers"):
+                macs.update(_int8_layers(ctx, fp32, images, Path(tmp), path))
         return (f"tf2onnx {tf2onnx.__version__} (opset {opset}) + onnxruntime {onnxruntime.__version__} "
                 f"quantize_static {int8_form(int8).label}, {ctx.config.calib_method} calibration",
                 {"opset": opset, "calib_n": int(len(images)), "onnx_preprocessed": preprocessed, "onnx_int8": int8,
                  **macs})
     raise ValueError(f"unknown ONNX variant {variant!r}")
+
+
+def _int8_layers(ctx: Context, fp32: Path, images: np.ndarray, tmp: Path, path: Path) -> dict:
+    """The int8 error of every quantized activation (``export.int8_layers.onnx_layer_errors``),
+    measured on a QDQ quantization with the export's calibration and activation type: the full
+    table in ``int8-layers/<artifact>.csv``, the worst rows in the record. A failure is
+    recorded, never fatal to the artifact."""
+    from export.int8_layers import onnx_layer_errors, worst, write_csv
+
+    try:
+        prepared, _ = prepare(fp32, tmp / "debug-prepared.onnx")
+        qdq = tmp / "debug-qdq.onnx"
+        signed = int8_form(ctx.config.onnx_int8).activations == "QInt8"
+        quantize_prepared(prepared, qdq, images, ctx.config.calib_method, "qdq-s8" if signed else "qdq-u8")
+        model = ctx.model()
+        names = {layer.name for layer in model.submodules if hasattr(layer, "name")}
+        rows = onnx_layer_errors(prepared, qdq, images, names, tmp)
+    except Exception as exc:  # a graph the debugging tools cannot instrument: the artifact itself is fine
+        return {"int8_layers_error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+    rel = f"int8-layers/{path.name}.csv"
+    write_csv(ctx.exports / rel, rows)
+    return {"int8_layers_file": rel, "int8_worst_layers": worst(rows)}
 
 
 def add_arguments(p) -> None:

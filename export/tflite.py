@@ -127,7 +127,7 @@ def _int8_layers(ctx: Context, model, path: Path) -> dict:
         rows = layer_errors(converter, images, names, hide_output=hidden_output)
     except Exception as exc:  # an op the debugger cannot instrument: the artifact itself is fine
         return {"int8_layers_error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
-    rel = f"int8-layers/{path.stem}.csv"
+    rel = f"int8-layers/{path.name}.csv"
     write_csv(ctx.exports / rel, rows)
     return {"int8_layers_file": rel, "int8_worst_layers": worst(rows)}
 

@@ -607,3 +607,10 @@ def test_int8_record_names_its_worst_layers_and_keeps_every_layer_in_a_csv(expor
     assert sum(r["layer"] in names for r in rows) >= 0.8 * len(rows)
     assert record["step_seconds"].get("int8 layers", 0) > 0
     assert "int8_worst_layers" not in exported.tflite["fp32"]
+    # the ONNX int8 artifact: ONNX Runtime's float/QDQ activation comparison, its own CSV
+    onnx_record = exported.onnx["int8"]
+    assert "int8_layers_error" not in onnx_record and len(onnx_record["int8_worst_layers"]) == 5
+    assert onnx_record["int8_layers_file"] != record["int8_layers_file"]
+    with open(exported.out / onnx_record["int8_layers_file"]) as fh:
+        onnx_rows = list(csv_module.DictReader(fh))
+    assert len(onnx_rows) > 60 and sum(r["layer"] in names for r in onnx_rows) >= 0.8 * len(onnx_rows)

@@ -63,3 +63,28 @@ def test_a_range_stretched_by_one_outlier_is_ranked_worst(tmp_path):
         saved = list(csv.DictReader(fh))
     assert len(saved) == len(rows) and saved[0]["layer"] == rows[0]["layer"]
     assert keras_layers("m/a/b/Relu6;m/a/c/Conv2D", {"b", "c"}) == ["b", "c"]
+
+
+def test_onnx_qdq_comparison_names_the_same_kind_of_layer(tmp_path):
+    import tensorflow as tf
+    import tf2onnx
+
+    from export.int8_layers import onnx_layer_errors
+    from export.onnx import prepare, quantize_prepared
+
+    images = np.random.default_rng(0).integers(0, 256, (24, 8, 8, 3)).astype(np.uint8)
+    results = {}
+    for height in (0.0, 1000.0):
+        model = _spiky_model(height)
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=[tf.TensorSpec((1, 8, 8, 3), tf.float32)], opset=13)
+        work = tmp_path / str(int(height))
+        work.mkdir()
+        (work / "fp32.onnx").write_bytes(proto.SerializeToString())
+        prepared, _ = prepare(work / "fp32.onnx", work / "prepared.onnx")
+        quantize_prepared(prepared, work / "qdq.onnx", images, "minmax", "qdq-u8")
+        results[height] = onnx_layer_errors(prepared, work / "qdq.onnx", images,
+                                            {layer.name for layer in model.submodules}, work)
+    plain, rows = results[0.0], results[1000.0]
+    assert len(rows) >= 3 and all(a["relative_rmse"] >= b["relative_rmse"] for a, b in zip(rows, rows[1:]))
+    assert plain[0]["relative_rmse"] < 0.1, plain[:3]
+    assert rows[0]["layer"] in ("conv_a", "spiky") and rows[0]["relative_rmse"] > 0.5, rows[:3]
