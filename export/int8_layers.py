@@ -40,6 +40,17 @@ def spread(values) -> float:
     return float(high - low) / 4.65
 
 
+NO_SPREAD = 1e6  # relative error of a tensor whose float values do not vary but whose int8 ones are off
+
+
+def _relative(error: float, spread_: float) -> float:
+    """``error / spread_``; 0 for an exact constant tensor, ``NO_SPREAD`` for an inexact one
+    (finite, so the manifest stays strict JSON)."""
+    if spread_ > 0:
+        return round(error / spread_, 5)
+    return 0.0 if error == 0 else NO_SPREAD
+
+
 def _std_in_steps(float_values, quantized_values, scale, zero_point) -> float:
     """The float output's spread in quantization steps (the debugger's callback)."""
     return spread(float_values) / scale if scale > 0 else float("nan")
@@ -92,7 +103,7 @@ def layer_errors(converter: object, images: np.ndarray, layer_names: set[str],
         rmse_steps, std_steps = math.sqrt(float(row["mean_squared_error"])) / scale, float(row["std_in_steps"])
         rows.append({"layer": found[-1] if found else row["tensor_name"].split(";")[0],
                      "keras_layers": found, "op": row["op_name"],
-                     "relative_rmse": round(rmse_steps / std_steps, 5) if std_steps > 0 else float("inf"),
+                     "relative_rmse": _relative(rmse_steps, std_steps),
                      "rmse_over_scale": round(rmse_steps, 4), "std_in_steps": round(std_steps, 3),
                      "mean_error": float(row["mean_error"]), "max_abs_error": float(row["max_abs_error"]),
                      "scale": scale, "num_elements": int(float(row["num_elements"])), "tensor": row["tensor_name"]})
@@ -163,7 +174,7 @@ def onnx_layer_errors(prepared: Path, qdq: Path, images: np.ndarray, layer_names
         rmse, std = float(np.sqrt(np.mean(error ** 2))), spread(exact)
         found = keras_layers(tensor, layer_names)
         rows.append({"layer": found[-1] if found else tensor, "keras_layers": found, "op": producers.get(tensor, "?"),
-                     "relative_rmse": round(rmse / std, 5) if std > 0 else float("inf"),
+                     "relative_rmse": _relative(rmse, std),
                      "rmse_over_scale": round(rmse / scale, 4), "std_in_steps": round(std / scale, 3),
                      "mean_error": float(error.mean()), "max_abs_error": float(np.abs(error).max()), "scale": scale,
                      "num_elements": int(exact.size // len(debug)), "tensor": tensor})
