@@ -4,7 +4,8 @@
 share one command line (``export.cli``, settings in ``export.config``) and one pipeline
 (``export.pipeline``): select the runs (``--select``, ``export.select``), rebuild each run's
 best checkpoint with its preprocessing inside the graph (``export.graph``), convert it
-(``export.tflite``, ``export.onnx``; int8 calibration and QAT in ``export.quantize``), run the
+(``export.tflite``, ``export.onnx``; int8 calibration and QAT in ``export.quantize``, the
+per-layer int8 error table in ``export.int8_layers``), run the
 artifact on the validation split with the device's own runtime code (``export.verify``), fit
 its temperature there, write SkyEdge's description into the model file (``export.embed``) and
 record it in ``EXPORTS/manifest.json`` (its format is owned by ``device.exports_manifest``).
