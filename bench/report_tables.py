@@ -8,6 +8,7 @@ import numpy as np
 
 from bench.verdict import is_emulated, is_mobile, line_ci, ms_text, num, percent
 from device import sweep_tables
+from device.exports_manifest import NO_SPREAD
 from device.sweep_tables import markdown_table, short
 from device.sweep_results import RESULTS, aggregate, best_level, load_runs, overall_best
 
@@ -160,9 +161,10 @@ def export_section(exports: Path | None) -> list[str]:
               "size over the fp32 artifact of the same model and format. MMAC: millions of multiply-accumulates "
               "per image, counted from the artifact's graph. Delta: accuracy minus the Keras model's; "
               "agreement: share of images where its prediction equals the Keras model's; max diff: largest "
-              "absolute difference of a class probability. Worst int8 layer (full-int8 TFLite): the layer whose "
-              "int8 output is furthest from its float output, as root mean squared error in quantization steps "
-              "(rounding alone gives 0.29; every layer is in the export's int8-layers/ CSV).", ""]
+              "absolute difference of a class probability. Worst int8 layer (int8 artifacts): the layer whose "
+              "int8 output differs most from its float output, relative to the spread of that output (root mean "
+              "squared error over a standard deviation, on calibration images; every layer is in the export's "
+              "int8-layers/ CSV).", ""]
     lines += markdown_table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32", "MMAC",
                      "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Worst int8 layer", "Error or warning"],
                             rows)
@@ -173,7 +175,10 @@ def _worst_int8(record: dict) -> str:
     """``"block_16_project 31%"``: the record's worst int8 layer and its error relative to its signal."""
     rows = record.get("int8_worst_layers") or []
     try:
-        return f"{rows[0]['layer']} {100 * float(rows[0]['relative_rmse']):.0f}%" if rows else ""
+        if not rows:
+            return ""
+        relative = float(rows[0]["relative_rmse"])
+        return f"{rows[0]['layer']} {'error, no spread' if relative >= NO_SPREAD else f'{100 * relative:.0f}%'}"
     except (KeyError, TypeError, ValueError):
         return "unreadable"
 

@@ -27,6 +27,9 @@ from device.checksum import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# ``int8_worst_layers[].relative_rmse`` of a tensor whose float values do not vary while its
+# int8 ones are off (a finite stand-in for infinity, so the manifest stays strict JSON)
+NO_SPREAD = 1e6
 
 
 def source_key(checkpoint_sha256: str, settings: dict) -> str:

@@ -26,6 +26,8 @@ from typing import Callable
 
 import numpy as np
 
+from device.exports_manifest import NO_SPREAD
+
 ROUNDING_ONLY = 1 / math.sqrt(12)  # rmse/scale of a tensor whose only error is rounding
 DEBUG_IMAGES = 32  # calibration images the debugger runs (training images: validation stays untouched)
 WORST_KEPT = 5  # rows written into the manifest record
@@ -35,12 +37,19 @@ COLUMNS = ("rank", "layer", "keras_layers", "op", "relative_rmse", "rmse_over_sc
 
 def spread(values) -> float:
     """A standard deviation that a few outliers cannot inflate: the 1st-99th percentile range
-    over 4.65 (the same for normally distributed values, where that range is 4.65 sigma)."""
-    low, high = np.percentile(np.asarray(values, dtype=np.float64), (1, 99))
-    return float(high - low) / 4.65
+    over 4.65 (the same for normally distributed values, where that range is 4.65 sigma);
+    the plain standard deviation where that range is empty."""
+    values = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values]) \
+        if isinstance(values, (list, tuple)) else np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan")
+    low, high = np.percentile(values, (1, 99))
+    # a tensor of mostly one value (a ReLU output that is zero almost everywhere) has no
+    # percentile range: its plain standard deviation is then the spread
+    return float(high - low) / 4.65 if high > low else float(np.std(values))
 
 
-NO_SPREAD = 1e6  # relative error of a tensor whose float values do not vary but whose int8 ones are off
 
 
 def _relative(error: float, spread_: float) -> float:
