@@ -35,7 +35,8 @@ def _read(path: str | Path) -> str | None:
         return None
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU (or board) model from ``/proc/cpuinfo``, else what ``platform`` knows, else None."""
     text = _read("/proc/cpuinfo") or ""
     fields = {}
     for line in text.splitlines():
@@ -77,7 +78,7 @@ def static_fingerprint(device_name: str | None = None) -> dict:
         ``os``, ``kernel``, ``python``.
     """
     hostname = socket.gethostname()
-    return {"device_name": device_name or hostname, "hostname": hostname, "cpu_model": _cpu_model(),
+    return {"device_name": device_name or hostname, "hostname": hostname, "cpu_model": cpu_model(),
             "arch": platform.machine(), "cores": os.cpu_count(), "ram_bytes": _ram_bytes(),
             "os": _os_name(), "kernel": platform.release(), "python": platform.python_version()}
 

@@ -133,6 +133,21 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, out.getvalue())
 
 
+def record_fields(measure: Callable[[set[str]], list[dict]], model, exports: Path, artifact: Path) -> dict:
+    """Run ``measure`` (``layer_errors`` or ``onnx_layer_errors``, given the Keras model's layer
+    names) for ``artifact``: the full table in ``int8-layers/<artifact file>.csv`` under
+    ``exports``, the worst rows for the record. A failure is recorded, never fatal to the
+    artifact (an op the debugging tools cannot instrument leaves the model itself fine)."""
+    names = {layer.name for layer in model.submodules if hasattr(layer, "name")}
+    try:
+        rows = measure(names)
+    except Exception as exc:
+        return {"int8_layers_error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+    rel = f"int8-layers/{artifact.name}.csv"
+    write_csv(exports / rel, rows)
+    return {"int8_layers_file": rel, "int8_worst_layers": worst(rows)}
+
+
 def worst(rows: list[dict], n: int = WORST_KEPT) -> list[dict]:
     """The ``n`` worst rows, in the manifest's short form."""
     return [{"layer": r["layer"], "op": r["op"], "relative_rmse": r["relative_rmse"],

@@ -247,24 +247,18 @@ def convert_onnx(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
 
 def _int8_layers(ctx: Context, fp32: Path, images: np.ndarray, tmp: Path, path: Path) -> dict:
     """The int8 error of every quantized activation (``export.int8_layers.onnx_layer_errors``),
-    measured on a QDQ quantization with the export's calibration and activation type: the full
-    table in ``int8-layers/<artifact>.csv``, the worst rows in the record. A failure is
-    recorded, never fatal to the artifact."""
-    from export.int8_layers import onnx_layer_errors, worst, write_csv
+    measured on a QDQ quantization with the export's calibration and activation type, for the
+    record."""
+    from export.int8_layers import onnx_layer_errors, record_fields
 
-    try:
+    def measure(names: set[str]) -> list[dict]:
         prepared, _ = prepare(fp32, tmp / "debug-prepared.onnx")
         qdq = tmp / "debug-qdq.onnx"
         signed = int8_form(ctx.config.onnx_int8).activations == "QInt8"
         quantize_prepared(prepared, qdq, images, ctx.config.calib_method, "qdq-s8" if signed else "qdq-u8")
-        model = ctx.model()
-        names = {layer.name for layer in model.submodules if hasattr(layer, "name")}
-        rows = onnx_layer_errors(prepared, qdq, images, names, tmp)
-    except Exception as exc:  # a graph the debugging tools cannot instrument: the artifact itself is fine
-        return {"int8_layers_error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
-    rel = f"int8-layers/{path.name}.csv"
-    write_csv(ctx.exports / rel, rows)
-    return {"int8_layers_file": rel, "int8_worst_layers": worst(rows)}
+        return onnx_layer_errors(prepared, qdq, images, names, tmp)
+
+    return record_fields(measure, ctx.model(), ctx.exports, path)
 
 
 def add_arguments(p) -> None:

@@ -109,12 +109,10 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
 
 
 def _int8_layers(ctx: Context, model, path: Path) -> dict:
-    """The int8 error of every quantized op (``export.int8_layers``): the full table in
-    ``int8-layers/<artifact>.csv`` beside the manifest, the worst rows in the record. A
-    debugger failure is recorded, never fatal to the artifact."""
+    """The int8 error of every quantized op (``export.int8_layers.layer_errors``), for the record."""
     import tensorflow as tf
 
-    from export.int8_layers import layer_errors, worst, write_csv
+    from export.int8_layers import layer_errors, record_fields
     from export.quantize import representative_dataset
 
     images = ctx.calibration().images
@@ -122,14 +120,8 @@ def _int8_layers(ctx: Context, model, path: Path) -> dict:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset(images)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    names = {layer.name for layer in model.submodules if hasattr(layer, "name")}
-    try:
-        rows = layer_errors(converter, images, names, hide_output=hidden_output)
-    except Exception as exc:  # an op the debugger cannot instrument: the artifact itself is fine
-        return {"int8_layers_error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
-    rel = f"int8-layers/{path.name}.csv"
-    write_csv(ctx.exports / rel, rows)
-    return {"int8_layers_file": rel, "int8_worst_layers": worst(rows)}
+    return record_fields(lambda names: layer_errors(converter, images, names, hide_output=hidden_output),
+                         model, ctx.exports, path)
 
 
 def add_arguments(p) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.fingerprint import cpu_model
 from device.atomic import write_json
 from device.backbones import get
 from device.command import run_command
@@ -46,17 +47,6 @@ def parse_mode(mode: str) -> tuple[str, bool]:
     if precision not in PRECISIONS or extra not in ("", "xla"):
         raise ValueError(f"--modes {mode!r}: expected a precision ({', '.join(PRECISIONS)}), optionally with +xla")
     return precision, extra == "xla"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _model(backbone, img_size: int, precision: str, jit: bool, seed: int = 0):
@@ -160,7 +150,7 @@ def benchmark(backbones: list[str], modes: list[str], img_size: int, batch_size:
                 + (f"; pipeline {row.get('pipeline_images_per_s')} images/s, val acc "
                    f"{100 * row['val_accuracy']:.1f}%" if splits is not None else "")
                 + f" ({time.perf_counter() - t0:.0f}s)")
-    result = {"cpu": cpu_name(), "cpu_bfloat16_flags": flags, "gpus": [g.name for g in gpus], "img_size": img_size,
+    result = {"cpu": cpu_model() or platform.machine(), "cpu_bfloat16_flags": flags, "gpus": [g.name for g in gpus], "img_size": img_size,
               "batch_size": batch_size, "steps": steps, "accuracy_epochs": accuracy_epochs,
               "train_images": len(splits[0][1]) if splits else 0, "val_images": len(splits[1][1]) if splits else 0,
               "rows": rows}

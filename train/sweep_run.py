@@ -273,6 +273,8 @@ def _load_backbone(config: SweepConfig, backbone: Backbone, base, splits: dict[s
 def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits: dict[str, _Split],
                log: Callable[[str], None]) -> dict:
     """Train and score one run; its results line (with ``error`` when it failed)."""
+    import tf_keras as keras
+
     from train.cache import top_model
     from train.model import head_init
     from train.levels import level_info, set_level
@@ -326,16 +328,17 @@ def _train_run(the_plan: Plan, run: RunPlan, out: Path, loaded: _Loaded, splits:
                 raise NonFiniteError("test outputs are not finite")
             write_predictions(run_dir / TEST_PREDICTIONS, test.records, test.y, test_probs)
             metrics.update(classification_metrics(test.y, test_probs.argmax(1), prefix="test_"))
+        wall = time.perf_counter() - t0
         record.update({
             "img_size": config.img_size, "epochs": config.epochs, "epochs_run": len(result.history),
             "best_epoch": result.best_epoch, **metrics, **{k: v for k, v in info.items() if k != "level"},
             "weights": config.weights, "bn": config.bn, "cache_features": loaded.cache is not None,
             "cache_seconds": round(cache_seconds, 3), "train_seconds": round(result.train_seconds, 3),
-            "wall_seconds": round(time.perf_counter() - t0, 3),
-            "step_seconds": _step_seconds(time.perf_counter() - t0, cache_seconds, result.seconds),
+            "wall_seconds": round(wall, 3), "step_seconds": _step_seconds(wall, cache_seconds, result.seconds),
             "train_images_per_s": round(result.images_trained / result.train_seconds, 1) if result.train_seconds else None,
             "resumed_from_epoch": result.resumed_from,
-            "precision": config.precision, "jit": config.jit, "strategy": config.strategy,
+            # the policy it trained under (float32 where a bfloat16 request fell back)
+            "precision": keras.mixed_precision.global_policy().name, "jit": config.jit, "strategy": config.strategy,
             "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT),
         })
         write_json(run_dir / METRICS, record)
