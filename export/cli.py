@@ -28,6 +28,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of the random draw of calibration images from the training split (default %(default)s)")
     p.add_argument("--threads", type=at_least(1), default=d["threads"],
                    help="runtime threads for verification (default: runtime's)")
+    p.add_argument("--int8-rescue", choices=("on", "off"), default=d["int8_rescue"],
+                   help="on: an int8 TFLite artifact below 97%% agreement is rebuilt with outlier-robust ranges, "
+                        "then its worst layers in float, until it agrees (export.int8_rescue); off: the plain "
+                        "recipe (default %(default)s)")
     p.add_argument("--strict", action="store_true",
                    help="fail when fp32/fp16 agreement < 99.5%% or int8 agreement < 97%% (default: warn)")
 
@@ -59,7 +63,7 @@ def run_cli(argv, prog: str, doc: str, fmt: str, allowed: tuple[str, ...], conve
     def work() -> int:
         config = ExportConfig(runs=args.runs, out=args.out, select=args.select,
                               variants=parse_variants(args.variants, allowed), calib=args.calib, calib_seed=args.calib_seed,
-                              strict=args.strict, threads=args.threads, **config_extra(args))
+                              strict=args.strict, threads=args.threads, int8_rescue=args.int8_rescue, **config_extra(args))
         quiet_tensorflow(args.verbose)  # after the options are checked: a typo is answered at once
         try:
             records = export_runs(config, fmt, config.variants, convert)

@@ -39,6 +39,8 @@ class ExportConfig:
         qat_epochs: epochs of quantization-aware training for the ``qat`` variant.
         opset: the ONNX opset (ONNX exports only).
         onnx_int8: the ONNX int8 variant's form (``export.onnx.INT8_FORMS``; ONNX exports only).
+        int8_rescue: ``on`` rebuilds an int8 TFLite artifact that agrees too little with its Keras
+            model (``export.int8_rescue``); ``off`` keeps the plain recipe.
         strict: exit 1 when an artifact fails or agrees too little with the Keras model.
         threads: runtime threads for verification (None: the runtime's default).
     """
@@ -53,6 +55,7 @@ class ExportConfig:
     qat_epochs: int = 2
     opset: int = 17
     onnx_int8: str = "qoperator"  # fastest on x86 here (docs/export.md); qdq-s8 for ARM
+    int8_rescue: str = "on"
     strict: bool = False
     threads: int | None = None
 
@@ -69,6 +72,8 @@ class ExportConfig:
                 check_number(self.threads, "--threads", 1, None, integer=True)
             except ValueError as exc:
                 raise ExportError(str(exc)) from None
+        if self.int8_rescue not in ("on", "off"):
+            raise ExportError(f"--int8-rescue {self.int8_rescue!r}: expected on or off")
         if not self.variants:
             raise ExportError("--variants: expected at least one variant")
 

@@ -8,6 +8,7 @@ and the command line ``export.cli``'s.
 """
 from __future__ import annotations
 
+import csv
 import importlib.metadata
 import time
 from contextlib import nullcontext
@@ -29,9 +30,11 @@ from train.console import hidden_output
 from export.config import CALIB_DEFAULT, ExportConfig, ExportError, StrictFailure, calib_count
 from export.embed import embed
 from export.int8_layers import summary as int8_summary
+from export.int8_rescue import rescue, summary as rescue_summary
 from export.quantize import Calibration, calibration_set, check_calibration_size
 from export.select import Source, keras_model, select_runs, write_reference
-from export.verify import Reference, align, read_reference, strict_failure, verify
+from export.verify import (STRICT_AGREEMENT, UNSURE_CONFIDENCE, Reference, align, read_reference, strict_failure,
+                           verify)
 
 _VERSION_PACKAGES = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tfmot": "tensorflow-model-optimization",
                      "tf2onnx": "tf2onnx", "onnx": "onnx", "onnxruntime": "onnxruntime",
@@ -99,7 +102,8 @@ class Context:
 
 # the timed steps of one artifact, in the order of the closing table; the first variant of a run
 # pays for "build" and "calibration images", which its other variants share
-STEPS = ("build", "calibration images", "qat training", "convert", "int8 layers", "inspect", "verify", "embed")
+STEPS = ("build", "calibration images", "qat training", "convert", "int8 layers", "inspect", "verify", "int8 rescue",
+         "embed")
 HEARTBEAT_S = 20.0  # a line at least this often while a step runs
 
 # a converter writes the artifact file and returns (converter name, settings-independent notes)
@@ -113,6 +117,8 @@ def _settings(config: ExportConfig, fmt: str, variant: str, train_n: int) -> dic
         settings["calib_seed"] = config.calib_seed
     if variant == "qat":
         settings["qat_epochs"] = config.qat_epochs
+    if variant == "int8" and fmt == "tflite":
+        settings["int8_rescue"] = config.int8_rescue
     if fmt == "onnx":
         settings["opset"] = config.opset
         if variant == "int8":
@@ -285,8 +291,10 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         reference_model = ctx.tta_model() if variant == "tta" else None
         with ctx.step("verify"):
             result = check(path, reference_model)
-            record.update(result.as_record())
-            record.update(calibration_fields(result.probs, result.labels, ctx.train_prior()))
+        if variant == "int8":
+            result = _rescued(ctx, path, check, result, record)
+        record.update(result.as_record())
+        record.update(calibration_fields(result.probs, result.labels, ctx.train_prior()))
         with ctx.step("embed"):
             embed(path, description(record))  # the file describes itself; the graph is unchanged
             record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
@@ -295,6 +303,8 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         if problem and record.get("int8_worst_layers"):
             problem += (f"; largest int8 errors (rounding alone: 0.29 steps): {int8_summary(record['int8_worst_layers'])}; "
                         f"every layer in {record['int8_layers_file']}")
+        if problem and record.get("int8_rescue"):
+            problem += f"; int8 rescue: {rescue_summary(record['int8_rescue'])}"
         if problem:
             record["warning"] = problem
     except Exception as exc:  # one variant's crash is recorded; the others still export
@@ -304,6 +314,34 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
         problem = record["error"]
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return problem
+
+
+def _rescued(ctx: Context, path: Path, check: _Verifier, result, record: dict):
+    """The int8 rescue (``export.int8_rescue``) where the artifact agrees too little and the
+    format's converter left a builder; the verification of the model kept."""
+    build = ctx.notes.pop("int8_builder", None)
+    threshold = STRICT_AGREEMENT["int8"]
+    if build is None or ctx.config.int8_rescue == "off" or result.agreement >= threshold:
+        return result
+    if str(ctx.source.config.get("weights")).lower() == "none":
+        record["int8_rescue"] = {"skipped": "random frozen weights (--weights none): no range fixes that"}
+        return result
+    if result.keras_confidence < UNSURE_CONFIDENCE:
+        record["int8_rescue"] = {"skipped": f"the Keras model hardly prefers a class (mean top probability "
+                                            f"{result.keras_confidence:.2f})"}
+        return result
+    rows = _layer_rows(ctx.exports, record.get("int8_layers_file"))
+    with ctx.step("int8 rescue"):
+        result, record["int8_rescue"] = rescue(path, build, check, result, threshold, rows, ctx.log)
+    return result
+
+
+def _layer_rows(exports: Path, rel: str | None) -> list[dict]:
+    """The rows of an artifact's int8 layer table, worst first (none when it was not made)."""
+    if not rel or not (exports / rel).is_file():
+        return []
+    with open(exports / rel, newline="", encoding="utf-8") as fh:
+        return [row for row in csv.DictReader(fh) if row.get("tensor")]
 
 
 def calibration_fields(probs: np.ndarray, labels: np.ndarray, train_prior: list[float]) -> dict:

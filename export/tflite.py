@@ -100,12 +100,31 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
     elif variant not in ("fp32", "tta"):
         raise ValueError(f"unknown TFLite variant {variant!r}")
     with hidden_output():  # the converter's own notes ("fully_quantize: 0, ...")
-        data = converter.convert()
+        if variant == "int8":
+            data = _int8_in_two_stages(ctx, converter)
+        else:
+            data = converter.convert()
     write_bytes(path, data)
     if variant == "int8":
         with ctx.step("int8 layers"):
             extra.update(_int8_layers(ctx, keras_for_conversion, path))
     return f"tf.lite.TFLiteConverter {tf.__version__}", extra
+
+
+def _int8_in_two_stages(ctx: Context, converter) -> bytes:
+    """The plain int8 model (the converter's own, calibrated and quantized as two steps), leaving
+    the pipeline a builder of other range methods and float layers for the int8 rescue."""
+    from export.int8_ranges import RangeCalibration
+    from export.quantize import pinned
+
+    calibration = RangeCalibration(converter, pinned(ctx.calibration().images))
+
+    def build(ranges: str, float_nodes, path: Path) -> None:
+        with hidden_output():
+            write_bytes(path, calibration.model(ranges, float_nodes))
+
+    ctx.notes["int8_builder"] = build
+    return calibration.model("minmax")
 
 
 def _int8_layers(ctx: Context, model, path: Path) -> dict:

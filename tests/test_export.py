@@ -614,3 +614,37 @@ def test_int8_record_names_its_worst_layers_and_keeps_every_layer_in_a_csv(expor
     with open(exported.out / onnx_record["int8_layers_file"]) as fh:
         onnx_rows = list(csv_module.DictReader(fh))
     assert len(onnx_rows) > 60 and sum(r["layer"] in names for r in onnx_rows) >= 0.8 * len(onnx_rows)
+
+
+def test_int8_rescue_is_on_the_record_and_off_keeps_the_plain_recipe(exported, tmp_path, capsys):
+    # #20 item 2: an int8 artifact below 97% agreement is rebuilt (export.int8_rescue), and the
+    # record says what was tried; --int8-rescue off makes the plain model, as before
+    from export.pipeline import STEPS
+    from export.rescue_table import main as rescue_table
+    from export.tflite import convert_tflite
+
+    record = exported.tflite["int8"]
+    assert record["settings"]["int8_rescue"] == "on"
+    assert "int8 rescue" in STEPS
+    rescue = record.get("int8_rescue")
+    if rescue is None:
+        assert record["agreement"] >= 0.97  # nothing to rescue
+    elif not rescue.get("skipped"):
+        assert rescue["plain"]["agreement"] < 0.97 and rescue["attempts"]
+        assert rescue["attempts"][0]["ranges"] == "outliers"
+        assert record["agreement"] >= rescue["plain"]["agreement"]
+    plain_out = tmp_path / "plain"
+    config = ExportConfig(runs=str(exported.runs), out=str(plain_out), variants=("int8",), calib=20, int8_rescue="off",
+                          select=f"{record['backbone']}:{record['level']}")
+    plain = export_runs(config, "tflite", ("int8",), convert_tflite, log=lambda _: None)[0]
+    assert plain["settings"]["int8_rescue"] == "off" and "int8_rescue" not in plain
+    assert plain["source_key"] != record["source_key"]
+    if rescue is None or rescue.get("skipped") or rescue.get("kept") == "plain":
+        # the same plain model either way: the two-stage int8 build is the converter's own
+        assert plain["agreement"] == record["agreement"]
+    assert rescue_table([str(plain_out), str(exported.out), "--runs", "3"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| Model") and f"mobilenetv2 L{record['level']}" in table
+    assert rescue_table([str(plain_out), str(tmp_path / "nowhere")]) == 2
+    with pytest.raises(ExportError, match="--int8-rescue 'maybe'"):
+        ExportConfig(runs="r", out="o", int8_rescue="maybe")
