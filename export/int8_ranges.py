@@ -23,7 +23,8 @@ Here the two stages are separate:
    those ranges written in, int8 input and output, and optionally some ops kept in float
    (``denylisted_nodes``, by output tensor name: the names of ``export.int8_layers``'s table).
 
-With ``minmax`` and no float ops the result is the converter's own int8 model (tested).
+With ``minmax`` and no float ops the result is the converter's own int8 model (tested). By
+default the ops of ``FLOAT_OPS`` stay in float in every model (hard-swish: see there).
 """
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ from typing import Iterable
 import numpy as np
 
 RANGE_METHODS = ("minmax", "outliers", "average")
+# ops kept in float in every int8 model: XNNPACK has no int8 kernel for them, so LiteRT runs
+# TFLite's reference int8 kernel instead. Measured with `perf record` on this project's x86 CPU
+# (docs/export.md): MobileNetV3Small 64 px spent 58% of its int8 time in
+# reference_ops::HardSwish<int8>, and with its 19 hard-swish ops in float (XNNPACK's fp32
+# kernel between a dequantize and a quantize) it ran 3.3x faster, 2x faster than fp32.
+FLOAT_OPS = ("HARD_SWISH",)
 TUKEY_FAR_OUT = 3.0  # Tukey's "far out" fence, in interquartile ranges beyond the quartiles
 
 
@@ -150,14 +157,30 @@ def quantize(calibrated: bytes, float_nodes: Iterable[str] = ()) -> bytes:
         return bytes(data)
 
 
+def op_outputs(model: bytes, op_names: Iterable[str]) -> dict[str, list[str]]:
+    """Per op name (``HARD_SWISH``...), the output tensor names of those ops in ``model``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model)
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    wanted = set(op_names)
+    found: dict[str, list[str]] = {}
+    for op in interpreter._get_ops_details():  # pylint: disable=protected-access
+        if op["op_name"] in wanted:
+            found.setdefault(op["op_name"], []).extend(names[t] for t in op["outputs"])
+    return found
+
+
 class RangeCalibration:
     """One model's calibration, computed once, quantized with any range method and float ops."""
 
-    def __init__(self, converter, images: np.ndarray):
-        """``converter`` as for ``calibrate``; ``images`` the calibration images as fed (float32)."""
+    def __init__(self, converter, images: np.ndarray, float_ops: Iterable[str] = FLOAT_OPS):
+        """``converter`` as for ``calibrate``; ``images`` the calibration images as fed (float32);
+        ``float_ops`` op names kept in float in every model made here (see ``FLOAT_OPS``)."""
         self.calibrated = calibrate(converter)
         self.images = images
         self.stats = calibrated_tensors(self.calibrated)
+        self.float_ops = op_outputs(self.calibrated, float_ops)
         self._extremes: tuple[list[int], np.ndarray, np.ndarray] | None = None
 
     def _per_image(self):
@@ -172,13 +195,14 @@ class RangeCalibration:
         return self._extremes
 
     def model(self, method: str = "minmax", float_nodes: Iterable[str] = ()) -> bytes:
-        """The int8 model with ``method``'s ranges and ``float_nodes`` in float."""
+        """The int8 model with ``method``'s ranges and ``float_nodes`` (and the float ops) in float."""
+        nodes = list(dict.fromkeys([*float_nodes, *(n for names in self.float_ops.values() for n in names)]))
         if method == "minmax":
-            return quantize(self.calibrated, float_nodes)
+            return quantize(self.calibrated, nodes)
         indices, mins, maxs = self._per_image()
         low, high = robust_ranges(mins, maxs, method)
         ranges = {t: (lo, hi) for t, lo, hi in zip(indices, low, high)}
-        return quantize(with_ranges(self.calibrated, ranges), float_nodes)
+        return quantize(with_ranges(self.calibrated, ranges), nodes)
 
     def narrowed(self, method: str) -> int:
         """How many tensors ``method`` gives a narrower range than min/max does."""

@@ -44,15 +44,16 @@ class Attempt:
     agreement: float
     val_accuracy: float
     tensors: tuple[str, ...] = ()  # the float ops' output tensors, as the builder takes them
+    notes: dict | None = None  # what the builder says about the candidate (tensors narrowed...)
 
     def as_record(self) -> dict:
         return {"ranges": self.ranges, "float_layers": list(self.float_layers),
-                "agreement": round(self.agreement, 6), "val_accuracy": round(self.val_accuracy, 6)}
+                "agreement": round(self.agreement, 6), "val_accuracy": round(self.val_accuracy, 6), **(self.notes or {})}
 
 
 # builds the int8 model with the given range method and float op tensors (the table's
-# ``tensor`` names) and writes it to the path
-Builder = Callable[[str, Sequence[str], Path], None]
+# ``tensor`` names), writes it to the path and may return notes for the record
+Builder = Callable[[str, Sequence[str], Path], "dict | None"]
 
 
 def p50_ms(path: Path, image: np.ndarray, runs: int = LATENCY_RUNS) -> float:
@@ -60,10 +61,10 @@ def p50_ms(path: Path, image: np.ndarray, runs: int = LATENCY_RUNS) -> float:
     from device.runtime import load
     from train.console import hidden_output
 
-    with hidden_output():
+    with hidden_output():  # LiteRT's delegate note on the first call
         model = load(path, threads=1)
-    prepared = model.prepare(image)
-    model.invoke(prepared)
+        prepared = model.prepare(image)
+        model.invoke(prepared)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -94,10 +95,10 @@ def rescue(path: Path, build: Builder, check: Callable[[Path], object], plain, t
 
     def attempt(ranges: str, rows: Sequence[dict]) -> bool:
         tensors = tuple(r["tensor"] for r in rows)
-        build(ranges, tensors, candidate)
+        notes = build(ranges, tensors, candidate)
         result = check(candidate)
         a = Attempt(ranges=ranges, float_layers=tuple(dict.fromkeys(r["layer"] for r in rows)),
-                    agreement=result.agreement, val_accuracy=result.val_accuracy, tensors=tensors)
+                    agreement=result.agreement, val_accuracy=result.val_accuracy, tensors=tensors, notes=notes)
         tried.append((a, result))
         what = f"{ranges} ranges" + (f", {len(rows)} layer(s) in float" if rows else "")
         log(f"    int8 rescue: {what}: agreement {100 * a.agreement:.2f}%")

@@ -30,6 +30,7 @@ from train.console import hidden_output
 from export.config import CALIB_DEFAULT, ExportConfig, ExportError, StrictFailure, calib_count
 from export.embed import embed
 from export.int8_layers import summary as int8_summary
+from export.int8_ranges import FLOAT_OPS
 from export.int8_rescue import rescue, summary as rescue_summary
 from export.quantize import Calibration, calibration_set, check_calibration_size
 from export.select import Source, keras_model, select_runs, write_reference
@@ -119,6 +120,7 @@ def _settings(config: ExportConfig, fmt: str, variant: str, train_n: int) -> dic
         settings["qat_epochs"] = config.qat_epochs
     if variant == "int8" and fmt == "tflite":
         settings["int8_rescue"] = config.int8_rescue
+        settings["int8_float_ops"] = list(FLOAT_OPS)
     if fmt == "onnx":
         settings["opset"] = config.opset
         if variant == "int8":

@@ -106,6 +106,8 @@ def convert_tflite(ctx: Context, variant: str, path: Path) -> tuple[str, dict]:
             data = converter.convert()
     write_bytes(path, data)
     if variant == "int8":
+        if ctx.notes.get("int8_float_ops"):
+            extra["int8_float_ops"] = ctx.notes["int8_float_ops"]
         with ctx.step("int8 layers"):
             extra.update(_int8_layers(ctx, keras_for_conversion, path))
     return f"tf.lite.TFLiteConverter {tf.__version__}", extra
@@ -119,11 +121,13 @@ def _int8_in_two_stages(ctx: Context, converter) -> bytes:
 
     calibration = RangeCalibration(converter, pinned(ctx.calibration().images))
 
-    def build(ranges: str, float_nodes, path: Path) -> None:
+    def build(ranges: str, float_nodes, path: Path) -> dict:
         with hidden_output():
             write_bytes(path, calibration.model(ranges, float_nodes))
+            return {"narrowed_tensors": calibration.narrowed(ranges), "calibrated_tensors": len(calibration.stats)}
 
     ctx.notes["int8_builder"] = build
+    ctx.notes["int8_float_ops"] = {op: len(names) for op, names in calibration.float_ops.items()}
     return calibration.model("minmax")
 
 
