@@ -8,7 +8,7 @@ import numpy as np
 
 from bench.verdict import is_emulated, is_mobile, line_ci, ms_text, num, percent
 from device import sweep_tables
-from device.exports_manifest import NO_SPREAD
+from device.exports_manifest import NO_SPREAD, rescue_summary
 from device.sweep_tables import markdown_table, short
 from device.sweep_results import RESULTS, aggregate, best_level, load_runs, overall_best
 
@@ -154,6 +154,7 @@ def export_section(exports: Path | None) -> list[str]:
                      str(a.get("variant")), str(a.get("format")), size_mb_text(size), ratio, _mmacs(a.get("macs")),
                      percent(num(a.get("val_accuracy"))), points_text(num(a.get("accuracy_delta"))),
                      percent(num(a.get("agreement"))), _sci(num(a.get("max_abs_diff"))), _worst_int8(a),
+                     _rescue(a),
                      short(str(a.get("error"))) if a.get("error") else
                      f"WARNING: {short(str(a['warning']))}" if a.get("warning") else ""])
     lines += [f"From `{Path(exports) / 'manifest.json'}`: {len(artifacts)} artifact(s), "
@@ -164,11 +165,22 @@ def export_section(exports: Path | None) -> list[str]:
               "absolute difference of a class probability. Worst int8 layer (int8 artifacts): the layer whose "
               "int8 output differs most from its float output, relative to the spread of that output (root mean "
               "squared error over a standard deviation, on calibration images; every layer is in the export's "
-              "int8-layers/ CSV).", ""]
+              "int8-layers/ CSV). Int8 rescue: what the export did where the plain int8 model agreed with the "
+              "Keras model on fewer than 97% of the validation images (robust ranges, layers kept in float) "
+              "and what it cost.", ""]
     lines += markdown_table(["Artifact", "Backbone", "Family", "Variant", "Format", "Size MB", "Size / fp32", "MMAC",
-                     "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Worst int8 layer", "Error or warning"],
+                     "Val accuracy", "Delta vs Keras", "Agreement", "Max diff", "Worst int8 layer", "Int8 rescue",
+                             "Error or warning"],
                             rows)
     return lines
+
+
+def _rescue(record: dict) -> str:
+    """What the int8 rescue did for this artifact (empty where it was not needed)."""
+    try:
+        return rescue_summary(record.get("int8_rescue"))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "unreadable"
 
 
 def _worst_int8(record: dict) -> str:

@@ -140,3 +140,25 @@ def artifact_macs(exports: str | os.PathLike, record: dict) -> tuple[int | None,
     if counted["macs"] is None:
         return None, f"MACs unknown, so no GMAC/s: {counted['macs_error']}"
     return counted["macs"], None
+
+
+def rescue_summary(fields: dict | None) -> str:
+    """One phrase for the report and the log: what an artifact's int8 rescue (its record's
+    ``int8_rescue``, written by ``export.int8_rescue``) did and what it cost."""
+    if not fields:
+        return ""
+    if fields.get("skipped"):
+        return f"not tried ({fields['skipped']})"
+    kept = fields.get("kept")
+    plain = 100 * fields["plain"]["agreement"]
+    if kept == "plain" or not isinstance(kept, dict):
+        return f"tried {len(fields.get('attempts', []))}, none better than plain ({plain:.1f}%)"
+    what = f"{kept['ranges']} ranges"
+    if kept["float_layers"]:
+        what += f" + {len(kept['float_layers'])} float layer(s) ({', '.join(kept['float_layers'][:3])}" + \
+                (", ..." if len(kept["float_layers"]) > 3 else "") + ")"
+    cost = ""
+    if fields.get("latency_cost"):
+        cost = f", latency x{fields['latency_cost']:.2f}, size {fields['size_cost_bytes'] / 1e3:+.0f} kB"
+    return f"{what}: agreement {plain:.1f}% -> {100 * kept['agreement']:.1f}%{cost}" + \
+        ("" if fields.get("reached") else " (threshold still missed)")

@@ -155,9 +155,22 @@ def provenance(root: Path, runs: list[dict]) -> list[str]:
     data = config.get("data") or config.get("data_resolved") or "unknown"  # as the user named it
     split = (f"{config.get('train_n', '?')} train / {config.get('val_n', '?')} validation / "
              f"{config.get('test_n', 0)} test images")
-    return [f"- Data: `{data}` ({split}); validation chooses epochs and levels, test is only scored.",
-            f"- Weights: {'; '.join(describe_weights(w) for w in weights) or 'unknown'}.",
-            f"- BatchNorm while fine-tuning: {', '.join(bn)}.", ""]
+    lines = [f"- Data: `{data}` ({split}); validation chooses epochs and levels, test is only scored.",
+             f"- Weights: {'; '.join(describe_weights(w) for w in weights) or 'unknown'}.",
+             f"- BatchNorm while fine-tuning: {', '.join(bn)}."]
+    if "none" in {w.lower() for w in weights}:
+        lines.append(RANDOM_WEIGHTS_NOTE)
+    return lines + [""]
+
+
+# said wherever models with random frozen layers are reported (the offline demo's)
+RANDOM_WEIGHTS_NOTE = (
+    "- **Models with random frozen layers** (`--weights none`, as `make demo` trains offline): only their top "
+    "layers learnt, so their accuracy says nothing about the backbones, and their outputs are near-uniform. Their "
+    "int8 artifacts then miss the export's agreement threshold (97% of validation images answered as the Keras "
+    "model answers), because any rounding flips a near-tie. The threshold is there to catch a conversion that "
+    "changes what a trained model answers (a wrong graph, int8 ranges stretched by outlier images); judge it on "
+    "models trained from real weights (ImageNet, or `train.pretrain` in-domain).")
 
 
 def spread(mean: float, std: float, fmt: str) -> str:

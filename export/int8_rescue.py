@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from device.exports_manifest import rescue_summary
+
 RESCUE_CHOICES = ("on", "off")
 RANGE_STEPS = ("outliers", "average")
 FLOAT_COUNTS = (1, 2, 4, 8, 16)
@@ -148,26 +150,5 @@ def rescue(path: Path, build: Builder, check: Callable[[Path], object], plain, t
     fields.update({"kept": best_attempt.as_record(), "plain_p50_ms": plain_ms, "p50_ms": kept_ms,
                    "size_bytes": path.stat().st_size, "size_cost_bytes": path.stat().st_size - plain_size,
                    "latency_cost": round(kept_ms / plain_ms, 3) if plain_ms > 0 else None})
-    log(f"    int8 rescue: kept {summary(fields)}")
+    log(f"    int8 rescue: kept {rescue_summary(fields)}")
     return best_result, fields
-
-
-def summary(fields: dict | None) -> str:
-    """One phrase for the report and the log: what the rescue did and what it cost."""
-    if not fields:
-        return ""
-    if fields.get("skipped"):
-        return f"not tried ({fields['skipped']})"
-    kept = fields.get("kept")
-    plain = 100 * fields["plain"]["agreement"]
-    if kept == "plain" or not isinstance(kept, dict):
-        return f"tried {len(fields.get('attempts', []))}, none better than plain ({plain:.1f}%)"
-    what = f"{kept['ranges']} ranges"
-    if kept["float_layers"]:
-        what += f" + {len(kept['float_layers'])} float layer(s) ({', '.join(kept['float_layers'][:3])}" + \
-                (", ..." if len(kept["float_layers"]) > 3 else "") + ")"
-    cost = ""
-    if fields.get("latency_cost"):
-        cost = f", latency x{fields['latency_cost']:.2f}, size {fields['size_cost_bytes'] / 1e3:+.0f} kB"
-    return f"{what}: agreement {plain:.1f}% -> {100 * kept['agreement']:.1f}%{cost}" + \
-        ("" if fields.get("reached") else " (threshold still missed)")

@@ -26,12 +26,13 @@ from device.dataset import LABELS, DatasetError, open_dataset
 from device.model_info import description
 from device.progress import Progress, StepTimer, duration
 from device import exports_manifest as manifest
+from device.exports_manifest import rescue_summary
 from train.console import hidden_output
 from export.config import CALIB_DEFAULT, ExportConfig, ExportError, StrictFailure, calib_count
 from export.embed import embed
 from export.int8_layers import summary as int8_summary
 from export.int8_ranges import FLOAT_OPS
-from export.int8_rescue import rescue, summary as rescue_summary
+from export.int8_rescue import rescue
 from export.quantize import Calibration, calibration_set, check_calibration_size
 from export.select import Source, keras_model, select_runs, write_reference
 from export.verify import (STRICT_AGREEMENT, UNSURE_CONFIDENCE, Reference, align, read_reference, strict_failure,
@@ -118,8 +119,9 @@ def _settings(config: ExportConfig, fmt: str, variant: str, train_n: int) -> dic
         settings["calib_seed"] = config.calib_seed
     if variant == "qat":
         settings["qat_epochs"] = config.qat_epochs
-    if variant == "int8" and fmt == "tflite":
+    if variant == "int8":
         settings["int8_rescue"] = config.int8_rescue
+    if variant == "int8" and fmt == "tflite":
         settings["int8_float_ops"] = list(FLOAT_OPS)
     if fmt == "onnx":
         settings["opset"] = config.opset

@@ -19,7 +19,8 @@ import numpy as np
 from device.command import Exit
 from device.exports_manifest import read
 from device.sweep_tables import markdown_table
-from export.int8_rescue import LATENCY_RUNS, p50_ms, summary
+from device.exports_manifest import rescue_summary
+from export.int8_rescue import LATENCY_RUNS, p50_ms
 
 
 def rows(plain_dir: Path, rescued_dir: Path, runs: int = LATENCY_RUNS) -> list[list[str]]:
@@ -41,7 +42,7 @@ def rows(plain_dir: Path, rescued_dir: Path, runs: int = LATENCY_RUNS) -> list[l
                     f"(Keras {100 * after['keras_val_accuracy']:.1f}%)",
                     f"{before['size_bytes'] / 1e6:.2f} -> {after['size_bytes'] / 1e6:.2f} MB",
                     f"{times[0]:.2f} -> {times[1]:.2f} ms",
-                    summary(after.get("int8_rescue")) or "not needed"])
+                    rescue_summary(after.get("int8_rescue")) or "not needed"])
     return out
 
 

@@ -65,6 +65,8 @@ def test_runs_carry_test_metrics_and_floors(data, tmp_path):
     text = (out / "summary.md").read_text()
     assert "## Floors (test images)" in text and "McNemar p vs features (test)" in text
     assert "random initialisation" in text and "6 test images" in text
+    # #20 item 5: the summary says the models are random and what the agreement threshold protects against
+    assert "Models with random frozen layers" in text and "catch a conversion that changes what a trained" in text
 
 
 def test_no_choice_reads_the_test_labels(data, tmp_path):

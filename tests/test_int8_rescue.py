@@ -126,7 +126,7 @@ def _rescue(tmp_path, model, calib, val):
 
 
 def test_one_bright_calibration_image_is_rescued_by_robust_ranges(tmp_path, bright_case):
-    from export.int8_rescue import summary
+    from device.exports_manifest import rescue_summary as summary
     from export.verify import verify
 
     calib, val = bright_case
@@ -197,3 +197,60 @@ def test_hard_swish_stays_in_float_in_the_int8_model(tmp_path):
     assert loaded.input_dtype == np.int8
     assert np.abs(loaded.predict_many(val) - model.predict(val.astype(np.float32), verbose=0)).max() < 0.05
     assert not RangeCalibration(_converter(model, calib), pinned(calib), float_ops=()).float_ops
+
+
+def test_onnx_int8_is_rescued_the_same_way(tmp_path, bright_case):
+    # the ONNX builder: per-image extremes of the prepared float graph, ONNX Runtime's
+    # TensorQuantOverrides for the ranges and nodes_to_exclude for float layers
+    import tensorflow as tf
+    import tf2onnx
+
+    from export.int8_layers import onnx_layer_errors
+    from export.int8_rescue import rescue
+    from export.onnx import OnnxRangeCalibration, prepare
+    from export.verify import verify
+
+    calib, val = bright_case
+    model = _model(val)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=[tf.TensorSpec((1, 16, 16, 3), tf.float32)], opset=13)
+    (tmp_path / "fp32.onnx").write_bytes(proto.SerializeToString())
+    prepared, _ = prepare(tmp_path / "fp32.onnx", tmp_path / "prepared.onnx")
+    builder = OnnxRangeCalibration(prepared.read_bytes(), pinned_images := calib.astype(np.float32), "minmax",
+                                   "qoperator")
+    path = tmp_path / "m-int8.onnx"
+    assert builder.build("minmax", (), path) == {}
+    reference = _reference(model, val)
+    plain = verify(path, val, reference, threads=1)
+    assert plain.agreement < 0.97
+    builder.build("minmax", (), tmp_path / "qdq.onnx")
+    rows = onnx_layer_errors(prepared, tmp_path / "qdq.onnx", pinned_images, {l.name for l in model.submodules},
+                             tmp_path)
+    result, fields = rescue(path, builder.build, lambda p: verify(p, val, reference, threads=1), plain, 0.97, rows,
+                            lambda _: None)
+    assert fields["reached"] and fields["kept"]["ranges"] == "outliers" and result.agreement >= 0.97
+    assert fields["kept"]["narrowed_tensors"] >= 2
+    assert verify(path, val, reference, threads=1).agreement == result.agreement
+
+
+def test_the_report_export_table_says_what_the_rescue_did(tmp_path):
+    from bench.report_tables import export_section
+    from device.exports_manifest import write
+
+    base = {"backbone": "resnet50", "level": 5, "seed": 0, "format": "tflite", "size_bytes": 24_000_000,
+            "val_accuracy": 0.84, "agreement": 0.99}
+    rescued = {"threshold": 0.97, "reached": True, "plain": {"agreement": 0.904, "val_accuracy": 0.81, "size_bytes": 1},
+               "attempts": [{"ranges": "outliers", "float_layers": [], "agreement": 0.993}],
+               "kept": {"ranges": "outliers", "float_layers": [], "agreement": 0.993}, "latency_cost": 1.01,
+               "size_cost_bytes": 0}
+    write(tmp_path, [{**base, "artifact_id": "a-int8", "variant": "int8", "int8_rescue": rescued},
+                     {**base, "artifact_id": "b-int8", "variant": "int8",
+                      "int8_rescue": {"skipped": "random frozen weights (--weights none): no range fixes that"}},
+                     {**base, "artifact_id": "c-int8", "variant": "int8", "int8_rescue": {"kept": 3}},
+                     {**base, "artifact_id": "d-fp32", "variant": "fp32"}])
+    text = "\n".join(export_section(tmp_path))
+    assert "| Worst int8 layer | Int8 rescue | Error or warning |" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "-int8" in line
+            or line.startswith("| d-fp32")}
+    assert "outliers ranges: agreement 90.4% -> 99.3%, latency x1.01" in rows["a-int8"]
+    assert "not tried (random frozen weights" in rows["b-int8"]
+    assert "| unreadable |" in rows["c-int8"]  # a hand-edited record does not stop the report
