@@ -58,6 +58,11 @@ class Attempt:
 Builder = Callable[[str, Sequence[str], Path], "dict | None"]
 
 
+def candidate_path(path: Path) -> Path:
+    """Where the rescue writes its candidates, beside the artifact (removed when it ends)."""
+    return path.with_name(path.stem + ".rescue" + path.suffix)
+
+
 def p50_ms(path: Path, image: np.ndarray, runs: int = LATENCY_RUNS) -> float:
     """Median single-thread latency of one image on the device runtime, in ms (after one warm-up)."""
     from device.runtime import load
@@ -91,7 +96,7 @@ def rescue(path: Path, build: Builder, check: Callable[[Path], object], plain, t
     Returns:
         ``(verification of the kept model, the record's int8_rescue fields)``.
     """
-    candidate = path.with_name(path.stem + ".rescue" + path.suffix)
+    candidate = candidate_path(path)
     plain_size = path.stat().st_size
     tried: list[tuple[Attempt, object]] = []
 
@@ -112,11 +117,9 @@ def rescue(path: Path, build: Builder, check: Callable[[Path], object], plain, t
     if not reached:
         best_ranges = max([("minmax", plain.agreement)] + [(a.ranges, a.agreement) for a, _ in tried],
                           key=lambda item: item[1])[0]
-        # ops of the model's own layers (not the output's softmax, which int8 computes exactly)
+        # ops traced back to the model's own layers (not the graph's output, such as its softmax)
         rows = [r for r in worst if r.get("tensor") and r.get("keras_layers")]
-        for count in FLOAT_COUNTS:
-            if count > len(rows) or (count > 1 and count // 2 >= len(rows)):
-                break
+        for count in dict.fromkeys(min(c, len(rows)) for c in FLOAT_COUNTS if len(rows)):
             if attempt(best_ranges, rows[:count]):
                 reached = True
                 break
@@ -144,9 +147,8 @@ def rescue(path: Path, build: Builder, check: Callable[[Path], object], plain, t
     with hidden_output():
         shape = load(path, threads=1).input_shape
     image = np.full([int(d) for d in shape[1:]], 128, np.uint8)
-    plain_ms = p50_ms(path, image)
+    plain_ms, kept_ms = p50_ms(path, image), p50_ms(candidate, image)
     candidate.replace(path)
-    kept_ms = p50_ms(path, image)
     fields.update({"kept": best_attempt.as_record(), "plain_p50_ms": plain_ms, "p50_ms": kept_ms,
                    "size_bytes": path.stat().st_size, "size_cost_bytes": path.stat().st_size - plain_size,
                    "latency_cost": round(kept_ms / plain_ms, 3) if plain_ms > 0 else None})

@@ -32,7 +32,7 @@ from export.config import CALIB_DEFAULT, ExportConfig, ExportError, StrictFailur
 from export.embed import embed
 from export.int8_layers import summary as int8_summary
 from export.int8_ranges import FLOAT_OPS
-from export.int8_rescue import rescue
+from export.int8_rescue import candidate_path, rescue
 from export.quantize import Calibration, calibration_set, check_calibration_size
 from export.select import Source, keras_model, select_runs, write_reference
 from export.verify import (STRICT_AGREEMENT, UNSURE_CONFIDENCE, Reference, align, read_reference, strict_failure,
@@ -336,7 +336,14 @@ def _rescued(ctx: Context, path: Path, check: _Verifier, result, record: dict):
         return result
     rows = _layer_rows(ctx.exports, record.get("int8_layers_file"))
     with ctx.step("int8 rescue"):
-        result, record["int8_rescue"] = rescue(path, build, check, result, threshold, rows, ctx.log)
+        try:
+            result, record["int8_rescue"] = rescue(path, build, check, result, threshold, rows, ctx.log)
+        except Exception as exc:  # noqa: BLE001 - the plain model stands; the rescue's failure is on the record
+            record["int8_rescue"] = {"skipped": f"the rescue failed ({type(exc).__name__}: {str(exc).strip()[:200]}); "
+                                                f"the plain model is kept"}
+            ctx.log(f"    int8 rescue failed: {type(exc).__name__}: {exc}; the plain model is kept")
+        finally:
+            candidate_path(path).unlink(missing_ok=True)
     return result
 
 
