@@ -108,3 +108,15 @@ def test_cli_index_and_stats(class_tree, tmp_path, capsys):
     assert data_main(["index", str(class_tree), "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot create output folder" in err[0] and "file.txt" in err[0]
+
+
+def test_cli_index_makes_an_evaluation_only_set(class_tree, tmp_path, capsys):
+    # docs/study.sh indexes the holdout as all-test (--val 0 --test 1); the option check once refused 1
+    from device.dataset import read_manifest
+
+    assert data_main(["index", str(class_tree), "--out", str(tmp_path / "all-test"), "--val", "0", "--test", "1"]) == 0
+    dataset = read_manifest(tmp_path / "all-test")
+    assert len(dataset.split("test")) == 24 and not dataset.split("train") and not dataset.split("val")
+    capsys.readouterr()
+    assert data_main(["index", str(class_tree), "--out", str(tmp_path / "x"), "--val", "0.5", "--test", "0.6"]) == 2
+    assert "val + test <= 1" in capsys.readouterr().err

@@ -174,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def split_args(p):
         p.add_argument("--seed", type=seed, default=0, help="seed of the stratified split (default 0)")
-        p.add_argument("--val", type=fraction(high=0.99), default=VAL_FRACTION,
+        p.add_argument("--val", type=fraction(), default=VAL_FRACTION,
                        help=f"validation fraction: chooses epochs, levels, calibration (default {VAL_FRACTION})")
-        p.add_argument("--test", type=fraction(high=0.99), default=TEST_FRACTION,
-                       help=f"test fraction: scored only, never used for a choice (default {TEST_FRACTION})")
+        p.add_argument("--test", type=fraction(), default=TEST_FRACTION,
+                       help=f"test fraction: scored only, never used for a choice (default {TEST_FRACTION}; "
+                            f"--val 0 --test 1 makes an evaluation-only set, such as a holdout)")
 
     p = sub.add_parser("synth", help="simulate SDSS-like cutouts with GalSim")
     p.add_argument("--out", required=True)
