@@ -15,6 +15,9 @@ Variants:
              training images; int8 input with scale 1 / zero point -128 (pixel p is fed as
              p - 128) and int8 output. Signed int8 because XNNPACK's fast quantized path
              (QS8) is signed and per-channel; a uint8 input would add a requantize op.
+             Hard-swish stays in float (XNNPACK has no int8 kernel for it), and a model that
+             agrees with its Keras model on fewer than 97% of the validation images is
+             rebuilt by the int8 rescue (``export.int8_rescue``; ``--int8-rescue off``).
     qat      like int8, after a few epochs of quantization-aware training (tfmot) from the
              run's best checkpoint.
 
