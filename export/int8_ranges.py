@@ -129,6 +129,14 @@ def robust_ranges(mins: np.ndarray, maxs: np.ndarray, method: str) -> tuple[np.n
     return np.minimum(low, 0.0), np.maximum(high, 0.0)
 
 
+def narrowed_count(mins: np.ndarray, maxs: np.ndarray, method: str) -> int:
+    """How many tensors (columns of per-image extremes) ``method`` gives a range narrower than
+    min/max's (by more than 0.1%)."""
+    low, high = robust_ranges(mins, maxs, method)
+    wide_low, wide_high = robust_ranges(mins, maxs, "minmax")
+    return int(np.sum((high - low) < 0.999 * (wide_high - wide_low)))
+
+
 def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
     """``calibrated`` with the min/max of the tensors in ``ranges`` replaced."""
     from tensorflow.lite.tools import flatbuffer_utils
@@ -208,7 +216,5 @@ class RangeCalibration:
         """How many tensors ``method`` gives a narrower range than min/max does."""
         if method == "minmax":
             return 0
-        indices, mins, maxs = self._per_image()
-        low, high = robust_ranges(mins, maxs, method)
-        wide_low, wide_high = robust_ranges(mins, maxs, "minmax")
-        return int(np.sum((high - low) < 0.999 * (wide_high - wide_low)))
+        _, mins, maxs = self._per_image()
+        return narrowed_count(mins, maxs, method)
