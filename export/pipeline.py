@@ -80,6 +80,11 @@ class Context:
                                                     seed=self.config.calib_seed)
         return self._calibration
 
+    @property
+    def random_weights(self) -> bool:
+        """Whether the run's frozen layers kept random weights (``--weights none``, the demo's)."""
+        return str(self.source.config.get("weights")).lower() == "none"
+
     def train_prior(self) -> list[float]:
         """The class mix of the training split, in label order (what the model learnt as its prior)."""
         counts = np.bincount([LABELS.index(r.label) for r in self.dataset.split("train")], minlength=len(LABELS))
@@ -303,7 +308,7 @@ def _make_artifact(ctx: Context, variant: str, convert: Converter, check: _Verif
             embed(path, description(record))  # the file describes itself; the graph is unchanged
             record.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size})
         problem = strict_failure(variant, result.agreement, result.keras_confidence,
-                                 random_weights=str(ctx.source.config.get("weights")).lower() == "none")
+                                 random_weights=ctx.random_weights)
         if problem and record.get("int8_worst_layers"):
             problem += (f"; largest int8 errors (rounding alone: 0.29 steps): {int8_summary(record['int8_worst_layers'])}; "
                         f"every layer in {record['int8_layers_file']}")
@@ -327,7 +332,7 @@ def _rescued(ctx: Context, path: Path, check: _Verifier, result, record: dict):
     threshold = STRICT_AGREEMENT["int8"]
     if build is None or ctx.config.int8_rescue == "off" or result.agreement >= threshold:
         return result
-    if str(ctx.source.config.get("weights")).lower() == "none":
+    if ctx.random_weights:
         record["int8_rescue"] = {"skipped": "random frozen weights (--weights none): no range fixes that"}
         return result
     if result.keras_confidence < UNSURE_CONFIDENCE:
